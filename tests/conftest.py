@@ -1,0 +1,156 @@
+"""One Firestore emulator for the whole run; a clean database and environment for every test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import emulator
+import functions_framework
+import pytest
+from clerk_events import SECRET
+from flask.testing import FlaskClient
+from google.cloud import firestore
+
+from clerk_sync import config, store
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "demo-clerk-sync-test"
+SERVER_START_TIMEOUT_SECONDS = 30.0
+
+# Set before main.py is imported, so a developer's .env can never leak into the tests.
+os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = SECRET
+os.environ["WEBHOOK_SECRET"] = ""
+os.environ["GOOGLE_CLOUD_PROJECT"] = PROJECT
+os.environ.pop("K_SERVICE", None)
+
+
+@pytest.fixture(scope="session")
+def emulator_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The emulator from FIRESTORE_EMULATOR_HOST, or one started for this run (with our rules)."""
+    existing = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    if existing:
+        if not emulator.answers(existing, timeout=5):
+            raise RuntimeError(f"FIRESTORE_EMULATOR_HOST={existing} does not answer")
+        yield existing
+        return
+    log_path = tmp_path_factory.mktemp("emulator") / "emulator.log"
+    process, host = emulator.start(ROOT / "firestore.rules", log_path)
+    os.environ["FIRESTORE_EMULATOR_HOST"] = host
+    try:
+        yield host
+    finally:
+        emulator.stop(process)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Each test may change os.environ; the next one starts from the same settings."""
+    saved = dict(os.environ)
+    config.settings.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        config.settings.cache_clear()
+
+
+@pytest.fixture
+def db(emulator_host: str) -> Iterator[firestore.Client]:
+    """A client on a wiped emulator database; the function's shared client is rebuilt too."""
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
+    emulator.wipe(emulator_host, PROJECT)
+    store.reset_client()
+    yield firestore.Client(project=PROJECT)
+    store.reset_client()
+
+
+@pytest.fixture(scope="session")
+def app() -> FlaskClient:
+    """The real functions-framework app around main.py (built once: each build re-imports it)."""
+    return functions_framework.create_app(target="clerk_webhook", source=str(ROOT / "main.py")).test_client()
+
+
+@pytest.fixture
+def client(app: FlaskClient, db: firestore.Client) -> FlaskClient:
+    """The test client, with a clean database behind it."""
+    return app
+
+
+def snapshot_all(db: firestore.Client) -> dict[str, dict[str, Any]]:
+    """Every document of the four collections, by path (to assert 'nothing changed')."""
+    return {
+        document.reference.path: document.to_dict() or {}
+        for collection in (store.USERS, store.CLAIMS, store.TOMBSTONES, store.EVENTS)
+        for document in db.collection(collection).stream(timeout=10)
+    }
+
+
+@dataclass
+class Server:
+    """A real functions-framework process serving main.py on loopback."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_path: Path, environment: dict[str, str]) -> Server:
+    """Start `functions-framework` in its own process group and wait until it accepts requests."""
+    port = emulator.free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    command = [
+        str(Path(sys.executable).with_name("functions-framework")),
+        "--target=clerk_webhook",
+        f"--source={ROOT / 'main.py'}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(url=f"http://127.0.0.1:{port}/", process=process, log_path=log_path)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"functions-framework exited early:\n{server.log()}")
+        try:
+            urllib.request.urlopen(urllib.request.Request(server.url, method="GET"), timeout=1)
+        except urllib.error.HTTPError:
+            return server  # any HTTP answer (405, 500) means it is serving
+        except OSError:
+            time.sleep(0.1)
+            continue
+        return server
+    stop_server(server)
+    raise RuntimeError(f"functions-framework did not start in {SERVER_START_TIMEOUT_SECONDS}s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    """Stop the server's whole process group (gunicorn and its worker)."""
+    emulator.stop(server.process)
+
+
+@pytest.fixture
+def server(db: firestore.Client, emulator_host: str, tmp_path: Path) -> Iterator[Server]:
+    """The function served by a real functions-framework process against the emulator."""
+    environment = {**os.environ, "FIRESTORE_EMULATOR_HOST": emulator_host, "THREADS": "8"}
+    running = start_server(tmp_path, environment)
+    try:
+        yield running
+    finally:
+        stop_server(running)

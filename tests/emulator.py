@@ -1,0 +1,88 @@
+"""Start, probe, wipe and stop the real Firestore emulator from the gcloud CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+START_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers(host: str, timeout: float = 1.0) -> bool:
+    """Whether the emulator at `host` (`127.0.0.1:PORT`) answers its health check."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def start(rules: Path | None, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an emulator on a free port in its own process group; raise if it never answers."""
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    command = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}"]
+    if rules is not None:
+        command.append(f"--rules={rules}")
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if answers(host):
+            return process, host
+        if process.poll() is not None:
+            break
+        time.sleep(0.25)
+    stop(process)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"Firestore emulator did not answer on {host} (needs gcloud + Java):\n{tail}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the emulator and its Java child by process group, politely, then firmly."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except ProcessLookupError:
+        pass
+
+
+def wipe(host: str, project: str) -> None:
+    """Delete every document of `project` in the emulator (between tests)."""
+    url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def load_rules(host: str, project: str, rules_text: str) -> None:
+    """Replace the emulator's security rules for `project` (400 if they do not compile)."""
+    body = json.dumps({"rules": {"files": [{"name": "firestore.rules", "content": rules_text}]}}).encode()
+    request = urllib.request.Request(
+        f"http://{host}/emulator/v1/projects/{project}:securityRules",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import emulator
+import flask
 import functions_framework
 import pytest
 from clerk_events import SECRET
@@ -77,7 +78,10 @@ def db(emulator_host: str) -> Iterator[firestore.Client]:
 @pytest.fixture(scope="session")
 def app() -> FlaskClient:
     """The real functions-framework app around main.py (built once: each build re-imports it)."""
-    return functions_framework.create_app(target="clerk_webhook", source=str(ROOT / "main.py")).test_client()
+    flask_app: flask.Flask = functions_framework.create_app(  # type: ignore[no-untyped-call]
+        target="clerk_webhook", source=str(ROOT / "main.py")
+    )
+    return flask_app.test_client()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 import flask
 import functions_framework
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import RequestEntityTooLarge
 
 if not os.environ.get("K_SERVICE"):
     # Local runs only: on Cloud Run the secret comes from Secret Manager, never from a file.
@@ -36,8 +37,7 @@ def clerk_webhook(request: flask.Request) -> ResponseReturnValue:
     fields.update(outcome=outcome, status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1))
     severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
     logs.write_line(severity, message, **fields, **logs.trace_field(request.headers, _trace_project()))
-    headers = {"Allow": "POST"} if status == 405 else {}
-    return flask.jsonify(outcome=outcome), status, headers
+    return _response(status, outcome)
 
 
 def _handle(request: flask.Request, fields: dict[str, Any]) -> tuple[int, str, str]:
@@ -47,9 +47,13 @@ def _handle(request: flask.Request, fields: dict[str, Any]) -> tuple[int, str, s
         return 500, "misconfigured", "set CLERK_WEBHOOK_SIGNING_SECRET to the endpoint's whsec_ signing secret"
     if request.method != "POST":
         return 405, "method_not_allowed", f"{request.method} is not allowed, Svix posts"
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+    # Werkzeug refuses a large Content-Length up front and cuts a chunked body at the limit
+    # (silently), so the limit is one byte more than allowed and an over-long read means too large.
+    request.max_content_length = MAX_BODY_BYTES + 1
+    try:
+        body = request.get_data()
+    except RequestEntityTooLarge:
         return 413, "too_large", "body over 1 MiB refused"
-    body = request.stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
         return 413, "too_large", "body over 1 MiB refused"
     try:
@@ -84,6 +88,16 @@ def _handle(request: flask.Request, fields: dict[str, Any]) -> tuple[int, str, s
     if outcome is store.Outcome.CONFLICT:
         return 409, str(outcome), f"{event.event_type} waits: primary email still owned by another user"
     return 200, str(outcome), f"{event.event_type} {outcome}"
+
+
+def _response(status: int, outcome: str) -> flask.Response:
+    """A short JSON answer; a 413 is streamed so the framework does not read the rest of the body."""
+    body = flask.json.dumps({"outcome": outcome}) + "\n"
+    if status == 413:
+        # functions-framework reads any unread body after non-streamed responses.
+        return flask.Response(iter([body]), status=status, mimetype="application/json", headers={"Connection": "close"})
+    headers = {"Allow": "POST"} if status == 405 else {}
+    return flask.Response(body, status=status, mimetype="application/json", headers=headers)
 
 
 def _trace_project() -> str | None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook, WebhookVerificationError
 
 __all__ = ["TOLERANCE_SECONDS", "HeaderLookup", "SignatureRejected", "SignedMessage", "Webhook", "verifier", "verify"]
 
@@ -42,7 +42,7 @@ def verifier(secret: str) -> Webhook:
     """Build the verifier once per secret; raises ValueError for a secret that is not base64."""
     try:
         return Webhook(secret)
-    except (binascii.Error, ValueError, RuntimeError) as error:
+    except (binascii.Error, ValueError, RuntimeError, EmptyWebhookSecretError) as error:
         raise ValueError("signing secret is not a valid whsec_ value") from error
 
 

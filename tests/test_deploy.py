@@ -1,0 +1,249 @@
+"""What `make deploy` would upload and run: the exact file set, the exact gcloud command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+GCLOUD_TIMEOUT_SECONDS = 60
+MAKE_TIMEOUT_SECONDS = 30
+# Variables the Makefile reads with `?=`: a developer's shell must not change what the tests see.
+MAKE_VARIABLES = (
+    "PROJECT",
+    "REGION",
+    "FUNCTION",
+    "SECRET",
+    "SECRET_VERSION",
+    "SERVICE_ACCOUNT",
+    "CONCURRENCY",
+    "MAX_INSTANCES",
+    "ENV_VARS",
+    "FIREBASE",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+EXPECTED_DEPLOY = [
+    "gcloud",
+    "functions",
+    "deploy",
+    "clerk-webhook",
+    "--gen2",
+    "--runtime=python313",
+    "--region=us-central1",
+    "--source=.",
+    "--ignore-file=.gcloudignore",
+    "--entry-point=clerk_webhook",
+    "--trigger-http",
+    "--allow-unauthenticated",
+    "--service-account=clerk-webhook@demo-x.iam.gserviceaccount.com",
+    "--set-secrets=CLERK_WEBHOOK_SIGNING_SECRET=clerk-webhook-signing-secret:latest",
+    "--set-env-vars=THREADS=8,GOOGLE_CLOUD_PROJECT=demo-x",
+    "--memory=256Mi",
+    "--cpu=1",
+    "--concurrency=8",
+    "--timeout=15s",
+    "--max-instances=10",
+    "--project=demo-x",
+]
+
+
+def gcloud_environment() -> dict[str, str]:
+    """gcloud offline and quiet, with .gcloudignore honoured as `--ignore-file` makes deploy do."""
+    return {
+        **os.environ,
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+        "CLOUDSDK_GCLOUDIGNORE_ENABLED": "true",
+    }
+
+
+def files_for_upload(directory: Path) -> set[str]:
+    """The files `gcloud functions deploy --source=<directory>` would upload."""
+    result = subprocess.run(
+        ["gcloud", "meta", "list-files-for-upload", "."],
+        cwd=directory,
+        env=gcloud_environment(),
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=True,
+    )
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+
+def function_files(directory: Path) -> set[str]:
+    """What the function needs: main.py, requirements.txt and the package's visible modules."""
+    modules = {f"clerk_sync/{path.name}" for path in (directory / "clerk_sync").glob("*.py")}
+    return {"main.py", "requirements.txt"} | {module for module in modules if not module.startswith("clerk_sync/.")}
+
+
+def make(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`make --no-print-directory ARGS` in the repo, ignoring the caller's make variables."""
+    environment = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
+    return subprocess.run(
+        ["make", "--no-print-directory", *arguments],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=MAKE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def printed_command(*arguments: str) -> list[str]:
+    """The single shell command `make -n ARGS` prints, split into words."""
+    result = make("-n", *arguments)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.replace("\\\n", " ").strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    return shlex.split(lines[0])
+
+
+def test_upload_set_is_exactly_main_requirements_and_the_package_modules() -> None:
+    uploaded = files_for_upload(ROOT)
+
+    assert uploaded == function_files(ROOT)
+    assert {"main.py", "requirements.txt"} <= uploaded  # gcloud refuses a Python source without them
+
+
+def test_package_has_no_subpackages_the_allow_list_would_drop() -> None:
+    nested = [
+        path.relative_to(ROOT) for path in (ROOT / "clerk_sync").glob("*/**/*.py") if "__pycache__" not in path.parts
+    ]
+
+    assert nested == [], "a subpackage needs its own lines in .gcloudignore (and in function_files)"
+
+
+def test_untracked_secrets_and_junk_are_never_uploaded(tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "*_cache", ".hypothesis", "__pycache__", "node_modules", ".env", ".env.*"
+        ),
+    )
+    junk = [
+        ".env",
+        ".env.local",
+        ".env.production",
+        "service-account.json",
+        "notes.md",
+        "new_folder/helper.py",
+        ".venv/lib/site.py",
+        ".git/config",
+        "tests/test_new.py",
+        "bench/results/run.csv",
+        "clerk_sync/__pycache__/store.cpython-313.pyc",
+        "clerk_sync/.env",
+        "clerk_sync/.secret.py",
+        "clerk_sync/fixture.json",
+        "clerk_sync/nested/module.py",
+    ]
+    for name in junk:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_text("CLERK_WEBHOOK_SIGNING_SECRET=whsec_not_for_upload\n")
+    (copy / "clerk_sync" / "added_module.py").write_text('"""A module added later is deployed too."""\n')
+
+    uploaded = files_for_upload(copy)
+
+    assert uploaded == function_files(copy)
+    assert "clerk_sync/added_module.py" in uploaded
+    assert not uploaded & set(junk)
+
+
+def test_uploaded_files_alone_import_the_function(tmp_path: Path) -> None:
+    for name in files_for_upload(ROOT):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
+    environment = {**os.environ, "K_SERVICE": "clerk-webhook"}
+    environment.pop("PYTHONPATH", None)
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import main; print(main.__file__, callable(main.clerk_webhook))"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "main.py"), "True"]
+
+
+def test_make_deploy_prints_the_exact_gcloud_command() -> None:
+    assert printed_command("deploy", "PROJECT=demo-x") == EXPECTED_DEPLOY
+
+
+def test_make_deploy_keeps_threads_equal_to_concurrency_and_appends_extra_variables() -> None:
+    command = printed_command("deploy", "PROJECT=demo-x", "CONCURRENCY=16", "ENV_VARS=FIRESTORE_DATABASE=clerk")
+
+    assert "--concurrency=16" in command
+    assert "--set-env-vars=THREADS=16,GOOGLE_CLOUD_PROJECT=demo-x,FIRESTORE_DATABASE=clerk" in command
+
+
+def test_make_deploy_names_only_flags_gcloud_knows() -> None:
+    flags = {word.split("=")[0] for word in EXPECTED_DEPLOY if word.startswith("--")}
+    result = subprocess.run(
+        ["gcloud", "functions", "deploy", "--help"],
+        env=gcloud_environment(),
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=True,
+    )
+    documented = ANSI.sub("", result.stdout)
+
+    unknown = sorted(
+        flag for flag in flags if flag not in documented and flag.replace("--", "--[no-]") not in documented
+    )
+
+    assert unknown == []
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (
+            "ttl",
+            "gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl "
+            "--project=demo-x",
+        ),
+        ("deploy-rules", "firebase deploy --only firestore:rules --project demo-x"),
+    ],
+)
+def test_make_ttl_and_deploy_rules_print_their_commands(target: str, expected: str) -> None:
+    assert printed_command(target, "PROJECT=demo-x") == shlex.split(expected)
+
+
+@pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl"])
+def test_make_refuses_to_deploy_without_a_project(target: str) -> None:
+    result = make("-n", target)
+
+    assert result.returncode != 0
+    assert f"PROJECT is not set: run `make {target} PROJECT=your-gcp-project-id`" in result.stderr
+    assert "gcloud" not in result.stdout
+    assert "firebase" not in result.stdout
+
+
+def test_firebase_json_names_the_rules_file_and_an_emulator_port() -> None:
+    config = json.loads((ROOT / "firebase.json").read_text())
+
+    assert (ROOT / config["firestore"]["rules"]).resolve() == (ROOT / "firestore.rules").resolve()
+    assert isinstance(config["emulators"]["firestore"]["port"], int)

@@ -25,6 +25,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_MS = -62_135_596_800_000
 MAX_MS = 253_402_300_799_999
 FIRESTORE_MAX_DEPTH = 20
+# Firestore refuses field names like `__x__` and field paths over 1500 bytes (InvalidArgument).
+FIRESTORE_RESERVED_NAME = re.compile(r"__.+__", re.DOTALL)
+FIRESTORE_MAX_PATH_BYTES = 1500
+# JSON may spell an unpaired surrogate as `\ud800`; such a string cannot be sent to Firestore.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -82,7 +87,10 @@ def parse_event(body: bytes) -> Event:
         raise MalformedEvent("missing type")
     data = envelope.get("data")
     if event_type in USER_UPSERT_TYPES:
-        return _user_upsert(event_type, _user_data(data))
+        upsert = _user_upsert(event_type, _user_data(data))
+        if SURROGATE_ESCAPE.search(body) and not _encodable(upsert.document):
+            raise MalformedEvent("a stored field holds an unpaired surrogate")
+        return upsert
     if event_type == USER_DELETED:
         data = _user_data(data)
         return UserDeletion(
@@ -99,7 +107,7 @@ def _user_data(data: object) -> dict[str, Any]:
     user_id = data.get("id")
     if not isinstance(user_id, str) or not user_id:
         raise MalformedEvent("missing data.id")
-    if not USER_ID.fullmatch(user_id):
+    if not USER_ID.fullmatch(user_id) or FIRESTORE_RESERVED_NAME.fullmatch(user_id):
         raise MalformedEvent("data.id is not a Clerk user id")
     return data
 
@@ -195,19 +203,47 @@ def _metadata(data: dict[str, Any], field: str) -> dict[str, Any] | str:
         return {}
     if not isinstance(value, dict):
         raise MalformedEvent(f"data.{field} is not an object")
-    if _storable(value, depth=1, in_array=False):
+    if _storable(value, depth=1, in_array=False, path_bytes=len(field)):
         return value
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _storable(value: object, *, depth: int, in_array: bool) -> bool:
-    """Whether Firestore accepts the value: no arrays in arrays, 20 levels, 64-bit integers."""
+def _storable(value: object, *, depth: int, in_array: bool, path_bytes: int) -> bool:
+    """Whether Firestore accepts the value: no arrays in arrays, 20 levels, 64-bit integers, valid names."""
     if depth > FIRESTORE_MAX_DEPTH:
         return False
     if isinstance(value, dict):
-        return all(key and _storable(item, depth=depth + 1, in_array=False) for key, item in value.items())
+        return all(
+            _storable_name(key, path_bytes)
+            and _storable(item, depth=depth + 1, in_array=False, path_bytes=path_bytes + _name_bytes(key))
+            for key, item in value.items()
+        )
     if isinstance(value, list):
-        return not in_array and all(_storable(item, depth=depth + 1, in_array=True) for item in value)
+        return not in_array and all(
+            _storable(item, depth=depth + 1, in_array=True, path_bytes=path_bytes) for item in value
+        )
     if isinstance(value, int) and not isinstance(value, bool):
         return INT64[0] <= value <= INT64[1]
+    return True
+
+
+def _name_bytes(name: str) -> int:
+    """A field name's share of a field path, counted high: a dot, backquotes and escapes."""
+    return len(name.encode("utf-8", "surrogatepass")) + 3 + name.count("`") + name.count("\\")
+
+
+def _storable_name(name: str, path_bytes: int) -> bool:
+    return (
+        bool(name)
+        and not FIRESTORE_RESERVED_NAME.fullmatch(name)
+        and path_bytes + _name_bytes(name) <= FIRESTORE_MAX_PATH_BYTES
+    )
+
+
+def _encodable(document: dict[str, Any]) -> bool:
+    """Whether every string in the document survives UTF-8, as Firestore's wire format needs."""
+    try:
+        json.dumps(document, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        return False
     return True

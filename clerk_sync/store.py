@@ -94,7 +94,8 @@ def document_id(text: str) -> str:
     """A readable, collision-free document id for any string (emails may hold `/`, `__x__`...).
 
     Characters outside `[A-Za-z0-9@._+-]` are percent-encoded, as is `%` itself; a leading
-    `_` or `.` is encoded too, which rules out the reserved `__x__`, `.` and `..` ids.
+    `_` or `.` is encoded too, which rules out the reserved `__x__`, `.` and `..` ids. An id too
+    long for Firestore becomes a hash whose `%s` prefix the encoding never produces.
     """
     encoded = "".join(
         char if SAFE_ID_CHARACTERS.fullmatch(char) else "".join(f"%{byte:02X}" for byte in char.encode())
@@ -103,7 +104,7 @@ def document_id(text: str) -> str:
     if encoded[:1] in {"_", "."}:
         encoded = f"%{ord(encoded[0]):02X}{encoded[1:]}"
     if not encoded or len(encoded.encode()) > MAX_ID_BYTES:
-        return "sha256-" + hashlib.sha256(text.encode()).hexdigest()
+        return "%sha256-" + hashlib.sha256(text.encode()).hexdigest()
     return encoded
 
 

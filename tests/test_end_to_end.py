@@ -1,0 +1,188 @@
+"""The real functions-framework server process, posted to over loopback, against the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from clerk_events import (
+    BASE_MS,
+    deletion_event,
+    envelope,
+    new_message_id,
+    new_user_id,
+    signed_headers,
+    user_data,
+    user_event,
+)
+from conftest import Server, snapshot_all, start_server, stop_server
+from google.cloud import firestore
+from loopback import deliver, send
+
+import main
+
+THREAD_COUNT = 8
+JOIN_TIMEOUT_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def running(emulator_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: starting gunicorn per test would cost a second each."""
+    environment = {**os.environ, "FIRESTORE_EMULATOR_HOST": emulator_host, "THREADS": str(THREAD_COUNT)}
+    server = start_server(tmp_path_factory.mktemp("end_to_end"), environment)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def url(running: Server, db: firestore.Client) -> str:
+    """The server's URL, with a wiped database behind it."""
+    return running.url
+
+
+def _user(db: firestore.Client, user_id: str) -> dict[str, Any] | None:
+    return db.collection("users").document(user_id).get(timeout=10).to_dict()
+
+
+def _sized_body(size: int) -> str:
+    """A signed-able user.created body of exactly `size` bytes (padding in private_metadata)."""
+    user_id = new_user_id()
+    data = user_data(user_id, private_metadata={"pad": ""})
+    bare = len(json.dumps(envelope("user.created", data)).encode())
+    data["private_metadata"]["pad"] = "x" * (size - bare)
+    body = json.dumps(envelope("user.created", data))
+    assert len(body.encode()) == size
+    return body
+
+
+def _chunks(payload: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(payload), size):
+        yield payload[start : start + size]
+
+
+def test_create_update_delete_over_loopback(url: str, db: firestore.Client) -> None:
+    user_id = new_user_id()
+    created = user_event("user.created", user_id, emails=["carol@example.com"], first_name="Carol")
+    updated = user_event(
+        "user.updated", user_id, emails=["carol@example.com"], first_name="Caz", updated_at=BASE_MS + 1
+    )
+    deleted = deletion_event(user_id)
+
+    replies = [send(url, body.encode(), signed_headers(body)) for body in (created, updated)]
+    stored = _user(db, user_id)
+    deletion = send(url, deleted.encode(), signed_headers(deleted))
+
+    assert [(reply.status, reply.json()) for reply in replies] == [(200, {"outcome": "applied"})] * 2
+    assert stored is not None
+    assert stored["first_name"] == "Caz"
+    assert (deletion.status, deletion.json()) == (200, {"outcome": "applied"})
+    assert _user(db, user_id) is None
+    assert db.collection("user_tombstones").document(user_id).get(timeout=10).exists
+
+
+def test_bad_signature_over_loopback_is_401_and_writes_nothing(url: str, db: firestore.Client) -> None:
+    body = user_event("user.created", new_user_id())
+    headers = signed_headers(body, secret="whsec_" + "QUJD" * 8)
+
+    reply = send(url, body.encode(), headers)
+
+    assert (reply.status, reply.json()) == (401, {"outcome": "rejected"})
+    assert snapshot_all(db) == {}
+
+
+def test_get_over_loopback_is_405_with_allow_post(url: str) -> None:
+    reply = send(url, method="GET")
+
+    assert reply.status == 405
+    assert reply.headers["Allow"] == "POST"
+
+
+def test_body_over_limit_with_content_length_is_413(url: str, db: firestore.Client) -> None:
+    body = _sized_body(main.MAX_BODY_BYTES + 1)
+
+    reply = send(url, body.encode(), signed_headers(body))
+
+    assert (reply.status, reply.json()) == (413, {"outcome": "too_large"})
+    assert snapshot_all(db) == {}
+
+
+def test_chunked_body_over_limit_is_413(url: str, db: firestore.Client) -> None:
+    body = _sized_body(2 * main.MAX_BODY_BYTES)
+
+    reply = send(url, _chunks(body.encode()), signed_headers(body))
+
+    assert (reply.status, reply.json()) == (413, {"outcome": "too_large"})
+    assert snapshot_all(db) == {}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content_length", "chunked"])
+def test_body_of_exactly_the_limit_is_read_whole_and_applied(url: str, db: firestore.Client, chunked: bool) -> None:
+    body = _sized_body(main.MAX_BODY_BYTES)
+    payload = body.encode()
+
+    reply = send(url, _chunks(payload) if chunked else payload, signed_headers(body))
+
+    assert (reply.status, reply.json()) == (200, {"outcome": "applied"})
+    assert len(snapshot_all(db)) == 3  # user, claim, event record
+
+
+def test_concurrent_updates_for_one_user_end_at_the_newest(url: str, db: firestore.Client) -> None:
+    user_id = new_user_id()
+    bodies = [
+        user_event("user.updated", user_id, emails=[f"v{n}@example.com"], first_name=f"v{n}", updated_at=BASE_MS + n)
+        for n in range(THREAD_COUNT)
+    ]
+    statuses: dict[int, list[int]] = {}
+
+    def post(index: int) -> None:
+        statuses[index] = deliver(url, bodies[index], message_id=new_message_id())
+
+    threads = [threading.Thread(target=post, args=(index,)) for index in range(THREAD_COUNT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT_SECONDS)
+
+    assert all(200 <= attempts[-1] < 300 for attempts in statuses.values()), statuses
+    assert len(statuses) == THREAD_COUNT
+    stored = _user(db, user_id)
+    assert stored is not None
+    newest = THREAD_COUNT - 1
+    assert (stored["first_name"], stored["email"]) == (f"v{newest}", f"v{newest}@example.com")
+    claims = {document.id: document.get("clerk_id") for document in db.collection("email_claims").stream(timeout=10)}
+    assert claims == {f"v{newest}@example.com": user_id}
+    outcomes = [document.get("outcome") for document in db.collection("webhook_events").stream(timeout=10)]
+    assert len(outcomes) == THREAD_COUNT
+    assert set(outcomes) <= {"applied", "stale"}
+
+
+def test_concurrent_deliveries_of_one_message_apply_once(url: str, db: firestore.Client) -> None:
+    user_id = new_user_id()
+    body = user_event("user.created", user_id)
+    message_id = new_message_id()
+    replies: list[str] = []
+    lock = threading.Lock()
+
+    def post() -> None:
+        for _ in range(10):
+            reply = send(url, body.encode(), signed_headers(body, message_id=message_id))
+            if reply.status == 200:
+                with lock:
+                    replies.append(reply.json()["outcome"])
+                return
+
+    threads = [threading.Thread(target=post) for _ in range(THREAD_COUNT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_TIMEOUT_SECONDS)
+
+    assert sorted(replies) == ["applied"] + ["duplicate"] * (THREAD_COUNT - 1)
+    events = list(db.collection("webhook_events").stream(timeout=10))
+    assert [document.id for document in events] == [message_id]

@@ -1,0 +1,261 @@
+"""`python -m clerk_sync <command>`: the local dev loop, signed test events, a look at the data, backfill.
+
+Each command imports its module only when it runs, so `--help` is quick and the function never pays
+for the tools' dependencies (svix, clerk-backend-api).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dotenv import load_dotenv
+
+from clerk_sync import config
+from clerk_sync.tools_common import (
+    DEFAULT_EMULATOR_PORT,
+    DEFAULT_FUNCTION_PORT,
+    ROOT,
+    ToolError,
+    firestore_client,
+    firestore_target,
+)
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_FUNCTION_PORT}/"
+DEFAULT_CLERK_API = "https://api.clerk.com/v1"
+Command = Callable[[argparse.Namespace], int]
+
+
+def load_env_file(path: Path) -> None:
+    """Read `.env` like the function does locally: real environment variables win."""
+    if path.is_file():
+        load_dotenv(path, override=False)
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ToolError(f"{name}={raw!r} is not a port number") from None
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from clerk_sync import devloop  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return devloop.run(
+        env_file=args.env_file,
+        function_port=args.port if args.port is not None else _port("PORT", DEFAULT_FUNCTION_PORT),
+        emulator_port=(
+            args.emulator_port if args.emulator_port is not None else _port("EMULATOR_PORT", DEFAULT_EMULATOR_PORT)
+        ),
+        ngrok_api=args.ngrok_api,
+        start_timeout=args.start_timeout,
+    )
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    from clerk_sync import send  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return send.send(
+        args.event,
+        secret=config.read_settings().signing_secret,
+        url=args.url,
+        user_id=args.user_id,
+        email=args.email,
+        first_name=args.first_name,
+        last_name=args.last_name,
+        svix_id=args.svix_id,
+        updated_at=args.updated_at,
+        timeout=args.timeout,
+        out=sys.stdout,
+    )
+
+
+def _run_users(args: argparse.Namespace) -> int:
+    from clerk_sync import show  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return show.list_users(firestore_client_for(args), limit=args.limit, timeout=args.timeout, out=sys.stdout)
+
+
+def _run_user(args: argparse.Namespace) -> int:
+    from clerk_sync import show  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return show.show_user(firestore_client_for(args), args.user_id, timeout=args.timeout, out=sys.stdout)
+
+
+def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
+    """The client named by --project/--emulator/--database, announced on stderr."""
+    target = firestore_target(args.project, args.emulator, args.database)
+    print(target.describe(), file=sys.stderr)
+    return firestore_client(target)
+
+
+def _run_backfill(args: argparse.Namespace) -> int:
+    from clerk_sync import backfill  # noqa: PLC0415 (each tool loads only when it runs)
+
+    secret_key = os.environ.get("CLERK_SECRET_KEY", "").strip()
+    if not secret_key:
+        raise ToolError("set CLERK_SECRET_KEY (the instance's Backend API key, sk_live_… or sk_test_…)")
+    settings = config.read_settings()
+    return backfill.run(
+        firestore_client_for(args),
+        secret_key=secret_key,
+        server_url=args.server_url or os.environ.get("CLERK_API_URL", "").strip() or DEFAULT_CLERK_API,
+        page_size=args.page_size,
+        start_offset=args.start_offset,
+        dry_run=args.dry_run,
+        workers=args.workers,
+        deadline_seconds=settings.firestore_deadline_seconds,
+        event_ttl=settings.event_ttl,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _page_size(text: str) -> int:
+    value = _positive(text)
+    if value > 500:
+        raise argparse.ArgumentTypeError("Clerk serves at most 500 users per page")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, one sub-command per tool."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--env-file",
+        type=Path,
+        default=ROOT / ".env",
+        help="local settings file; real environment variables win (default: %(default)s)",
+    )
+    firestore_options = argparse.ArgumentParser(add_help=False)
+    firestore_options.add_argument(
+        "--project", help="a real Google Cloud project (ignores FIRESTORE_EMULATOR_HOST unless --emulator is given)"
+    )
+    firestore_options.add_argument(
+        "--emulator",
+        metavar="HOST:PORT",
+        help="a Firestore emulator (default without --project: FIRESTORE_EMULATOR_HOST, else 127.0.0.1:8081)",
+    )
+    firestore_options.add_argument(
+        "--database", help="Firestore database id (default: FIRESTORE_DATABASE or (default))"
+    )
+    firestore_options.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds per Firestore call (default: %(default)s)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m clerk_sync", description="Tools for the Clerk → Firestore user sync."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser(
+        "dev",
+        parents=[common],
+        help="run the Firestore emulator and the function on localhost (what `make dev` runs)",
+        description="Start the emulator (with firestore.rules) and the function in the foreground; Ctrl-C stops both.",
+    )
+    dev.add_argument("--port", type=int, help=f"function port (default: PORT or {DEFAULT_FUNCTION_PORT})")
+    dev.add_argument(
+        "--emulator-port", type=int, help=f"emulator port (default: EMULATOR_PORT or {DEFAULT_EMULATOR_PORT})"
+    )
+    dev.add_argument(
+        "--ngrok-api",
+        default="http://127.0.0.1:4040",
+        help="local ngrok agent API, watched to print the public URL (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--start-timeout", type=float, default=90.0, help="seconds to wait for each process (default: %(default)s)"
+    )
+    dev.set_defaults(run=_run_dev)
+
+    send = commands.add_parser(
+        "send",
+        parents=[common],
+        help="post a signed test event to the function (local or ngrok)",
+        description="Build a realistic Clerk event (or read a JSON file), sign it like Svix and post it.",
+    )
+    send.add_argument("event", metavar="user.created|user.updated|user.deleted|FILE.json")
+    send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
+    send.add_argument("--user-id", help="Clerk user id (default for user.created: a new one)")
+    send.add_argument("--email", help="primary email (default: per user; user.updated picks a new one)")
+    send.add_argument("--first-name", default="Ada")
+    send.add_argument("--last-name", default="Lovelace")
+    send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
+    send.add_argument(
+        "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (user.deleted: the event timestamp)"
+    )
+    send.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for the answer (default: %(default)s)"
+    )
+    send.set_defaults(run=_run_send)
+
+    users = commands.add_parser(
+        "users", parents=[common, firestore_options], help="list synced users (id, email, name, updated_at)"
+    )
+    users.add_argument("--limit", type=_positive, default=50, help="how many (default: %(default)s)")
+    users.set_defaults(run=_run_users)
+
+    user = commands.add_parser(
+        "user", parents=[common, firestore_options], help="one user's document, tombstone and event log"
+    )
+    user.add_argument("user_id", metavar="ID")
+    user.set_defaults(run=_run_user)
+
+    backfill = commands.add_parser(
+        "backfill",
+        parents=[common, firestore_options],
+        help="copy every existing Clerk user into Firestore (CLERK_SECRET_KEY)",
+        description="Read all users from Clerk's Backend API and write each through the webhook's transaction.",
+    )
+    backfill.add_argument("--page-size", type=_page_size, default=500, help="users per request, 1-500 (default: 500)")
+    backfill.add_argument(
+        "--start-offset", type=_not_negative, default=0, help="resume at this offset (printed when a run stops)"
+    )
+    backfill.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
+    backfill.add_argument("--workers", type=_positive, default=8, help="parallel transactions (default: %(default)s)")
+    backfill.add_argument(
+        "--server-url",
+        help=f"Clerk Backend API base URL (default: CLERK_API_URL or {DEFAULT_CLERK_API})",
+    )
+    backfill.set_defaults(run=_run_backfill)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; problems the operator can fix end in a one-line message, exit code 1."""
+    args = build_parser().parse_args(argv)
+    run: Command = args.run
+    try:
+        load_env_file(args.env_file)
+        return run(args)
+    except ToolError as problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,256 @@
+"""`send`: a realistic Clerk event, signed with the `svix` package exactly as Clerk's deliveries are.
+
+This replaces the Clerk dashboard's "send example" when working offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import string
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from clerk_sync.tools_common import ToolError
+
+__all__ = ["EVENT_TYPES", "new_clerk_id", "post", "send", "sign", "user_event"]
+
+EVENT_TYPES = ("user.created", "user.updated", "user.deleted")
+BASE62 = string.ascii_letters + string.digits
+MAX_SHOWN_BODY = 2000
+SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def new_clerk_id(prefix: str) -> str:
+    """An id shaped like Clerk's and Svix's (`user_2abc…`, `msg_2abc…`): prefix and 27 base62 chars."""
+    return f"{prefix}_2" + "".join(secrets.choice(BASE62) for _ in range(26))
+
+
+def now_ms() -> int:
+    """Epoch milliseconds, the unit of every Clerk timestamp."""
+    return time.time_ns() // 1_000_000
+
+
+def default_email(user_id: str, first_name: str, *, changed: bool) -> str:
+    """A per-user address (so test users never fight over one email); `changed` gives a new one."""
+    local = f"{first_name.lower() or 'user'}.{user_id[-8:].lower()}"
+    suffix = f"+{secrets.token_hex(2)}" if changed else ""
+    return f"{local}{suffix}@example.com"
+
+
+def user_data(user_id: str, *, email: str, first_name: str, last_name: str, updated_at: int) -> dict[str, Any]:
+    """A full Clerk User object, field for field as the `user.created` / `user.updated` webhooks carry it."""
+    email_id = "idn_2" + hashlib.sha256(f"{user_id}:{email}".encode()).hexdigest()[:26]
+    created_at = updated_at - 60_000
+    return {
+        "backup_code_enabled": False,
+        "banned": False,
+        "create_organization_enabled": True,
+        "create_organizations_limit": None,
+        "created_at": created_at,
+        "delete_self_enabled": True,
+        "email_addresses": [
+            {
+                "created_at": created_at,
+                "email_address": email,
+                "id": email_id,
+                "linked_to": [],
+                "matches_sso_connection": False,
+                "object": "email_address",
+                "reserved": False,
+                "updated_at": updated_at,
+                "verification": {
+                    "attempts": 1,
+                    "expire_at": created_at + 600_000,
+                    "status": "verified",
+                    "strategy": "email_code",
+                },
+            }
+        ],
+        "enterprise_accounts": [],
+        "external_accounts": [],
+        "external_id": None,
+        "first_name": first_name,
+        "has_image": False,
+        "id": user_id,
+        "image_url": "https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCJ9",
+        "last_active_at": updated_at,
+        "last_name": last_name,
+        "last_sign_in_at": None,
+        "legal_accepted_at": None,
+        "locale": None,
+        "locked": False,
+        "lockout_expires_in_seconds": None,
+        "mfa_disabled_at": None,
+        "mfa_enabled_at": None,
+        "object": "user",
+        "passkeys": [],
+        "password_enabled": True,
+        "password_last_updated_at": created_at,
+        "phone_numbers": [],
+        "primary_email_address_id": email_id,
+        "primary_phone_number_id": None,
+        "primary_web3_wallet_id": None,
+        "private_metadata": {},
+        "profile_image_url": "https://www.gravatar.com/avatar?d=mp",
+        "public_metadata": {},
+        "saml_accounts": [],
+        "totp_enabled": False,
+        "two_factor_enabled": False,
+        "unsafe_metadata": {},
+        "updated_at": updated_at,
+        "username": None,
+        "verification_attempts_remaining": 100,
+        "web3_wallets": [],
+    }
+
+
+def user_event(
+    event_type: str,
+    user_id: str,
+    *,
+    email: str | None = None,
+    first_name: str = "Ada",
+    last_name: str = "Lovelace",
+    updated_at: int | None = None,
+) -> dict[str, Any]:
+    """The envelope Clerk posts; `user.updated` moves the user to a new address unless `email` is given."""
+    updated_at = now_ms() if updated_at is None else updated_at
+    if event_type == "user.deleted":
+        data: dict[str, Any] = {"deleted": True, "id": user_id, "object": "user"}
+        timestamp = updated_at  # deletions carry no updated_at; the store orders them by this
+    else:
+        address = email or default_email(user_id, first_name, changed=event_type == "user.updated")
+        data = user_data(user_id, email=address, first_name=first_name, last_name=last_name, updated_at=updated_at)
+        timestamp = now_ms()
+    return {
+        "data": data,
+        "event_attributes": {"http_request": {"client_ip": "127.0.0.1", "user_agent": "clerk-sync send"}},
+        "instance_id": "ins_2localdevelopment00000000",
+        "object": "event",
+        "timestamp": timestamp,
+        "type": event_type,
+    }
+
+
+def sign(body: str, secret: str, message_id: str) -> dict[str, str]:
+    """Svix's headers for `body`, signed now by the `svix` package (the same code Clerk's sender runs)."""
+    from svix.webhooks import Webhook  # noqa: PLC0415 (svix loads pydantic and httpx: only when signing)
+
+    try:
+        webhook = Webhook(secret)
+    except Exception as error:  # svix raises several types for a bad secret; all mean the same here
+        raise ToolError("the signing secret is not a valid whsec_ value") from error
+    when = datetime.now(UTC)
+    return {
+        "svix-id": message_id,
+        "svix-timestamp": str(int(when.timestamp())),
+        "svix-signature": webhook.sign(message_id, when, body),
+        "content-type": "application/json",
+        "user-agent": "clerk-sync-send/1",
+    }
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """POST once and return status, reason and body text; raises ToolError when nothing answered."""
+    if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
+        raise ToolError(f"--url must be an http:// or https:// URL, not {url!r}")
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (checked)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked)
+            return int(response.status), str(response.reason), response.read().decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        return int(error.code), str(error.reason), error.read().decode(errors="replace")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise ToolError(f"no answer from {url} ({reason}); is `make dev` running, or is --url right?") from None
+
+
+def _body_from_file(path: Path) -> tuple[str, str, str]:
+    """A JSON file sent byte for byte as written; returns body, type and user id for the report."""
+    try:
+        body = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ToolError(f"cannot read {path}: {error}") from None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body, "(not JSON)", "-"
+    event_type = parsed.get("type") if isinstance(parsed, dict) else None
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    user_id = data.get("id") if isinstance(data, dict) else None
+    return body, str(event_type or "(no type)"), str(user_id or "-")
+
+
+def _save(body: str, message_id: str) -> Path | None:
+    """Keep the exact body, so a duplicate delivery can repeat it byte for byte as Svix does."""
+    if not SAFE_FILE_NAME.fullmatch(message_id):
+        return None
+    folder = Path(tempfile.gettempdir()) / "clerk-sync-sent"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{message_id}.json"
+        path.write_text(body, encoding="utf-8")
+    except OSError:
+        return None
+    return path
+
+
+def send(
+    what: str,
+    *,
+    secret: str | None,
+    url: str,
+    user_id: str | None,
+    email: str | None,
+    first_name: str,
+    last_name: str,
+    svix_id: str | None,
+    updated_at: int | None,
+    timeout: float,
+    out: TextIO,
+) -> int:
+    """Build (or read), sign and post one event; 0 when the answer is 2xx."""
+    if not secret:
+        raise ToolError(
+            "no signing secret: set CLERK_WEBHOOK_SIGNING_SECRET in the environment or .env (`make dev` creates one)"
+        )
+    if what in EVENT_TYPES:
+        if user_id is None and what != "user.created":
+            raise ToolError(f"{what} needs --user-id (the id `send user.created` printed)")
+        user_id = user_id or new_clerk_id("user")
+        envelope = user_event(
+            what, user_id, email=email, first_name=first_name, last_name=last_name, updated_at=updated_at
+        )
+        body = json.dumps(envelope, ensure_ascii=False)
+        event_type = what
+        addresses = envelope["data"].get("email_addresses") or []
+        detail = f"  ({addresses[0]['email_address']})" if addresses else ""
+    else:
+        path = Path(what)
+        if not path.is_file():
+            raise ToolError(f"{what!r} is neither one of {', '.join(EVENT_TYPES)} nor a JSON file")
+        if any(value is not None for value in (user_id, email, updated_at)):
+            raise ToolError("--user-id, --email and --updated-at apply to generated events; edit the file instead")
+        body, event_type, user_id = _body_from_file(path)
+        detail = f"  (from {path})"
+    message_id = svix_id or new_clerk_id("msg")
+    headers = sign(body, secret, message_id)
+    out.write(f"POST {url}\n")
+    out.write(f"  event    {event_type}  {user_id}{detail}\n")
+    out.write(f"  svix-id  {message_id}\n")
+    saved = _save(body, message_id)
+    if saved is not None:
+        out.write(f"  saved    {saved}  (redeliver it: send {saved} --svix-id {message_id})\n")
+    status, reason, answer = post(url, body.encode(), headers, timeout)
+    shown = answer if len(answer) <= MAX_SHOWN_BODY else answer[:MAX_SHOWN_BODY] + "…"
+    out.write(f"{status} {reason}\n{shown.rstrip()}\n")
+    return 0 if 200 <= status < 300 else 1

@@ -1,0 +1,99 @@
+"""What the command-line tools share: paths, defaults, one error type, and which Firestore to talk to.
+
+Only the tools import this module; the deployed function never does (cold start).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clerk_sync import config
+
+if TYPE_CHECKING:
+    from google.cloud import firestore
+
+__all__ = [
+    "DEFAULT_EMULATOR_HOST",
+    "DEFAULT_EMULATOR_PORT",
+    "DEFAULT_FUNCTION_PORT",
+    "ROOT",
+    "FirestoreTarget",
+    "ToolError",
+    "emulator_answers",
+    "firestore_client",
+    "firestore_target",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FUNCTION_PORT = 8080
+DEFAULT_EMULATOR_PORT = 8081
+DEFAULT_EMULATOR_HOST = f"127.0.0.1:{DEFAULT_EMULATOR_PORT}"
+
+
+class ToolError(Exception):
+    """A problem the operator can fix; the message says how and is printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class FirestoreTarget:
+    """A Firestore database: the emulator at `emulator_host`, or the real one when it is None."""
+
+    project: str
+    database: str
+    emulator_host: str | None
+
+    def describe(self) -> str:
+        """One line for the operator, so nobody writes to production thinking it is the emulator."""
+        where = f"emulator {self.emulator_host}" if self.emulator_host else "Google Cloud (not the emulator)"
+        database = "" if self.database == "(default)" else f", database {self.database}"
+        return f"Firestore: {where}, project {self.project}{database}"
+
+
+def firestore_target(project: str | None, emulator: str | None, database: str | None) -> FirestoreTarget:
+    """`--emulator` wins; `--project` alone means the real project; neither means the local emulator."""
+    database = database or os.environ.get("FIRESTORE_DATABASE", "").strip() or "(default)"
+    environment_project = os.environ.get("GOOGLE_CLOUD_PROJECT", "").strip() or None
+    if emulator:
+        return FirestoreTarget(project or environment_project or config.EMULATOR_PROJECT, database, emulator)
+    if project:
+        return FirestoreTarget(project, database, None)
+    host = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip() or DEFAULT_EMULATOR_HOST
+    return FirestoreTarget(environment_project or config.EMULATOR_PROJECT, database, host)
+
+
+def emulator_answers(host: str, timeout: float = 1.0) -> bool:
+    """Whether a Firestore emulator answers its health check at `host` (`127.0.0.1:PORT`)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError, ValueError):
+        return False
+
+
+def firestore_client(target: FirestoreTarget) -> firestore.Client:
+    """A client for `target`; raises ToolError when the emulator is down or credentials are missing."""
+    # Imported here: `send` and `dev` never need the Firestore client library.
+    from google.auth import exceptions as auth_exceptions  # noqa: PLC0415
+    from google.cloud import firestore  # noqa: PLC0415
+
+    if target.emulator_host:
+        if not emulator_answers(target.emulator_host, timeout=3.0):
+            raise ToolError(
+                f"no Firestore emulator answers at {target.emulator_host}: start one with `make dev`, "
+                "or point at another with --emulator HOST:PORT, or at a real project with --project ID"
+            )
+        os.environ["FIRESTORE_EMULATOR_HOST"] = target.emulator_host
+    else:
+        # The client would silently prefer an emulator named in the environment or .env.
+        os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+    try:
+        return firestore.Client(project=target.project, database=target.database)
+    except auth_exceptions.DefaultCredentialsError:
+        raise ToolError(
+            f"no Google credentials for project {target.project}: run `gcloud auth application-default login`"
+        ) from None

@@ -1,0 +1,298 @@
+"""`send`, `users` and `user` against a real functions-framework server and the emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import emulator
+import pytest
+from clerk_events import new_user_id, user_event
+from conftest import PROJECT, ROOT, Server, start_server, stop_server
+from google.cloud import firestore
+
+from clerk_sync import cli, store
+
+OTHER_SECRET = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCB5b3Ugd2FudA=="
+
+
+@pytest.fixture(scope="module")
+def module_server(emulator_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real functions-framework process for this module (each test still gets a wiped database)."""
+    environment = {**os.environ, "FIRESTORE_EMULATOR_HOST": emulator_host}
+    running = start_server(tmp_path_factory.mktemp("cli-server"), environment)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture
+def server(module_server: Server, db: firestore.Client) -> Server:
+    """The module's server, in front of a database wiped for this test."""
+    return module_server
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, *arguments: str) -> tuple[int, str, str]:
+    """One `python -m clerk_sync` command in this process, without anybody's real .env."""
+    capsys.readouterr()
+    command, *rest = arguments
+    code = cli.main([command, "--env-file", str(tmp_path / "absent.env"), *rest])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def send(capsys: pytest.CaptureFixture[str], tmp_path: Path, server: Server, *arguments: str) -> tuple[int, str]:
+    code, out, err = run_cli(capsys, tmp_path, "send", *arguments, "--url", server.url)
+    return code, out + err
+
+
+def look(capsys: pytest.CaptureFixture[str], tmp_path: Path, emulator_host: str, *arguments: str) -> tuple[int, str]:
+    code, out, _ = run_cli(capsys, tmp_path, *arguments, "--emulator", emulator_host, "--project", PROJECT)
+    return code, out
+
+
+def stored(db: firestore.Client, user_id: str) -> dict[str, object] | None:
+    return db.collection(store.USERS).document(user_id).get(timeout=10).to_dict()
+
+
+def test_send_user_created_is_stored_by_the_real_server(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+
+    code, out = send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--first-name", "Zoë")
+
+    assert code == 0, out
+    assert "200 OK" in out
+    assert '"outcome": "applied"' in out
+    document = stored(db, user_id)
+    assert document is not None
+    assert document["first_name"] == "Zoë"
+    assert document["email"] == f"zoë.{user_id[-8:].lower()}@example.com"
+
+
+def test_send_without_user_id_creates_a_new_clerk_shaped_user(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = send(capsys, tmp_path, server, "user.created")
+
+    created = re.search(r"user\.created  (user_2\w{26})\b", out)
+    assert code == 0
+    assert created is not None, out
+    assert stored(db, created.group(1)) is not None
+
+
+def test_send_with_a_reused_svix_id_is_a_duplicate_delivery(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    first_code, first = send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_dup")
+    saved = re.search(r"saved    (\S+\.json)", first)
+    assert saved is not None, first
+
+    code, out = send(capsys, tmp_path, server, saved.group(1), "--svix-id", "msg_cli_dup")
+    other_code, other = send(
+        capsys, tmp_path, server, "user.updated", "--user-id", user_id, "--svix-id", "msg_cli_dup", "--email", "x@y.z"
+    )
+
+    assert first_code == code == other_code == 0
+    assert '"outcome": "applied"' in first
+    assert '"outcome": "duplicate"' in out
+    assert '"outcome": "duplicate"' in other
+    document = stored(db, user_id)
+    assert document is not None
+    assert document["email"] != "x@y.z"
+    assert db.collection(store.EVENTS).document("msg_cli_dup").get(timeout=10).exists
+
+
+def test_send_user_updated_moves_the_user_to_a_new_email(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    send(capsys, tmp_path, server, "user.created", "--user-id", user_id)
+    first = stored(db, user_id)
+    assert first is not None
+
+    code, _ = send(capsys, tmp_path, server, "user.updated", "--user-id", user_id)
+    changed = stored(db, user_id)
+    chosen_code, _ = send(
+        capsys, tmp_path, server, "user.updated", "--user-id", user_id, "--email", "Chosen@Example.com"
+    )
+    chosen = stored(db, user_id)
+
+    assert code == chosen_code == 0
+    assert changed is not None
+    assert chosen is not None
+    assert changed["email"] != first["email"]
+    assert chosen["email"] == "Chosen@Example.com"
+    claims = {document.id for document in db.collection(store.CLAIMS).stream(timeout=10)}
+    assert claims == {"chosen@example.com"}
+
+
+def test_send_user_updated_requires_the_user_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, tmp_path, "send", "user.updated")
+
+    assert code == 1
+    assert "user.updated needs --user-id" in err
+
+
+def test_send_user_deleted_removes_the_user_and_user_shows_the_tombstone(
+    server: Server, db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_created")
+
+    code, out = send(capsys, tmp_path, server, "user.deleted", "--user-id", user_id, "--svix-id", "msg_cli_deleted")
+    shown_code, shown = look(capsys, tmp_path, emulator_host, "user", user_id)
+
+    assert code == 0, out
+    assert stored(db, user_id) is None
+    assert db.collection(store.TOMBSTONES).document(user_id).get(timeout=10).exists
+    assert shown_code == 0
+    assert f"users/{user_id}: no document" in shown
+    assert f"user_tombstones/{user_id}: deleted_at" in shown
+    assert shown.index("msg_cli_deleted") < shown.index("msg_cli_created")  # newest first
+
+
+def test_send_posts_a_json_file_verbatim(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    path = tmp_path / "event.json"
+    path.write_text(user_event("user.created", user_id, emails=["file@example.com"]))
+
+    code, out = send(capsys, tmp_path, server, str(path))
+
+    assert code == 0, out
+    assert f"user.created  {user_id}" in out
+    document = stored(db, user_id)
+    assert document is not None
+    assert document["email"] == "file@example.com"
+
+
+def test_send_exits_non_zero_when_the_function_rejects_the_signature(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = OTHER_SECRET
+    user_id = new_user_id()
+
+    code, out = send(capsys, tmp_path, server, "user.created", "--user-id", user_id)
+
+    assert code == 1
+    assert "401 UNAUTHORIZED" in out.upper()
+    assert stored(db, user_id) is None
+
+
+def test_send_to_a_closed_port_says_nothing_answered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{emulator.free_port()}/"
+
+    code, _, err = run_cli(capsys, tmp_path, "send", "user.created", "--url", url, "--timeout", "5")
+
+    assert code == 1
+    assert f"no answer from {url}" in err
+
+
+def test_users_lists_what_the_function_wrote_newest_first(
+    server: Server, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    older, newer = new_user_id(), new_user_id()
+    send(capsys, tmp_path, server, "user.created", "--user-id", older, "--updated-at", "1756382400000")
+    send(capsys, tmp_path, server, "user.created", "--user-id", newer, "--first-name", "Grace", "--last-name", "Hopper")
+
+    code, out = look(capsys, tmp_path, emulator_host, "users")
+    limited_code, limited = look(capsys, tmp_path, emulator_host, "users", "--limit", "1")
+
+    assert code == limited_code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "EMAIL", "NAME", "UPDATED_AT"]
+    assert lines[1].split()[:4] == [newer, f"grace.{newer[-8:].lower()}@example.com", "Grace", "Hopper"]
+    assert lines[2].split()[:4] == [older, f"ada.{older[-8:].lower()}@example.com", "Ada", "Lovelace"]
+    assert lines[2].endswith("2025-08-28T12:00:00.000Z")
+    assert "2 users" in out
+    assert older not in limited
+    assert "more exist" in limited
+
+
+def test_user_shows_the_document_and_its_events(
+    server: Server, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_show1")
+    send(capsys, tmp_path, server, "user.updated", "--user-id", user_id, "--svix-id", "msg_cli_show2")
+
+    code, out = look(capsys, tmp_path, emulator_host, "user", user_id)
+
+    assert code == 0
+    document = json.loads(out[out.index("{") : out.index("}\n") + 1])
+    assert document["clerk_id"] == user_id
+    assert document["updated_at"].endswith("Z")
+    assert "private_metadata" not in document
+    assert f"user_tombstones/{user_id}: none" in out
+    assert f"webhook_events for {user_id}: 2 (newest first)" in out
+    assert out.index("msg_cli_show2") < out.index("msg_cli_show1")
+
+
+def test_user_that_never_existed_exits_non_zero(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = look(capsys, tmp_path, emulator_host, "user", "user_never")
+
+    assert code == 1
+    assert "webhook_events for user_never: 0" in out
+
+
+def test_users_without_an_emulator_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    host = f"127.0.0.1:{emulator.free_port()}"
+
+    code, _, err = run_cli(capsys, tmp_path, "users", "--emulator", host)
+
+    assert code == 1
+    assert f"no Firestore emulator answers at {host}: start one with `make dev`" in err
+
+
+def test_python_m_clerk_sync_send_reaches_the_server(server: Server, db: firestore.Client, tmp_path: Path) -> None:
+    user_id = new_user_id()
+    command = [sys.executable, "-m", "clerk_sync", "send", "user.created", "--user-id", user_id, "--url", server.url]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    finished = subprocess.run(
+        [*command, "--env-file", str(tmp_path / "absent.env")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    assert "200 OK" in finished.stdout
+    assert stored(db, user_id) is not None
+
+
+def test_the_function_never_imports_the_tools_or_their_dependencies() -> None:
+    probe = (
+        "import sys; import main; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in {'svix', 'clerk_backend_api'} "
+        "or name.startswith('clerk_sync.')))"
+    )
+
+    finished = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+
+    loaded = json.loads(finished.stdout.replace("'", '"'))
+    assert set(loaded) <= {
+        "clerk_sync.config",
+        "clerk_sync.events",
+        "clerk_sync.logs",
+        "clerk_sync.signature",
+        "clerk_sync.store",
+    }
+    assert "clerk_sync.store" in loaded

@@ -30,6 +30,8 @@ FIRESTORE_RESERVED_NAME = re.compile(r"__.+__", re.DOTALL)
 FIRESTORE_MAX_PATH_BYTES = 1500
 # JSON may spell an unpaired surrogate as `\ud800`; such a string cannot be sent to Firestore.
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Firestore refuses documents over 1 MiB (InvalidArgument); 1 KiB is left for the name and synced_at.
+MAX_DOCUMENT_BYTES = 1024 * 1024 - 1024
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -141,6 +143,9 @@ def _user_upsert(event_type: str, data: dict[str, Any]) -> UserUpsert:
         "updated_at": updated_at,
         "last_sign_in_at": _optional_time(data, "last_sign_in_at"),
     }
+    if _stored_bytes(document) > MAX_DOCUMENT_BYTES:
+        # A body under 1 MiB can still make a bigger document (the email is kept twice): refuse, Svix cannot fix it.
+        raise MalformedEvent("user document over Firestore's 1 MiB limit")
     return UserUpsert(
         event_type=event_type,
         user_id=data["id"],
@@ -238,6 +243,17 @@ def _storable_name(name: str, path_bytes: int) -> bool:
         and not FIRESTORE_RESERVED_NAME.fullmatch(name)
         and path_bytes + _name_bytes(name) <= FIRESTORE_MAX_PATH_BYTES
     )
+
+
+def _stored_bytes(value: object) -> int:
+    """Firestore's storage size of a value: strings and names count their UTF-8 bytes plus one."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass")) + 1
+    if isinstance(value, dict):
+        return sum(_stored_bytes(name) + _stored_bytes(item) for name, item in value.items())
+    if isinstance(value, list):
+        return sum(_stored_bytes(item) for item in value)
+    return 1 if value is None or isinstance(value, bool) else 8
 
 
 def _encodable(document: dict[str, Any]) -> bool:

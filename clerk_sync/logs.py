@@ -32,7 +32,8 @@ def trace_field(headers: HeaderLookup, project_id: str | None) -> dict[str, str]
 def write_line(severity: str, message: str, **fields: Any) -> None:
     """Write one log entry; callers pass ids and outcomes only, never payload data."""
     entry = {"severity": severity, "message": message, **fields}
-    line = json.dumps(entry, ensure_ascii=False, default=str, separators=(",", ":"))
+    # ASCII escapes: an event type may hold a lone surrogate (`\ud800`), which stdout cannot encode.
+    line = json.dumps(entry, ensure_ascii=True, default=str, separators=(",", ":"))
     with _lock:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()

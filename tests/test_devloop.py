@@ -1,0 +1,349 @@
+"""`python -m clerk_sync dev` (what `make dev` runs) as a real process: start, serve, stop, refuse."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO, Any
+
+import emulator
+import pytest
+from clerk_events import new_user_id, signed_headers, user_event
+from conftest import ROOT
+from dotenv import dotenv_values
+from google.cloud import firestore
+
+from clerk_sync import config, devloop
+
+START_TIMEOUT_SECONDS = 120.0
+STOP_TIMEOUT_SECONDS = 30.0
+TUNNEL = "https://fake-tunnel.ngrok-free.app"
+
+
+class Output:
+    """Collects a process's output lines in a thread, so waits on it stay bounded."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def text(self) -> str:
+        with self.changed:
+            return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float) -> str:
+        """All output so far once `needle` appears; fails with the output after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while needle not in "".join(self.lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.thread.is_alive():
+                    pytest.fail(f"{needle!r} never appeared in:\n{''.join(self.lines)}")
+                self.changed.wait(min(left, 0.5))
+            return "".join(self.lines)
+
+
+@contextmanager
+def fake_ngrok_agent(port: int) -> Iterator[str]:
+    """The local ngrok agent API (GET /api/tunnels) with one https tunnel to `port`."""
+    body = json.dumps(
+        {
+            "tunnels": [
+                {
+                    "name": "command_line",
+                    "public_url": TUNNEL,
+                    "proto": "https",
+                    "config": {"addr": f"http://localhost:{port}"},
+                }
+            ]
+        }
+    ).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/api/tunnels" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def dev_command(env_file: Path, function_port: int, emulator_port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "clerk_sync",
+        "dev",
+        "--env-file",
+        str(env_file),
+        "--port",
+        str(function_port),
+        "--emulator-port",
+        str(emulator_port),
+        *extra,
+    ]
+
+
+def environment_without_secret(**overrides: str) -> dict[str, str]:
+    """The test environment minus the signing secret, so the loop must use the one it generates."""
+    environment = {**os.environ, **overrides}
+    for name in (*config.SECRET_VARIABLES, "PORT", "EMULATOR_PORT"):
+        environment.pop(name, None)
+    return environment
+
+
+def process_group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def two_free_ports() -> tuple[int, int]:
+    first = emulator.free_port()
+    second = emulator.free_port()
+    while second == first:
+        second = emulator.free_port()
+    return first, second
+
+
+def test_dev_serves_the_function_on_its_own_emulator_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    function_port, emulator_port = two_free_ports()
+    env_file = tmp_path / ".env"
+    child_groups: list[int] = []
+    with fake_ngrok_agent(function_port) as ngrok_api:
+        process = subprocess.Popen(
+            dev_command(env_file, function_port, emulator_port, "--ngrok-api", ngrok_api),
+            cwd=ROOT,
+            env=environment_without_secret(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        output = Output(process.stdout)
+        try:
+            banner = output.wait_for(f"function  http://127.0.0.1:{function_port}/", START_TIMEOUT_SECONDS)
+            child_groups = [int(pid) for pid in re.findall(r"\(pid (\d+);", banner)]
+            secret = dotenv_values(env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
+            assert secret is not None
+            user_id = new_user_id()
+            body = user_event("user.created", user_id, emails=["dev-loop@example.com"])
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{function_port}/",
+                data=body.encode(),
+                headers=signed_headers(body, secret=secret),
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=15) as response:
+                answer = json.load(response)
+            os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator_port}"
+            stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
+            document = stored.get(timeout=10).to_dict()
+            ngrok_hint = output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
+            log = output.wait_for(f"clerk_id={user_id}", 15)
+
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            for group in child_groups:
+                if process_group_alive(group):
+                    os.killpg(group, signal.SIGKILL)
+
+    assert answer == {"outcome": "applied"}
+    assert document is not None
+    assert document["email"] == "dev-loop@example.com"
+    assert "created" in ngrok_hint.split("\n")[0]
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{32}", secret)
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 24
+    assert env_file.stat().st_mode & 0o077 == 0
+    assert f"ngrok http {function_port}" in banner
+    assert "user.created, user.updated" in banner
+    assert "INFO    200 user.created applied" in log
+    assert "dev-loop@example.com" not in log
+    assert code == 0
+    assert len(child_groups) == 2
+    deadline = time.monotonic() + 5
+    while any(map(process_group_alive, child_groups)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(process_group_alive, child_groups))
+    assert not devloop.port_taken(function_port)
+    assert not devloop.port_taken(emulator_port)
+    assert output.text().rstrip().endswith("dev | stopped")
+
+
+def test_dev_refuses_a_taken_port_and_names_it(tmp_path: Path) -> None:
+    function_port, emulator_port = two_free_ports()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", emulator_port))
+        squatter.listen()
+
+        finished = subprocess.run(
+            dev_command(tmp_path / ".env", function_port, emulator_port),
+            cwd=ROOT,
+            env=environment_without_secret(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert finished.returncode == 1
+    assert f"port {emulator_port} (the Firestore emulator) is already in use on 127.0.0.1" in finished.stderr
+    assert f"--emulator-port {emulator_port + 10}" in finished.stderr
+    assert f"port {function_port}" not in finished.stderr
+    assert "emulator |" not in finished.stdout  # nothing was started
+
+
+def test_dev_refuses_when_the_ports_come_from_the_environment_and_are_taken(tmp_path: Path) -> None:
+    port = emulator.free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+
+        finished = subprocess.run(
+            [sys.executable, "-m", "clerk_sync", "dev", "--env-file", str(tmp_path / ".env")],
+            cwd=ROOT,
+            env={**environment_without_secret(), "PORT": str(port), "EMULATOR_PORT": str(emulator.free_port())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert finished.returncode == 1
+    assert f"port {port} (the function) is already in use" in finished.stderr
+
+
+def test_dev_says_which_prerequisites_are_missing_and_how_to_install_them(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    function_port, emulator_port = two_free_ports()
+
+    finished = subprocess.run(
+        dev_command(tmp_path / ".env", function_port, emulator_port),
+        cwd=ROOT,
+        env=environment_without_secret(PATH=str(empty)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "gcloud is not on PATH" in finished.stderr
+    assert "sudo apt-get install google-cloud-cli" in finished.stderr
+    assert "java is not on PATH" in finished.stderr
+    assert "openjdk-21-jre-headless" in finished.stderr
+
+
+def test_dev_names_a_missing_emulator_component(tmp_path: Path) -> None:
+    sdk = tmp_path / "sdk"
+    (sdk / "bin").mkdir(parents=True)
+    gcloud = sdk / "bin" / "gcloud"
+    gcloud.write_text(f'#!/bin/sh\n[ "$1" = info ] && echo {sdk}\nexit 0\n')
+    gcloud.chmod(0o755)
+    java = subprocess.run(["sh", "-c", "command -v java"], capture_output=True, text=True, timeout=10, check=True)
+    (sdk / "bin" / "java").symlink_to(Path(java.stdout.strip()).resolve())
+    function_port, emulator_port = two_free_ports()
+
+    finished = subprocess.run(
+        dev_command(tmp_path / ".env", function_port, emulator_port),
+        cwd=ROOT,
+        env=environment_without_secret(PATH=str(sdk / "bin")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "the Firestore emulator component of gcloud is missing" in finished.stderr
+    assert "sudo apt-get install google-cloud-cli-firestore-emulator" in finished.stderr
+    assert "gcloud components install cloud-firestore-emulator" in finished.stderr
+    assert "java" not in finished.stderr
+
+
+def test_env_file_is_created_from_the_example_with_a_fresh_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first.env", tmp_path / "second.env"
+
+    devloop.ensure_env_file(first, sys.stdout)
+    devloop.ensure_env_file(second, sys.stdout)
+
+    secrets = [dotenv_values(path)["CLERK_WEBHOOK_SIGNING_SECRET"] for path in (first, second)]
+    assert secrets[0] != secrets[1]
+    assert all(secret and secret.startswith("whsec_") and secret != devloop.PLACEHOLDER_SECRET for secret in secrets)
+    assert "CLERK_SECRET_KEY" in first.read_text()  # the rest of .env.example came along
+    assert f"created {first}" in capsys.readouterr().out
+
+
+def test_env_file_placeholder_is_replaced_and_a_real_secret_kept(tmp_path: Path) -> None:
+    placeholder, real = tmp_path / "placeholder.env", tmp_path / "real.env"
+    placeholder.write_text("CLERK_WEBHOOK_SIGNING_SECRET=whsec_REPLACE_ME\nOTHER=1\n")
+    real.write_text("CLERK_WEBHOOK_SIGNING_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+
+    devloop.ensure_env_file(placeholder, sys.stdout)
+    devloop.ensure_env_file(real, sys.stdout)
+
+    replaced = dotenv_values(placeholder)
+    assert replaced["CLERK_WEBHOOK_SIGNING_SECRET"] != devloop.PLACEHOLDER_SECRET
+    assert replaced["OTHER"] == "1"
+    assert real.read_text() == "CLERK_WEBHOOK_SIGNING_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"
+
+
+def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:
+    line = json.dumps(
+        {
+            "severity": "WARNING",
+            "message": "signature rejected: bad_signature",
+            "reason": "bad_signature",
+            "outcome": "rejected",
+            "status": 401,
+            "latency_ms": 1.5,
+        }
+    )
+    shown = devloop.readable(line)
+
+    assert shown == "WARNING 401 signature rejected: bad_signature  reason=bad_signature (1.5 ms)"
+    assert devloop.readable("[INFO] Booting worker") == "[INFO] Booting worker"
+    assert devloop.emulator_line("INFO: Detected HTTP/2 connection.") is None

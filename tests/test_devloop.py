@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
@@ -141,73 +142,120 @@ def two_free_ports() -> tuple[int, int]:
     return first, second
 
 
-def test_dev_serves_the_function_on_its_own_emulator_and_ctrl_c_stops_both(tmp_path: Path) -> None:
-    function_port, emulator_port = two_free_ports()
-    env_file = tmp_path / ".env"
-    child_groups: list[int] = []
-    with fake_ngrok_agent(function_port) as ngrok_api:
-        process = subprocess.Popen(
-            dev_command(env_file, function_port, emulator_port, "--ngrok-api", ngrok_api),
-            cwd=ROOT,
-            env=environment_without_secret(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        assert process.stdout is not None
-        output = Output(process.stdout)
-        try:
-            banner = output.wait_for(f"function  http://127.0.0.1:{function_port}/", START_TIMEOUT_SECONDS)
-            child_groups = [int(pid) for pid in re.findall(r"\(pid (\d+);", banner)]
-            secret = dotenv_values(env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
-            assert secret is not None
-            user_id = new_user_id()
-            body = user_event("user.created", user_id, emails=["dev-loop@example.com"])
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{function_port}/",
-                data=body.encode(),
-                headers=signed_headers(body, secret=secret),
-                method="POST",
-            )
-            with urllib.request.urlopen(request, timeout=15) as response:
-                answer = json.load(response)
-            os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator_port}"
-            stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
-            document = stored.get(timeout=10).to_dict()
-            ngrok_hint = output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
-            log = output.wait_for(f"clerk_id={user_id}", 15)
+@dataclass
+class DevRun:
+    """A running `python -m clerk_sync dev` and what its banner told us."""
 
-            process.send_signal(signal.SIGINT)
-            code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            for group in child_groups:
-                if process_group_alive(group):
-                    os.killpg(group, signal.SIGKILL)
+    process: subprocess.Popen[str]
+    output: Output
+    function_port: int
+    emulator_port: int
+    env_file: Path
+    banner: str
+    child_groups: list[int]
+
+    def wait_gone(self, timeout: float) -> bool:
+        """Whether both children's process groups are gone within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while any(map(process_group_alive, self.child_groups)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not any(map(process_group_alive, self.child_groups))
+
+
+@contextmanager
+def running_dev(tmp_path: Path, *extra: str, ports: tuple[int, int] | None = None) -> Iterator[DevRun]:
+    """Start the loop on free ports, wait for its banner; kill whatever is left at the end."""
+    function_port, emulator_port = ports or two_free_ports()
+    env_file = tmp_path / ".env"
+    process = subprocess.Popen(
+        dev_command(env_file, function_port, emulator_port, *extra),
+        cwd=ROOT,
+        env=environment_without_secret(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    output = Output(process.stdout)
+    child_groups: list[int] = []
+    try:
+        banner = output.wait_for(f"function  http://127.0.0.1:{function_port}/", START_TIMEOUT_SECONDS)
+        child_groups += [int(pid) for pid in re.findall(r"\(pid (\d+);", banner)]
+        yield DevRun(process, output, function_port, emulator_port, env_file, banner, child_groups)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        for group in child_groups:
+            if process_group_alive(group):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_dev_serves_the_function_on_its_own_emulator_and_ctrl_c_stops_both(tmp_path: Path) -> None:
+    ports = two_free_ports()
+    with fake_ngrok_agent(ports[0]) as ngrok_api, running_dev(tmp_path, "--ngrok-api", ngrok_api, ports=ports) as dev:
+        secret = dotenv_values(dev.env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
+        assert secret is not None
+        user_id = new_user_id()
+        body = user_event("user.created", user_id, emails=["dev-loop@example.com"])
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{dev.function_port}/",
+            data=body.encode(),
+            headers=signed_headers(body, secret=secret),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=15) as response:
+            answer = json.load(response)
+        os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{dev.emulator_port}"
+        stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
+        document = stored.get(timeout=10).to_dict()
+        log = dev.output.wait_for(f"clerk_id={user_id}", 15)
+        ngrok_hint = dev.output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
+
+        dev.process.send_signal(signal.SIGINT)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
     assert answer == {"outcome": "applied"}
     assert document is not None
     assert document["email"] == "dev-loop@example.com"
-    assert "created" in ngrok_hint.split("\n")[0]
+    assert f"created {dev.env_file}" in log.split("\n")[0]
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{32}", secret)
     assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 24
-    assert env_file.stat().st_mode & 0o077 == 0
-    assert f"ngrok http {function_port}" in banner
-    assert "user.created, user.updated" in banner
+    assert dev.env_file.stat().st_mode & 0o077 == 0
+    assert f"ngrok tunnel found: {TUNNEL} -> http://127.0.0.1:{dev.function_port}" in ngrok_hint
+    assert f"ngrok http {dev.function_port}" in dev.banner
+    assert "user.created, user.updated" in dev.banner
     assert "INFO    200 user.created applied" in log
     assert "dev-loop@example.com" not in log
     assert code == 0
-    assert len(child_groups) == 2
-    deadline = time.monotonic() + 5
-    while any(map(process_group_alive, child_groups)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(map(process_group_alive, child_groups))
-    assert not devloop.port_taken(function_port)
-    assert not devloop.port_taken(emulator_port)
-    assert output.text().rstrip().endswith("dev | stopped")
+    assert len(dev.child_groups) == 2
+    assert dev.wait_gone(timeout=5)
+    assert not devloop.port_taken(dev.function_port)
+    assert not devloop.port_taken(dev.emulator_port)
+    assert dev.output.text().rstrip().endswith("dev | stopped")
+
+
+def test_dev_stops_both_on_sigterm(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as dev:
+        dev.process.send_signal(signal.SIGTERM)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert code == 0
+    assert "SIGTERM: stopping the function and the emulator" in dev.output.text()
+    assert dev.wait_gone(timeout=5)
+
+
+def test_dev_stops_the_emulator_when_the_function_dies(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as dev:
+        function_group = dev.child_groups[0]
+        os.killpg(function_group, signal.SIGKILL)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert code == 1
+    assert "the function exited (code -9); stopping the other" in dev.output.text()
+    assert dev.wait_gone(timeout=5)
+    assert not devloop.port_taken(dev.emulator_port)
 
 
 def test_dev_refuses_a_taken_port_and_names_it(tmp_path: Path) -> None:

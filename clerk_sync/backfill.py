@@ -382,9 +382,9 @@ def _pages(clerk: Clerk, page_size: int, offset: int, progress: Progress) -> Ite
 def summary(tally: Tally, *, dry_run: bool, elapsed: float, start_offset: int) -> str:
     """The closing report; conflicts name both users so an operator can look at them."""
     rate = tally.read / max(elapsed, 1e-9)
-    verb = "dry run (nothing written), would be" if dry_run else "done"
+    verb = "dry run, nothing written; the counts say what a real run would do" if dry_run else "done"
     lines = [
-        f"backfill {verb}: {tally.read} users read from Clerk from offset {start_offset} "
+        f"backfill {verb}\n{tally.read} users read from Clerk from offset {start_offset} "
         f"in {elapsed:.1f} s ({rate:.1f} users/s)",
         f"  created    {tally.counts[Result.CREATED]:>7}",
         f"  updated    {tally.counts[Result.UPDATED]:>7}  (Firestore had an older version)",

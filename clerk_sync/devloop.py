@@ -76,12 +76,12 @@ def ensure_env_file(env_file: Path, out: TextIO) -> None:
             text += f"CLERK_WEBHOOK_SIGNING_SECRET={new_signing_secret()}\n"
         env_file.write_text(text)
         env_file.chmod(0o600)
-        out.write(f"created {env_file} with a fresh local signing secret (never commit it)\n")
+        out.write(f"created {shown(env_file)} with a fresh local signing secret (never commit it)\n")
         return
     text = env_file.read_text()
     if f"CLERK_WEBHOOK_SIGNING_SECRET={PLACEHOLDER_SECRET}" in text:
         env_file.write_text(SECRET_LINE.sub(rf"\g<1>{new_signing_secret()}", text, count=1))
-        out.write(f"replaced the placeholder secret in {env_file} with a fresh local one\n")
+        out.write(f"replaced the placeholder secret in {shown(env_file)} with a fresh local one\n")
 
 
 def _runs(command: list[str]) -> bool:
@@ -309,13 +309,16 @@ def _watch_ngrok(api: str, port: int, stop: threading.Event, console: Console) -
             return
 
 
-def _tool(command: str) -> str:
-    python = Path(sys.executable)
+def shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it: `.env`, `.venv/bin/python`."""
     try:
-        shown = python.relative_to(Path.cwd())
+        return str(path.relative_to(Path.cwd()))
     except ValueError:
-        shown = python
-    return f"{shown} -m clerk_sync {command}"
+        return str(path)
+
+
+def _tool(command: str) -> str:
+    return f"{shown(Path(sys.executable))} -m clerk_sync {command}"
 
 
 def banner(function_url: str, function_port: int, emulator_host: str, children: list[Child], secret_from: str) -> str:
@@ -442,7 +445,7 @@ def _serve(
     children.append(function)
     if not _wait_until(lambda: _function_answers(function_url), function, start_timeout, stop, console):
         return False
-    secret_from = str(env_file) if _secret_in_file(env_file, settings) else "the environment"
+    secret_from = shown(env_file) if _secret_in_file(env_file, settings) else "the environment"
     console.block(banner(function_url, function_port, emulator_host, children, secret_from))
     threading.Thread(target=_watch_ngrok, args=(ngrok_api, function_port, stop, console), daemon=True).start()
     while not stop.wait(POLL_SECONDS):

@@ -169,7 +169,7 @@ def test_dry_run_writes_nothing_and_predicts_what_the_real_run_does(
         code, out, _ = run_backfill(capsys, fake, tmp_path, emulator_host, "--page-size", "3")
 
     assert after_dry_run == before
-    assert "dry run (nothing written)" in dry_out
+    assert "dry run, nothing written" in dry_out
     assert counts(dry_out) == counts(out) == expected(created=2, updated=2, unchanged=1, stale=2, conflicts=1)
     assert dry_code == code == 3
     assert "user_bf0007: primary email still held by user_gone" in dry_out

@@ -247,9 +247,10 @@ def send(
     out.write(f"POST {url}\n")
     out.write(f"  event    {event_type}  {user_id}{detail}\n")
     out.write(f"  svix-id  {message_id}\n")
-    saved = _save(body, message_id)
+    saved = _save(body, message_id) if what in EVENT_TYPES else None
     if saved is not None:
-        out.write(f"  saved    {saved}  (redeliver it: send {saved} --svix-id {message_id})\n")
+        # Same id and same bytes: exactly what a Svix retry of this delivery looks like.
+        out.write(f"  resend   python -m clerk_sync send {saved} --svix-id {message_id}\n")
     status, reason, answer = post(url, body.encode(), headers, timeout)
     shown = answer if len(answer) <= MAX_SHOWN_BODY else answer[:MAX_SHOWN_BODY] + "…"
     out.write(f"{status} {reason}\n{shown.rstrip()}\n")

@@ -93,7 +93,7 @@ def test_send_with_a_reused_svix_id_is_a_duplicate_delivery(
 ) -> None:
     user_id = new_user_id()
     first_code, first = send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_dup")
-    saved = re.search(r"saved    (\S+\.json)", first)
+    saved = re.search(r"resend   python -m clerk_sync send (\S+\.json) --svix-id msg_cli_dup\n", first)
     assert saved is not None, first
 
     code, out = send(capsys, tmp_path, server, saved.group(1), "--svix-id", "msg_cli_dup")

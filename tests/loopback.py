@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,13 +33,13 @@ class Reply:
 
 def send(
     url: str,
-    body: bytes | Iterable[bytes] | None = None,
+    body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     *,
     method: str = "POST",
     timeout: float = TIMEOUT_SECONDS,
 ) -> Reply:
-    """One request; an iterable body without Content-Length goes out chunked (urllib's rule)."""
+    """One ordinary request with urllib."""
     request = urllib.request.Request(url, data=body, headers=dict(headers or {}), method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -46,15 +49,57 @@ def send(
             return Reply(error.code, error.read(), dict(error.headers))
 
 
+def send_streamed(
+    url: str,
+    chunks: Iterable[bytes],
+    headers: Mapping[str, str],
+    *,
+    content_length: int | None = None,
+    timeout: float = TIMEOUT_SECONDS,
+) -> tuple[Reply, int]:
+    """Stream a body (chunked unless `content_length` is given) and read the answer even if the
+    server answered early and stopped reading; returns the reply and how many body bytes went out."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        connection.putrequest("POST", parts.path or "/")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        if content_length is None:
+            connection.putheader("Transfer-Encoding", "chunked")
+        else:
+            connection.putheader("Content-Length", str(content_length))
+        connection.endheaders()
+        sent = 0
+        try:
+            for chunk in chunks:
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if content_length is None else chunk)
+                sent += len(chunk)
+            if content_length is None:
+                connection.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before taking it all, which is the point
+        response = connection.getresponse()
+        return Reply(response.status, response.read(), dict(response.headers)), sent
+    finally:
+        connection.close()
+
+
 def deliver(
     url: str, body: str, *, message_id: str, secret: str = SECRET, attempts: int = 10, pause: float = 0.2
-) -> list[int]:
-    """Post like Svix: same message id on every attempt, re-signed, retried on non-2xx (bounded)."""
-    statuses: list[int] = []
+) -> list[int | str]:
+    """Post like Svix: same message id on every attempt, re-signed, retried after any non-2xx or
+    network error (bounded); returns each attempt's status, or `outcome` for a 2xx."""
+    results: list[int | str] = []
     for _ in range(attempts):
-        reply = send(url, body.encode(), signed_headers(body, message_id=message_id, secret=secret))
-        statuses.append(reply.status)
-        if 200 <= reply.status < 300:
-            break
-        time.sleep(pause)
-    return statuses
+        try:
+            reply = send(url, body.encode(), signed_headers(body, message_id=message_id, secret=secret))
+        except OSError as error:
+            results.append(type(error).__name__)
+        else:
+            if 200 <= reply.status < 300:
+                results.append(str(reply.json()["outcome"]))
+                break
+            results.append(reply.status)
+        time.sleep(pause * (1 + random.random()))  # jitter, so retries of concurrent senders spread
+    return results

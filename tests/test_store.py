@@ -232,8 +232,11 @@ def test_duplicate_delivery_writes_once(db: firestore.Client) -> None:
 
     outcome = apply(db, body, message_id)
 
+    record = document(db, store.EVENTS, message_id)
     assert outcome is store.Outcome.DUPLICATE
-    assert snapshot_all(db) == before  # received_at and synced_at included: nothing rewritten
+    assert record is not None
+    assert record["received_at"] == before[f"{store.EVENTS}/{message_id}"]["received_at"]
+    assert snapshot_all(db) == before  # synced_at and everything else included: nothing rewritten
 
 
 def test_update_before_create_keeps_the_update(db: firestore.Client) -> None:

@@ -201,7 +201,7 @@ def readable(line: str) -> str | None:
     for key in ("event_type", "outcome"):
         if str(entry.get(key)) in message:
             del entry[key]
-    rest = " ".join(f"{key}={value}" for key, value in entry.items())
+    rest = " ".join(f"{key}={value}" for key, value in entry.items() if value is not None)
     timing = f" ({latency} ms)" if latency is not None else ""
     return f"{severity:<7} {status} {message}  {rest}{timing}".rstrip()
 

@@ -384,6 +384,7 @@ def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:
         {
             "severity": "WARNING",
             "message": "signature rejected: bad_signature",
+            "svix_id": None,
             "reason": "bad_signature",
             "outcome": "rejected",
             "status": 401,

@@ -145,13 +145,13 @@ def port_taken(port: int) -> bool:
     return False
 
 
-def taken_ports(ports: dict[str, tuple[int, str]]) -> list[str]:
-    """A message per port (name -> (port, flag)) that is in use, with how to pick another."""
+def taken_ports(ports: dict[str, tuple[int, str, str]]) -> list[str]:
+    """A message per port in use (name -> (port, flag, variable)), with how to pick another."""
     return [
         f"port {port} ({name}) is already in use on 127.0.0.1. Stop what listens there "
         f"(`lsof -iTCP:{port} -sTCP:LISTEN` or `ss -ltnp 'sport = :{port}'` shows it), or choose another: "
-        f"`python -m clerk_sync dev {flag} {port + 10}`"
-        for name, (port, flag) in ports.items()
+        f"`make dev {variable}={port + 10}` or `python -m clerk_sync dev {flag} {port + 10}`"
+        for name, (port, flag, variable) in ports.items()
         if port_taken(port)
     ]
 
@@ -368,7 +368,10 @@ def preflight(env_file: Path, function_port: int, emulator_port: int, out: TextI
         problems.append(f"the function and the emulator cannot share port {function_port}")
     else:
         problems += taken_ports(
-            {"the function": (function_port, "--port"), "the Firestore emulator": (emulator_port, "--emulator-port")}
+            {
+                "the function": (function_port, "--port", "PORT"),
+                "the Firestore emulator": (emulator_port, "--emulator-port", "EMULATOR_PORT"),
+            }
         )
     return problems
 

@@ -276,6 +276,7 @@ def test_dev_refuses_a_taken_port_and_names_it(tmp_path: Path) -> None:
 
     assert finished.returncode == 1
     assert f"port {emulator_port} (the Firestore emulator) is already in use on 127.0.0.1" in finished.stderr
+    assert f"`make dev EMULATOR_PORT={emulator_port + 10}`" in finished.stderr
     assert f"--emulator-port {emulator_port + 10}" in finished.stderr
     assert f"port {function_port}" not in finished.stderr
     assert "emulator |" not in finished.stdout  # nothing was started

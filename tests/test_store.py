@@ -336,6 +336,42 @@ def test_duplicate_delete_changes_nothing(db: firestore.Client) -> None:
     assert document(db, store.TOMBSTONES, user_id) == tombstone
 
 
+@pytest.mark.parametrize("message_id", ["msg/with/slashes", "__msg__", "..", "msg é 🙂"])
+def test_any_svix_id_is_recorded_and_deduplicated(db: firestore.Client, message_id: str) -> None:
+    body = user_event("user.created", new_user_id())
+
+    outcomes = [apply(db, body, message_id), apply(db, body, message_id)]
+
+    record = document(db, store.EVENTS, store.document_id(message_id))
+    assert outcomes == [store.Outcome.APPLIED, store.Outcome.DUPLICATE]
+    assert record is not None
+    assert record["svix_id"] == message_id
+
+
+def test_user_document_near_firestore_size_limit_is_stored(db: firestore.Client) -> None:
+    user_id = new_user_id()
+    half = 500_000
+    body = user_event("user.created", user_id, public_metadata={"a": "x" * half}, unsafe_metadata={"b": "y" * half})
+
+    outcome = apply(db, body)
+
+    stored = document(db, store.USERS, user_id)
+    assert outcome is store.Outcome.APPLIED
+    assert stored is not None
+    assert (len(stored["public_metadata"]["a"]), len(stored["unsafe_metadata"]["b"])) == (half, half)
+
+
+def test_body_under_1_mib_whose_document_would_exceed_firestore_limit_is_malformed(db: firestore.Client) -> None:
+    address = "a" * 600_000 + "@example.com"  # stored twice: as `email` and in `email_addresses`
+    body = user_event("user.created", new_user_id(), emails=[address])
+    assert len(body.encode()) < 1024 * 1024
+
+    with pytest.raises(events.MalformedEvent):
+        apply(db, body)
+
+    assert snapshot_all(db) == {}
+
+
 # --- email uniqueness -----------------------------------------------------------------------------
 
 

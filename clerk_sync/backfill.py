@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +41,7 @@ MAX_RETRY_AFTER_SECONDS = 300.0
 REQUEST_TIMEOUT_MS = 30_000
 STORE_ATTEMPTS = 3
 READ_TIMEOUT_SECONDS = 10.0
+REDRAW_SECONDS = 0.2
 # Our own loop retries (it also honours 429, which the client's default policy does not).
 NO_CLIENT_RETRIES = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), retry_connection_errors=False)
 
@@ -123,19 +124,31 @@ class Progress:
         self.start_offset = start_offset
         self.started = time.monotonic()
         self.done = 0
+        self.drawn = 0.0
         self.tty = err.isatty()
 
     def rate(self) -> float:
         return float(self.done / max(time.monotonic() - self.started, 1e-9))
 
+    def advance(self, position: int, page_offset: int) -> None:
+        """One more user handled; a terminal redraws at most five times a second."""
+        self.done += 1
+        if self.tty and time.monotonic() - self.drawn >= REDRAW_SECONDS:
+            self._draw(position, page_offset)
+
     def page(self, next_offset: int) -> None:
-        position = f"{next_offset}/{self.total}" if self.total is not None else f"{next_offset}"
-        percent = f" {100 * next_offset / self.total:3.0f}%" if self.total else ""
-        line = f"{position} users{percent}  {self.rate():.1f} users/s  next offset {next_offset}"
+        """A page is finished: redraw on a terminal, one line otherwise."""
+        self._draw(next_offset, next_offset)
+
+    def _draw(self, position: int, resume_offset: int) -> None:
+        self.drawn = time.monotonic()
+        where = f"{position}/{self.total}" if self.total is not None else f"{position}"
+        percent = f" {100 * position / self.total:3.0f}%" if self.total else ""
+        line = f"{where} users{percent}  {self.rate():.1f} users/s  resume offset {resume_offset}"
         if self.tty:
             bar = ""
             if self.total:
-                filled = min(30, round(30 * next_offset / self.total))
+                filled = min(30, round(30 * position / self.total))
                 bar = "[" + "#" * filled + "-" * (30 - filled) + "] "
             self.err.write(f"\r\033[K{bar}{line}")
         else:
@@ -259,7 +272,7 @@ class Run:
     predictions: dict[str, Prediction] = field(default_factory=dict)  # dry run only
     clerk_emails: dict[str, str | None] = field(default_factory=dict)  # dry run only
 
-    def apply(self, upserts: list[UserUpsert], resume_offset: int) -> list[Result]:
+    def apply(self, upserts: list[UserUpsert], resume_offset: int) -> Iterator[Result]:
         """Write a batch through the webhook transaction; report created/updated from a prior read."""
         references = [self.db.collection(store.USERS).document(upsert.user_id) for upsert in upserts]
         prior = _with_store_retries("reading the users", lambda: _read(self.db, references), resume_offset)
@@ -281,9 +294,9 @@ class Run:
                 return _written(prior.get(f"{store.USERS}/{upsert.user_id}"), upsert)
             return Result(str(outcome))
 
-        return list(self.pool.map(one, upserts))
+        return self.pool.map(one, upserts)
 
-    def predict(self, upserts: list[UserUpsert], resume_offset: int) -> list[Result]:
+    def predict(self, upserts: list[UserUpsert], resume_offset: int) -> Iterator[Result]:
         """A dry run's batch: read what the transaction would read, write nothing."""
 
         def one(upsert: UserUpsert) -> Result:
@@ -296,7 +309,7 @@ class Run:
 
         for upsert in upserts:
             self.clerk_emails[upsert.user_id] = upsert.email_key
-        return list(self.pool.map(one, upserts))
+        return self.pool.map(one, upserts)
 
     def page(self, users: list[models.User], offset: int) -> None:
         """Parse, write (or predict) and count one page of Clerk users."""
@@ -308,10 +321,12 @@ class Run:
                 self.tally.skipped[user.id] = str(malformed)
                 self.tally.counts[Result.SKIPPED] += 1
         handle = self.predict if self.dry_run else self.apply
-        for upsert, result in zip(upserts, handle(upserts, offset), strict=True):
+        skipped = len(users) - len(upserts)
+        for done, (upsert, result) in enumerate(zip(upserts, handle(upserts, offset), strict=True), start=1):
             self.count(upsert, result)
+            self.progress.advance(offset + skipped + done, offset)
         self.tally.read += len(users)
-        self.progress.done += len(users)
+        self.progress.page(offset + len(users))
 
     def count(self, upsert: UserUpsert, result: Result) -> None:
         if result is Result.CONFLICT:
@@ -441,7 +456,6 @@ def run(
         try:
             for offset, users in _pages(clerk, page_size, start_offset, progress):
                 state.page(users, offset)
-                progress.page(offset + len(users))
             state.settle_conflicts()
         except BackfillStopped as stopped:
             status, resume = 1, f"stopped: {stopped}\nresume with: --start-offset {stopped.resume_offset}"

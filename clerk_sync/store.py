@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import random
 import re
 import threading
 import time
@@ -44,6 +45,7 @@ CLAIMS = "email_claims"
 TOMBSTONES = "user_tombstones"
 EVENTS = "webhook_events"
 MAX_ATTEMPTS = 5
+RETRY_PAUSE_SECONDS = 0.25
 SAFE_ID_CHARACTERS = re.compile(r"[A-Za-z0-9@._+-]")
 MAX_ID_BYTES = 1500
 
@@ -65,6 +67,10 @@ class StoreUnavailable(Exception):
 
 _client: firestore.Client | None = None
 _client_lock = threading.Lock()
+# Deliveries for one user take turns inside an instance. Concurrent transactions on the same
+# documents abort each other (the emulator only after a 2 s lock timeout each time), and a
+# burst of retries for one user could keep every one of them aborting.
+_user_locks = tuple(threading.Lock() for _ in range(64))
 
 
 def client(project: str | None = None, database: str = "(default)") -> firestore.Client:
@@ -173,7 +179,7 @@ def _run_transaction(
     """Run `work` in a transaction, re-running it on contention while the deadline allows."""
     transaction = _DeadlineTransaction(firestore_client, deadline)
     retry_id: bytes | None = None
-    for _ in range(MAX_ATTEMPTS):
+    for attempt in range(MAX_ATTEMPTS):
         transaction._clean_up()
         transaction._begin(retry_id=retry_id)
         retry_id = retry_id or transaction._id
@@ -182,8 +188,11 @@ def _run_transaction(
             transaction._commit()
             return result
         except api_exceptions.Aborted:
-            # Contention: Firestore already dropped this attempt; run the work again.
+            # Contention: Firestore already dropped this attempt; run the work again after a
+            # random pause, or the contenders that aborted together collide again together.
             transaction._clean_up()
+            pause = random.uniform(0, RETRY_PAUSE_SECONDS * 2**attempt)  # noqa: S311 - jitter, not a secret
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         except BaseException:
             if transaction.in_progress:
                 # The original error matters more; an abandoned transaction expires on its own.
@@ -213,10 +222,15 @@ def apply_event(
         def work(transaction: _DeadlineTransaction) -> Outcome:
             return _delete(transaction, message_id, event, event_ttl)
 
+    user_lock = _user_locks[hash(event.user_id) % len(_user_locks)]
+    if not user_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise StoreUnavailable("earlier deliveries for this user outlasted the deadline")
     try:
         return _run_transaction(firestore_client, deadline, work)
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError, auth_exceptions.GoogleAuthError) as error:
         raise StoreUnavailable(type(error).__name__) from error
+    finally:
+        user_lock.release()
 
 
 def _refs(firestore_client: firestore.Client, message_id: str, user_id: str) -> tuple[Any, Any, Any]:

@@ -138,6 +138,17 @@ def test_header_names_are_case_insensitive(client: FlaskClient) -> None:
     assert answer(post(client, body, headers)) == (200, "applied")
 
 
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", None])
+def test_raw_bytes_are_verified_whatever_the_content_type(client: FlaskClient, content_type: str | None) -> None:
+    body = user_event("user.created", new_user_id())
+    headers = signed_headers(body)
+    del headers["content-type"]
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    assert answer(post(client, body, headers)) == (200, "applied")
+
+
 def test_webhook_secret_is_the_fallback_variable(client: FlaskClient) -> None:
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = ""
     os.environ["WEBHOOK_SECRET"] = OTHER_SECRET

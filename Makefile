@@ -70,5 +70,10 @@ ttl: ## let Firestore expire old webhook_events records (PROJECT=... required)
 	$(require-project)
 	gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl --project=$(PROJECT)
 
+bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): print tables, keep bench/results/
+	@for script in cold_start latency round_trips memory; do \
+	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
+	done
+
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

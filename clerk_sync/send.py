@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import string
@@ -191,10 +192,13 @@ def _body_from_file(path: Path) -> tuple[str, str, str]:
 
 
 def _save(body: str, message_id: str) -> Path | None:
-    """Keep the exact body, so a duplicate delivery can repeat it byte for byte as Svix does."""
+    """Keep the exact body, so a duplicate delivery can repeat it byte for byte as Svix does.
+
+    In `CLERK_SYNC_SENT_DIR`, by default `clerk-sync-sent` in the temporary directory.
+    """
     if not SAFE_FILE_NAME.fullmatch(message_id):
         return None
-    folder = Path(tempfile.gettempdir()) / "clerk-sync-sent"
+    folder = Path(os.environ.get("CLERK_SYNC_SENT_DIR") or Path(tempfile.gettempdir()) / "clerk-sync-sent")
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         path = folder / f"{message_id}.json"

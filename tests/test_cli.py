@@ -21,6 +21,12 @@ from clerk_sync import cli, store
 OTHER_SECRET = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCB5b3Ugd2FudA=="
 
 
+@pytest.fixture(autouse=True)
+def _sent_bodies_in_tmp(tmp_path: Path) -> None:
+    """`send` keeps each body it posts; here, in the test's own directory."""
+    os.environ["CLERK_SYNC_SENT_DIR"] = str(tmp_path / "sent")
+
+
 @pytest.fixture(scope="module")
 def module_server(emulator_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One real functions-framework process for this module (each test still gets a wiped database)."""
@@ -95,6 +101,7 @@ def test_send_with_a_reused_svix_id_is_a_duplicate_delivery(
     first_code, first = send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_dup")
     saved = re.search(r"resend   python -m clerk_sync send (\S+\.json) --svix-id msg_cli_dup\n", first)
     assert saved is not None, first
+    assert saved.group(1) == str(tmp_path / "sent" / "msg_cli_dup.json")
 
     code, out = send(capsys, tmp_path, server, saved.group(1), "--svix-id", "msg_cli_dup")
     other_code, other = send(

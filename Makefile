@@ -33,6 +33,9 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 test: lint ## lint, then the whole test suite against a real Firestore emulator
 	$(PY) -m pytest
 
+soak: $(INSTALLED) ## long delivery simulations only (thousands of events; SIM_SEED=N replays one)
+	$(PY) -m pytest -m soak -s
+
 # Deploy (README "Deploy"). `make -n deploy PROJECT=my-project` prints the command without running it.
 PROJECT ?=
 REGION ?= us-central1

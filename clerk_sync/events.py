@@ -89,10 +89,11 @@ def parse_event(body: bytes) -> Event:
         raise MalformedEvent("missing type")
     data = envelope.get("data")
     if event_type in USER_UPSERT_TYPES:
-        upsert = _user_upsert(event_type, _user_data(data))
-        if SURROGATE_ESCAPE.search(body) and not _encodable(upsert.document):
-            raise MalformedEvent("a stored field holds an unpaired surrogate")
-        return upsert
+        data = _user_data(data)
+        if SURROGATE_ESCAPE.search(body) and not _encodable(data):
+            # Not valid Unicode (RFC 8259 8.2); Firestore cannot store it and Clerk never sends it.
+            raise MalformedEvent("data holds an unpaired surrogate")
+        return _user_upsert(event_type, data)
     if event_type == USER_DELETED:
         data = _user_data(data)
         return UserDeletion(
@@ -256,10 +257,10 @@ def _stored_bytes(value: object) -> int:
     return 1 if value is None or isinstance(value, bool) else 8
 
 
-def _encodable(document: dict[str, Any]) -> bool:
-    """Whether every string in the document survives UTF-8, as Firestore's wire format needs."""
+def _encodable(value: dict[str, Any]) -> bool:
+    """Whether every string survives UTF-8, as Firestore's wire format needs."""
     try:
-        json.dumps(document, ensure_ascii=False, default=str).encode()
+        json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError:
         return False
     return True

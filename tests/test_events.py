@@ -296,10 +296,20 @@ def test_unpaired_surrogate_in_a_stored_field_is_malformed(changes: dict[str, An
         events.parse_event(body)
 
 
-def test_unpaired_surrogate_in_private_metadata_is_harmless() -> None:
-    event = _upsert(_with({"private_metadata": {"x": "\ud800"}}))
+@pytest.mark.parametrize(
+    "changes",
+    [{"private_metadata": {"x": "\ud800"}}, {"phone_numbers": [{"id": "idn_2", "phone_number": "\udc00"}]}],
+    ids=["private_metadata", "non_primary_phone"],
+)
+def test_unpaired_surrogate_anywhere_in_user_data_is_malformed(changes: dict[str, Any]) -> None:
+    with pytest.raises(events.MalformedEvent, match="unpaired surrogate"):
+        events.parse_event(_with(changes))
 
-    assert "private_metadata" not in event.document
+
+def test_unpaired_surrogate_outside_user_data_does_not_matter() -> None:
+    body = json.dumps({**envelope("user.created", user_data("user_ok")), "instance_id": "ins_\udfff"}).encode()
+
+    assert isinstance(events.parse_event(body), events.UserUpsert)
 
 
 def test_null_metadata_and_flags_become_empty_and_false() -> None:

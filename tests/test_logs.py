@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import emulator
@@ -28,6 +28,9 @@ PHONE = "+15555550199"
 NAME = "Zelda-Uniquename"
 METADATA_VALUE = "meta-value-9b1f"
 PRIVATE_VALUE = "cus_private_77aa"
+
+# Posts a body with the given headers (signed now when None) and returns the status.
+Post = Callable[[str, dict[str, str] | None], int]
 
 
 def _lines(text: str) -> list[dict[str, Any]]:
@@ -71,7 +74,7 @@ def _assert_one_line_each(lines: list[dict[str, Any]], statuses: list[int]) -> N
         assert line["message"]
 
 
-def _mixed_run(post: Any) -> tuple[list[int], list[str], str]:
+def _mixed_run(post: Post) -> tuple[list[int], list[str], str]:
     """Requests covering every outcome, errors included; returns the statuses, bodies and svix id."""
     user_id = new_user_id()
     created = _sensitive_body(user_id, EMAILS[0])
@@ -95,14 +98,14 @@ def _mixed_run(post: Any) -> tuple[list[int], list[str], str]:
 
 
 @pytest.fixture
-def captured_post(client: FlaskClient) -> Any:
+def captured_post(client: FlaskClient) -> Post:
     def post(body: str, headers: dict[str, str] | None) -> int:
         return client.post("/", data=body.encode(), headers=headers or signed_headers(body)).status_code
 
     return post
 
 
-def test_each_request_logs_one_complete_json_line(captured_post: Any, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_request_logs_one_complete_json_line(captured_post: Post, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
 
     statuses, _, message_id = _mixed_run(captured_post)
@@ -131,7 +134,7 @@ def test_each_request_logs_one_complete_json_line(captured_post: Any, capsys: py
 
 
 def test_no_log_line_holds_emails_phones_metadata_bodies_or_the_secret(
-    captured_post: Any, capsys: pytest.CaptureFixture[str]
+    captured_post: Post, capsys: pytest.CaptureFixture[str]
 ) -> None:
     capsys.readouterr()
     _, bodies, _ = _mixed_run(captured_post)
@@ -162,7 +165,7 @@ def test_no_log_line_holds_emails_phones_metadata_bodies_or_the_secret(
     ids=["traceparent", "cloud_trace_context", "cloud_trace_bare", "fallback", "invalid", "absent"],
 )
 def test_trace_header_becomes_the_cloud_logging_trace_field(
-    captured_post: Any, capsys: pytest.CaptureFixture[str], headers: dict[str, str], trace: str | None
+    captured_post: Post, capsys: pytest.CaptureFixture[str], headers: dict[str, str], trace: str | None
 ) -> None:
     body = user_event("user.created", new_user_id())
     capsys.readouterr()

@@ -32,9 +32,9 @@ def answers(host: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def start(rules: Path | None, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start an emulator on a free port in its own process group; raise if it never answers."""
-    port = free_port()
+def start(rules: Path | None, log_path: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an emulator on `port` (or a free one) in its own process group; raise if it never answers."""
+    port = port or free_port()
     host = f"127.0.0.1:{port}"
     command = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}"]
     if rules is not None:

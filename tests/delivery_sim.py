@@ -434,6 +434,30 @@ def generate(seed: int, *, users: int, events_target: int) -> History:
     )
 
 
+def single_user_history(seed: int, *, updates: int) -> History:
+    """One user created, then changed `updates` times (names, metadata, addresses, primary)."""
+    generator = _Generator(seed)
+    user = generator.create("email")
+    for _ in range(updates):
+        step = generator.rng.choice([generator.rename, generator.edit_metadata, generator.sign_in_or_flags])
+        if len(user.emails) >= 2 and generator.rng.random() < 0.3:
+            generator.change_primary(user)
+        elif len(user.emails) >= 3 and generator.rng.random() < 0.2:
+            generator.drop_email(user, generator.rng.choice(user.emails)[0])
+        elif generator.rng.random() < 0.2:
+            generator.add_email(user, make_primary=generator.rng.random() < 0.5)
+        else:
+            step(user)
+    return History(
+        seed=seed,
+        events=generator.events,
+        final_bodies=generator.final_bodies,
+        deleted=generator.deleted,
+        stories=generator.stories,
+        addresses=generator.addresses,
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Svix: the delivery
 
@@ -542,7 +566,7 @@ def plan(
 
 
 def deliver(
-    url: str,
+    url: str | list[str],
     deliveries: list[Delivery],
     *,
     rng: random.Random,
@@ -555,7 +579,11 @@ def deliver(
     checkpoint_every: int = 50,
     on_attempt: Callable[[Attempt], None] | None = None,
 ) -> Report:
-    """Deliver until every copy is acknowledged, attempts run out, or `wall_seconds` pass."""
+    """Deliver until every copy is acknowledged, attempts run out, or `wall_seconds` pass.
+
+    With several URLs (instances of the function), each attempt goes to one picked at random.
+    """
+    urls = [url] if isinstance(url, str) else url
     started = time.monotonic()
     deadline = started + wall_seconds
     arrivals = deque(deliveries)
@@ -575,7 +603,7 @@ def deliver(
                 else:
                     break
                 delivery.attempts += 1
-                in_flight[pool.submit(post, url, delivery.event, request_timeout)] = delivery
+                in_flight[pool.submit(post, rng.choice(urls), delivery.event, request_timeout)] = delivery
             next_due = retries[0][0] - now if retries else 0.05
             done, _ = wait(list(in_flight), timeout=max(0.001, min(0.05, next_due)), return_when=FIRST_COMPLETED)
             for future in done:

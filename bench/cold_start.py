@@ -116,7 +116,7 @@ def main() -> None:
         [
             "clerk_webhook (signed user.created)",
             *(f"{value:.3f}" for value in _spread(function_runs)),
-            f"{ratio:.2f}",
+            f"{ratio:.3f}",
             f"<= {TARGET_RATIO:.2f}",
             harness.verdict(met),
         ]

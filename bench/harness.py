@@ -31,6 +31,7 @@ import emulator  # noqa: E402  (tests/ is on the path only from here on)
 from clerk_events import SECRET, deletion_event, new_message_id, signed_headers, user_event  # noqa: E402
 
 __all__ = [
+    "EMULATOR_GROUPS",
     "PROJECT",
     "ROOT",
     "SECRET",
@@ -38,6 +39,8 @@ __all__ = [
     "Server",
     "Table",
     "deletion_event",
+    "group_cpu_seconds",
+    "group_pids",
     "http_jobs",
     "machine",
     "new_message_id",
@@ -108,15 +111,49 @@ def print_machine(info: dict[str, str]) -> None:
     print()
 
 
+EMULATOR_GROUPS: dict[str, int] = {}  # emulator host -> its process group (gcloud and Java)
+
+
 @contextmanager
 def running_emulator() -> Iterator[str]:
     """A Firestore emulator of this benchmark's own, on a free port; stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="bench-emulator-") as directory:
         process, host = emulator.start(None, Path(directory) / "emulator.log")
+        EMULATOR_GROUPS[host] = process.pid
         try:
             yield host
         finally:
+            EMULATOR_GROUPS.pop(host, None)
             emulator.stop(process)
+
+
+def group_pids(group: int) -> list[int]:
+    """Every live process whose process group is `group` (e.g. gunicorn master and worker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU time the live processes of `group` have used so far."""
+    ticks = 0
+    for pid in group_pids(group):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wipe(host: str) -> None:

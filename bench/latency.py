@@ -5,13 +5,21 @@ C client threads post signed user.created events for distinct users over keep-al
 The floor runs the very same transactions (`clerk_sync.store.apply_event` on pre-parsed events) from a
 pool of C threads in this process, without HTTP, verification or parsing. A one-user variant updates a
 single user from C threads (contention). Target: server throughput at C=8 at least 80% of the floor's.
+A second floor, `bench/http_floor_app.py`, serves the same transaction through functions-framework
+without verification or logging: it splits the gap into the HTTP stack's share and our code's.
+
+All of it shares one machine, so the CPU each party used is measured too (from /proc): the function's
+process group, the load generator (this process), the emulator. It shows where a throughput gap comes from.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,13 +30,41 @@ from clerk_sync import events, store
 
 CONCURRENCY = (1, 8, 32)
 EVENTS = {1: 200, 8: 600, 32: 900}
-ONE_USER_EVENTS = 24  # each blocked commit waits seconds on the emulator: keep it small
+REPEATS = 3  # per path and concurrency; the run with the median throughput is reported
+ONE_USER_EVENTS = 24  # a blocked commit can wait seconds on the emulator: keep it small
 WARM_UP_EVENTS = 20
 TARGET_CONCURRENCY = 8
 TARGET_RATIO = 0.80
 DEADLINE_SECONDS = 8.0
 EVENT_TTL = timedelta(days=30)
 BASE_MS = 1_756_382_400_000
+MAIN = ROOT / "main.py"
+HTTP_FLOOR = ROOT / "bench" / "http_floor_app.py"
+
+
+@dataclass
+class Run:
+    """One load run and the CPU seconds each party used during it."""
+
+    load: LoadResult
+    served_cpu: float  # the function's process group (0 for the floor: it runs in this process)
+    local_cpu: float  # this process: the load generator, or the floor's transactions
+    emulator_cpu: float
+
+    def cpu_ms_per_event(self, seconds: float) -> str:
+        return f"{seconds * 1000 / len(self.load.latencies):.2f}"
+
+
+def measured(host: str, server_group: int | None, concurrency: int, jobs: list[Callable[[], str]]) -> Run:
+    emulator_group = harness.EMULATOR_GROUPS[host]
+
+    def served() -> float:
+        return harness.group_cpu_seconds(server_group) if server_group else 0.0
+
+    before = (served(), time.process_time(), harness.group_cpu_seconds(emulator_group))
+    load = harness.run_load(concurrency, jobs)
+    after = (served(), time.process_time(), harness.group_cpu_seconds(emulator_group))
+    return Run(load, *(end - start for start, end in zip(before, after, strict=True)))
 
 
 def distinct_users(count: int, tag: str) -> list[str]:
@@ -51,28 +87,30 @@ def signed(bodies: list[str]) -> list[tuple[bytes, dict[str, str]]]:
     return [(body.encode(), harness.signed_headers(body)) for body in bodies]
 
 
-def through_server(host: str, concurrency: int, batches: dict[str, list[str]]) -> dict[str, LoadResult]:
-    """Serve with THREADS=concurrency and post each batch of bodies from `concurrency` threads."""
-    results: dict[str, LoadResult] = {}
+@contextmanager
+def served(host: str, concurrency: int, target: str, source: Path) -> Iterator[Callable[[list[str]], Run]]:
+    """Serve `target` with THREADS=concurrency; yields a function that posts a batch and measures it."""
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as directory:
         server = harness.spawn_server(
-            "clerk_webhook",
-            ROOT / "main.py",
-            harness.server_environment(host, concurrency),
+            target,
+            source,
+            {**harness.server_environment(host, concurrency), "PYTHONPATH": str(ROOT)},  # clerk_sync for bench/
             Path(directory) / "server.log",
         )
         try:
             harness.wait_serving(server)
             harness.run_load(concurrency, harness.http_jobs(server.port, signed(distinct_users(WARM_UP_EVENTS, "w"))))
-            for name, bodies in batches.items():
+
+            def run(bodies: list[str]) -> Run:
                 harness.wipe(host)
-                results[name] = harness.run_load(concurrency, harness.http_jobs(server.port, signed(bodies)))
+                return measured(host, server.process.pid, concurrency, harness.http_jobs(server.port, signed(bodies)))
+
+            yield run
         finally:
             harness.stop_server(server)
-    return results
 
 
-def directly(host: str, concurrency: int, batches: dict[str, list[str]]) -> dict[str, LoadResult]:
+def direct(host: str, concurrency: int) -> Callable[[list[str]], Run]:
     """The floor: the same transactions from `concurrency` threads of this process, no HTTP."""
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     store.reset_client()
@@ -103,11 +141,17 @@ def directly(host: str, concurrency: int, batches: dict[str, list[str]]) -> dict
         return [job_for(event) for event in parsed]
 
     harness.run_load(concurrency, jobs(distinct_users(WARM_UP_EVENTS, "dw")))
-    results = {}
-    for name, bodies in batches.items():
+
+    def run(bodies: list[str]) -> Run:
         harness.wipe(host)
-        results[name] = harness.run_load(concurrency, jobs(bodies))
-    return results
+        return measured(host, None, concurrency, jobs(bodies))
+
+    return run
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median throughput (its latencies and CPU are reported together)."""
+    return sorted(runs, key=lambda run: run.load.throughput)[len(runs) // 2]
 
 
 def outcomes(result: LoadResult) -> str:
@@ -118,7 +162,8 @@ def main() -> None:
     info = harness.machine()
     harness.print_machine(info)
     table = Table(
-        "Per event: distinct users, real server (THREADS = C) vs the same transactions called directly",
+        f"Per event: distinct users, real server (THREADS = C) vs the same transactions called directly "
+        f"(median-throughput run of {REPEATS}, interleaved)",
         [
             "C",
             "server p50 ms",
@@ -130,7 +175,13 @@ def main() -> None:
             "throughput ratio",
             "target",
             "result",
+            "HTTP floor ev/s",
+            "server / HTTP floor",
         ],
+    )
+    cpu = Table(
+        "CPU per event (ms, all threads, from /proc) during the runs above: who used the 2 cores",
+        ["C", "path", "function process", "this process", "emulator", "total", "cores busy"],
     )
     contention = Table(
         f"One user, {ONE_USER_EVENTS} newer-and-newer updates from C threads (contention on one document)",
@@ -139,37 +190,79 @@ def main() -> None:
     numbers: dict[str, object] = {}
     with harness.running_emulator() as host:
         for concurrency in CONCURRENCY:
-            batches = {"distinct": distinct_users(EVENTS[concurrency], f"c{concurrency}_")}
-            if concurrency == TARGET_CONCURRENCY:
-                batches["one_user"] = one_user(ONE_USER_EVENTS, f"one{concurrency}")
-            floor = directly(host, concurrency, {name: list(bodies) for name, bodies in batches.items()})
-            served = through_server(host, concurrency, batches)
-            ratio = served["distinct"].throughput / floor["distinct"].throughput
+            runs: dict[str, list[Run]] = {"server": [], "HTTP floor": [], "floor": []}
+            with (
+                served(host, concurrency, "clerk_webhook", MAIN) as server_run,
+                served(host, concurrency, "transaction_only", HTTP_FLOOR) as http_floor_run,
+            ):
+                floor_run = direct(host, concurrency)
+                for repeat in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
+                    for path, run_batch in (
+                        ("floor", floor_run),
+                        ("server", server_run),
+                        ("HTTP floor", http_floor_run),
+                    ):
+                        runs[path].append(
+                            run_batch(distinct_users(EVENTS[concurrency], f"c{concurrency}r{repeat}{path[0]}"))
+                        )
+                if concurrency == TARGET_CONCURRENCY:
+                    bodies = one_user(ONE_USER_EVENTS, f"one{concurrency}")
+                    one_user_runs = {"server": server_run(bodies), "floor": floor_run(bodies)}
+            chosen = {path: median_run(path_runs) for path, path_runs in runs.items()}
+            server, http_floor, floor = chosen["server"], chosen["HTTP floor"], chosen["floor"]
+            ratio = server.load.throughput / floor.load.throughput
             judged = concurrency == TARGET_CONCURRENCY
             table.rows.append(
                 [
                     str(concurrency),
-                    *served["distinct"].row(),
-                    *floor["distinct"].row(),
-                    f"{ratio:.2f}",
+                    *server.load.row(),
+                    *floor.load.row(),
+                    f"{ratio:.3f}",
                     f">= {TARGET_RATIO:.2f}" if judged else "",
                     harness.verdict(ratio >= TARGET_RATIO) if judged else "",
+                    f"{http_floor.load.throughput:.0f}",
+                    f"{server.load.throughput / http_floor.load.throughput:.3f}",
                 ]
             )
+            paths = (
+                ("server", server, "load generator"),
+                ("HTTP floor", http_floor, "load generator"),
+                ("floor", floor, "transactions"),
+            )
+            for path, distinct, local in paths:
+                total = distinct.served_cpu + distinct.local_cpu + distinct.emulator_cpu
+                cpu.rows.append(
+                    [
+                        str(concurrency),
+                        f"{path} ({local} here)",
+                        distinct.cpu_ms_per_event(distinct.served_cpu) if path != "floor" else "-",
+                        distinct.cpu_ms_per_event(distinct.local_cpu),
+                        distinct.cpu_ms_per_event(distinct.emulator_cpu),
+                        distinct.cpu_ms_per_event(total),
+                        f"{total / distinct.load.wall_seconds:.2f}",
+                    ]
+                )
             numbers[f"c{concurrency}"] = {
-                "server": vars(served["distinct"]),
-                "floor": vars(floor["distinct"]),
+                "server": {**vars(server.load), **_cpu(server)},
+                "floor": {**vars(floor.load), **_cpu(floor)},
+                "http_floor": {**vars(http_floor.load), **_cpu(http_floor)},
                 "ratio": ratio,
+                "throughputs": {path: [run.load.throughput for run in path_runs] for path, path_runs in runs.items()},
             }
-            if "one_user" in batches:
-                for path, result in (("server", served["one_user"]), ("floor", floor["one_user"])):
-                    contention.rows.append([str(concurrency), path, *result.row(), outcomes(result)])
-                numbers["one_user"] = {"server": vars(served["one_user"]), "floor": vars(floor["one_user"])}
-            for path, result in (("server", served["distinct"]), ("floor", floor["distinct"])):
-                expected = "200" if path == "server" else "applied"
-                if result.statuses != {expected: len(result.latencies)}:
-                    print(f"warning: C={concurrency} {path} outcomes: {outcomes(result)}")
-    harness.save("latency", info, [table, contention], numbers)
+            if concurrency == TARGET_CONCURRENCY:
+                for path, one in one_user_runs.items():
+                    contention.rows.append([str(concurrency), path, *one.load.row(), outcomes(one.load)])
+                numbers["one_user"] = {path: vars(one.load) for path, one in one_user_runs.items()}
+            for path, path_runs in runs.items():
+                expected = "applied" if path == "floor" else "200"
+                for each in path_runs:
+                    if each.load.statuses != {expected: len(each.load.latencies)}:
+                        print(f"warning: C={concurrency} {path} outcomes: {outcomes(each.load)}")
+    harness.save("latency", info, [table, cpu, contention], numbers)
+
+
+def _cpu(run: Run) -> dict[str, float]:
+    return {"served_cpu": run.served_cpu, "local_cpu": run.local_cpu, "emulator_cpu": run.emulator_cpu}
 
 
 if __name__ == "__main__":

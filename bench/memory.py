@@ -9,7 +9,6 @@ The function is served with THREADS=32 and 32 client threads post signed events.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 import time
@@ -28,22 +27,6 @@ TARGET_MIB = 128.0
 KIB_PER_MIB = 1024
 DEPLOYED_CONCURRENCY = 8  # `make deploy`'s default --concurrency (and THREADS)
 RESET_PEAK_RSS = "5"  # proc(5): writing 5 to clear_refs resets VmHWM to the current RSS
-
-
-def group_pids(group: int) -> list[int]:
-    """Every live process whose process group is `group` (the server and its gunicorn worker)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group:
-            pids.append(int(entry))
-    return sorted(pids)
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -89,7 +72,7 @@ class Sampler:
 
     def run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            pids = group_pids(self.group)
+            pids = harness.group_pids(self.group)
             self.peak_rss_kib = max(self.peak_rss_kib, sum(status_kib(pid, "VmRSS") for pid in pids))
             self.peak_pss_kib = max(self.peak_pss_kib, sum(rollup_kib(pid, "Pss") for pid in pids))
             self.samples += 1
@@ -140,7 +123,7 @@ def measure(host: str, directory: Path, threads: int, phases: Phases, table: Tab
         harness.wait_serving(server)
         master_pid = server.process.pid
         for name, requests in phases:
-            pids = group_pids(master_pid)
+            pids = harness.group_pids(master_pid)
             reset_peaks(pids)
             sampler = Sampler(group=master_pid)
             thread = threading.Thread(target=sampler.run, daemon=True)

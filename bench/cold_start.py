@@ -21,7 +21,7 @@ from pathlib import Path
 import harness
 from harness import ROOT, Server, Table
 
-RUNS = int(os.environ.get("BENCH_COLD_RUNS", "5"))
+RUNS = int(os.environ.get("BENCH_COLD_RUNS", "7"))
 IMPORT_RUNS = 5
 FIRST_ANSWER_TIMEOUT_SECONDS = 60.0
 TARGET_RATIO = 1.10

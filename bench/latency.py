@@ -198,11 +198,8 @@ def main() -> None:
             ):
                 floor_run = direct(host, concurrency)
                 for repeat in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
-                    for path, run_batch in (
-                        ("floor", floor_run),
-                        ("server", server_run),
-                        ("HTTP floor", http_floor_run),
-                    ):
+                    order = [("floor", floor_run), ("server", server_run), ("HTTP floor", http_floor_run)]
+                    for path, run_batch in order[repeat % 3 :] + order[: repeat % 3]:  # no path always first
                         runs[path].append(
                             run_batch(distinct_users(EVENTS[concurrency], f"c{concurrency}r{repeat}{path[0]}"))
                         )

@@ -52,7 +52,7 @@ FIREBASE ?= firebase
 comma := ,
 require-project = $(if $(strip $(PROJECT)),,$(error PROJECT is not set: run `make $@ PROJECT=your-gcp-project-id`))
 
-.PHONY: deploy-rules ttl
+.PHONY: deploy-rules ttl indexes
 
 deploy: ## deploy the function to Cloud Functions gen2 (PROJECT=... required)
 	$(require-project)
@@ -72,6 +72,11 @@ deploy-rules: ## publish firestore.rules with the Firebase CLI (PROJECT=... requ
 ttl: ## let Firestore expire old webhook_events records (PROJECT=... required)
 	$(require-project)
 	gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl --project=$(PROJECT)
+
+indexes: ## exempt users' metadata maps from indexing (PROJECT=... required)
+	$(require-project)
+	gcloud firestore indexes fields update public_metadata --collection-group=users --disable-indexes --project=$(PROJECT)
+	gcloud firestore indexes fields update unsafe_metadata --collection-group=users --disable-indexes --project=$(PROJECT)
 
 bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): print tables, keep bench/results/
 	@for script in cold_start latency round_trips memory; do \

@@ -232,7 +232,20 @@ def test_make_ttl_and_deploy_rules_print_their_commands(target: str, expected: s
     assert printed_command(target, "PROJECT=demo-x") == shlex.split(expected)
 
 
-@pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl"])
+def test_make_indexes_exempts_both_metadata_maps_of_users() -> None:
+    result = make("-n", "indexes", "PROJECT=demo-x")
+
+    assert result.returncode == 0
+    assert [shlex.split(line) for line in result.stdout.splitlines() if line.strip()] == [
+        shlex.split(
+            f"gcloud firestore indexes fields update {field} --collection-group=users --disable-indexes "
+            "--project=demo-x"
+        )
+        for field in ("public_metadata", "unsafe_metadata")
+    ]
+
+
+@pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl", "indexes"])
 def test_make_refuses_to_deploy_without_a_project(target: str) -> None:
     result = make("-n", target)
 

@@ -1,17 +1,14 @@
-"""Cloud Function entry point: HTTP in, status out; the work lives in `clerk_sync`."""
+"""Cloud Function entry points: HTTP in, status out; the work lives in `clerk_sync`."""
 
 from __future__ import annotations
 
-import functools
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import flask
 import functions_framework
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import RequestEntityTooLarge
 
 if not os.environ.get("K_SERVICE"):
     # Local runs only: on Cloud Run the secret comes from Secret Manager, never from a file.
@@ -19,96 +16,84 @@ if not os.environ.get("K_SERVICE"):
 
     load_dotenv(Path(__file__).with_name(".env"), override=False)
 
-from clerk_sync import config, events, logs, signature, store
+from clerk_sync import config, events, signature, transaction, web
+from clerk_sync.delivery import Delivery
+from clerk_sync.outcome import Outcome, StoreUnavailable
 
 MAX_BODY_BYTES = 1024 * 1024
 SIGNATURE_STATUS = {"bad_signature": 401}
+WEBHOOK_FIELDS = {"svix_id": None, "event_type": None, "clerk_id": None}
+
+
+def _not_found(_error: Exception) -> flask.Response:
+    """The framework's own /robots.txt and /favicon.ico: answered without reading any body."""
+    return flask.Response(iter(['{"outcome": "not_found"}\n']), 404, mimetype="application/json")
+
+
+if flask.has_app_context():
+    # functions-framework runs this module inside its app: every body it would ever read itself
+    # (after non-streamed answers, and for the paths it serves) is capped, and 404s are streamed.
+    flask.current_app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1
+    functions_framework.errorhandler(404)(_not_found)
+
+
+def _project() -> str | None:
+    try:
+        return config.settings().project_id
+    except config.Misconfigured:  # already answered with a 500 and its own log line
+        return None
 
 
 @functions_framework.http
 def clerk_webhook(request: flask.Request) -> ResponseReturnValue:
     """Verify, apply and answer one Svix delivery; never lets an exception reach the framework."""
-    started = time.perf_counter()
     # Every line has the same keys (null until known), so log queries and metrics need no guessing.
-    fields: dict[str, Any] = {"svix_id": None, "event_type": None, "clerk_id": None}
+    return web.serve(
+        request, _webhook, component="webhook", fields=dict(WEBHOOK_FIELDS), body_limit=MAX_BODY_BYTES, project=_project
+    )
+
+
+def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
     try:
-        status, outcome, message = _handle(request, fields)
-    except Exception as error:  # the framework would echo the exception text to the caller
-        status, outcome, message = 500, "error", f"unexpected {type(error).__name__}"
-    fields.update(outcome=outcome, status=status, latency_ms=round((time.perf_counter() - started) * 1000, 1))
-    severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
-    logs.write_line(severity, message, **fields, **logs.trace_field(request.headers, _trace_project()))
-    return _response(status, outcome)
-
-
-def _handle(request: flask.Request, fields: dict[str, Any]) -> tuple[int, str, str]:
-    """The request's status, outcome and log message; `fields` collects the ids to log."""
-    settings = config.settings()
-    if settings.signing_secret is None:
-        return 500, "misconfigured", "set CLERK_WEBHOOK_SIGNING_SECRET to the endpoint's whsec_ signing secret"
+        settings = config.settings()
+        key = config.webhook_key()
+    except config.Misconfigured as problem:
+        fields["reason"] = problem.variable
+        return web.Reply(500, "misconfigured", str(problem))
     if request.method != "POST":
-        return 405, "method_not_allowed", f"{request.method} is not allowed, Svix posts"
-    # Werkzeug refuses a large Content-Length up front and cuts a chunked body at the limit
-    # (silently), so the limit is one byte more than allowed and an over-long read means too large.
-    request.max_content_length = MAX_BODY_BYTES + 1
+        return web.Reply(
+            405, "method_not_allowed", f"{request.method} is not allowed, Svix posts", headers={"Allow": "POST"}
+        )
     try:
-        body = request.get_data()
-    except RequestEntityTooLarge:
-        return 413, "too_large", "body over 1 MiB refused"
-    if len(body) > MAX_BODY_BYTES:
-        return 413, "too_large", "body over 1 MiB refused"
+        body = web.read_body(request, MAX_BODY_BYTES)
+    except web.BodyRefused as refused:
+        return refused.reply
     try:
-        webhook = _verifier(settings.signing_secret)
-    except ValueError:
-        return 500, "misconfigured", f"{settings.secret_variable} is not a valid whsec_ signing secret"
-    try:
-        signed = signature.verify(webhook, body, request.headers)
+        signed = signature.verify(key, body, request.headers)
     except signature.SignatureRejected as rejected:
         fields["reason"] = rejected.reason
-        return SIGNATURE_STATUS.get(rejected.reason, 400), "rejected", f"signature rejected: {rejected.reason}"
+        return web.Reply(
+            SIGNATURE_STATUS.get(rejected.reason, 400), "rejected", f"signature rejected: {rejected.reason}"
+        )
     fields["svix_id"] = signed.message_id
     try:
         event = events.parse_event(body)
     except events.MalformedEvent as malformed:
         fields["reason"] = str(malformed)
-        return 400, "malformed", f"malformed event: {malformed}"
-    fields.update(event_type=event.event_type, clerk_id=event.user_id)
+        return web.Reply(400, "malformed", f"malformed event: {malformed}")
+    del body  # the parsed event is all that is needed from here on
+    fields.update(event_type=event.event_type, clerk_id=event.clerk_id)
     if isinstance(event, events.IgnoredEvent):
-        return 200, "ignored", f"{event.event_type} ignored"
+        return web.Reply(200, "ignored", f"{event.event_type} ignored")
+    delivery = Delivery(message_id=signed.message_id, settings=settings)
     try:
-        outcome = store.apply_event(
-            store.client(settings.project_id, settings.database),
-            signed.message_id,
-            event,
-            deadline_seconds=settings.firestore_deadline_seconds,
-            event_ttl=settings.event_ttl,
-        )
-    except store.StoreUnavailable as unavailable:
-        fields["reason"] = str(unavailable)
-        return 503, "unavailable", f"{event.event_type} not stored: Firestore unavailable"
-    if outcome is store.Outcome.CONFLICT:
-        return 409, str(outcome), f"{event.event_type} waits: primary email still owned by another user"
-    return 200, str(outcome), f"{event.event_type} {outcome}"
-
-
-def _response(status: int, outcome: str) -> flask.Response:
-    """A short JSON answer; a 413 is streamed so the framework does not read the rest of the body."""
-    body = flask.json.dumps({"outcome": outcome}) + "\n"
-    if status == 413:
-        # functions-framework reads any unread body after non-streamed responses.
-        return flask.Response(iter([body]), status=status, mimetype="application/json", headers={"Connection": "close"})
-    headers = {"Allow": "POST"} if status == 405 else {}
-    return flask.Response(body, status=status, mimetype="application/json", headers=headers)
-
-
-def _trace_project() -> str | None:
-    try:
-        return config.settings().project_id
-    except ValueError:  # unreadable settings were already answered with a 500
-        return None
-
-
-@functools.cache
-def _verifier(secret: str) -> signature.Webhook:
-    """One verifier per secret: decoding the secret once per instance, not per request."""
-    return signature.verifier(secret)
+        outcome = events.apply_event(transaction.client(settings.project_id, settings.database), event, delivery)
+    except StoreUnavailable as unavailable:
+        fields.update(delivery.notes, reason=str(unavailable))
+        return web.Reply(503, "unavailable", f"{event.event_type} not stored: Firestore unavailable")
+    fields.update(delivery.notes)
+    severity = "WARNING" if delivery.warnings else None
+    message = "; ".join([f"{event.event_type} {outcome}", *delivery.warnings])
+    if outcome is Outcome.CONFLICT:
+        return web.Reply(409, str(outcome), f"{message}: primary email still owned by another user")
+    return web.Reply(200, str(outcome), message, severity=severity)

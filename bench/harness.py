@@ -29,6 +29,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import emulator  # noqa: E402  (tests/ is on the path only from here on)
 from clerk_events import SECRET, deletion_event, new_message_id, signed_headers, user_event  # noqa: E402
+from google.cloud import firestore  # noqa: E402
+
+from clerk_sync import config, events  # noqa: E402
+from clerk_sync.delivery import Delivery  # noqa: E402
 
 __all__ = [
     "EMULATOR_GROUPS",
@@ -75,6 +79,14 @@ PACKAGES = (
     "standardwebhooks",
     "svix",
 )
+
+
+def apply(client: firestore.Client, message_id: str, event: events.Event, deadline_seconds: float = 8.0) -> str:
+    """Apply a parsed event exactly as the function does after verifying it."""
+    assert not isinstance(event, events.IgnoredEvent)
+    settings = config.read_settings()
+    settings = type(settings)(**{**settings.__dict__, "firestore_deadline_seconds": deadline_seconds})
+    return str(events.apply_event(client, event, Delivery(message_id=message_id, settings=settings)))
 
 
 def machine() -> dict[str, str]:

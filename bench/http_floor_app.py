@@ -6,12 +6,12 @@ own request handling costs; the distance from the direct floor to this is the HT
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import functions_framework
+import harness
 
-from clerk_sync import events, store
+from clerk_sync import events, transaction
 
 
 @functions_framework.http
@@ -19,7 +19,4 @@ def transaction_only(request: Any) -> tuple[str, int]:
     """Parse and apply, as the function does after verifying."""
     event = events.parse_event(request.get_data())
     assert not isinstance(event, events.IgnoredEvent)
-    outcome = store.apply_event(
-        store.client(), request.headers["svix-id"], event, deadline_seconds=8.0, event_ttl=timedelta(days=30)
-    )
-    return str(outcome), 200
+    return harness.apply(transaction.client(), request.headers["svix-id"], event), 200

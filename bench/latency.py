@@ -2,7 +2,7 @@
 
 For each concurrency C (1, 8, 32) the function is served by `functions-framework` with THREADS=C and
 C client threads post signed user.created events for distinct users over keep-alive connections.
-The floor runs the very same transactions (`clerk_sync.store.apply_event` on pre-parsed events) from a
+The floor runs the very same transactions (`clerk_sync.events.apply_event` on pre-parsed events) from a
 pool of C threads in this process, without HTTP, verification or parsing. A one-user variant updates a
 single user from C threads (contention). Target: server throughput at C=8 at least 80% of the floor's.
 A second floor, `bench/http_floor_app.py`, serves the same transaction through functions-framework
@@ -27,7 +27,8 @@ from pathlib import Path
 import harness
 from harness import ROOT, LoadResult, Table
 
-from clerk_sync import events, store
+from clerk_sync import events, transaction
+from clerk_sync.outcome import StoreUnavailable
 
 CONCURRENCY = (1, 8, 32)
 EVENTS = {1: 200, 8: 600, 32: 900}
@@ -114,8 +115,8 @@ def served(host: str, concurrency: int, target: str, source: Path) -> Iterator[C
 def direct(host: str, concurrency: int) -> Callable[[list[str]], Run]:
     """The floor: the same transactions from `concurrency` threads of this process, no HTTP."""
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
-    store.reset_client()
-    client = store.client(harness.PROJECT)
+    transaction.reset_client()
+    client = transaction.client(harness.PROJECT)
 
     def jobs(bodies: list[str]) -> list[Callable[[], str]]:
         parsed = [events.parse_event(body.encode()) for body in bodies]
@@ -125,16 +126,8 @@ def direct(host: str, concurrency: int) -> Callable[[list[str]], Run]:
 
             def job() -> str:
                 try:
-                    return str(
-                        store.apply_event(
-                            client,
-                            harness.new_message_id(),
-                            event,
-                            deadline_seconds=DEADLINE_SECONDS,
-                            event_ttl=EVENT_TTL,
-                        )
-                    )
-                except store.StoreUnavailable:
+                    return harness.apply(client, harness.new_message_id(), event, DEADLINE_SECONDS)
+                except StoreUnavailable:
                     return "unavailable"
 
             return job

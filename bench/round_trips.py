@@ -19,7 +19,7 @@ import harness
 from google.cloud import firestore
 from harness import Table
 
-from clerk_sync import events, store
+from clerk_sync import events, users
 
 DEADLINE_SECONDS = 8.0
 EVENT_TTL = timedelta(days=30)
@@ -79,7 +79,7 @@ class CountingClient(firestore.Client):
         return grpc.intercept_channel(super()._emulator_channel(transport), COUNTER)  # type: ignore[no-untyped-call]
 
 
-def upsert(user_id: str, *, email: str | None, updated_at: int) -> events.UserUpsert:
+def upsert(user_id: str, *, email: str | None, updated_at: int) -> users.UserUpsert:
     body = harness.user_event(
         "user.updated",
         user_id,
@@ -88,13 +88,13 @@ def upsert(user_id: str, *, email: str | None, updated_at: int) -> events.UserUp
         updated_at=updated_at,
     )
     event = events.parse_event(body.encode())
-    assert isinstance(event, events.UserUpsert)
+    assert isinstance(event, users.UserUpsert)
     return event
 
 
-def deletion(user_id: str) -> events.UserDeletion:
+def deletion(user_id: str) -> users.UserDeletion:
     event = events.parse_event(harness.deletion_event(user_id).encode())
-    assert isinstance(event, events.UserDeletion)
+    assert isinstance(event, users.UserDeletion)
     return event
 
 
@@ -102,7 +102,7 @@ def main() -> None:
     info = harness.machine()
     harness.print_machine(info)
     table = Table(
-        "gRPC calls per event (interceptor on the Firestore channel; store.apply_event unchanged)",
+        "gRPC calls per event (interceptor on the Firestore channel; events.apply_event unchanged)",
         [
             "event",
             "outcome",
@@ -122,14 +122,12 @@ def main() -> None:
         os.environ["FIRESTORE_EMULATOR_HOST"] = host
         client = CountingClient(project=harness.PROJECT)
 
-        def apply(message_id: str, event: events.UserUpsert | events.UserDeletion) -> str:
-            return str(
-                store.apply_event(client, message_id, event, deadline_seconds=DEADLINE_SECONDS, event_ttl=EVENT_TTL)
-            )
+        def apply(message_id: str, event: users.UserUpsert | users.UserDeletion) -> str:
+            return str(harness.apply(client, message_id, event, DEADLINE_SECONDS))
 
         apply("msg_warm", upsert("user_warm", email="warm@example.com", updated_at=BASE_MS))  # channel up
         COUNTER.take()
-        scenarios: list[tuple[str, str, events.UserUpsert | events.UserDeletion, int]] = [
+        scenarios: list[tuple[str, str, users.UserUpsert | users.UserDeletion, int]] = [
             ("create with email", "msg_a1", upsert("user_a", email="a@example.com", updated_at=BASE_MS), 3),
             ("same delivery again", "msg_a1", upsert("user_a", email="a@example.com", updated_at=BASE_MS), 3),
             ("update, email change", "msg_a2", upsert("user_a", email="a2@example.com", updated_at=BASE_MS + 2), 3),

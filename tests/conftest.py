@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -21,11 +22,14 @@ from clerk_events import SECRET
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import config, store
+from clerk_sync import config, events, paths, transaction
+from clerk_sync.delivery import Delivery
+from clerk_sync.outcome import Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-clerk-sync-test"
 SERVER_START_TIMEOUT_SECONDS = 30.0
+PATHS = paths.paths_for("users", "organizations")
 
 # Set before main.py is imported, so a developer's .env can never leak into the tests.
 os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = SECRET
@@ -56,13 +60,13 @@ def emulator_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _restore_environment() -> Iterator[None]:
     """Each test may change os.environ; the next one starts from the same settings."""
     saved = dict(os.environ)
-    config.settings.cache_clear()
+    config.reset()
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        config.settings.cache_clear()
+        config.reset()
 
 
 @pytest.fixture
@@ -70,9 +74,9 @@ def db(emulator_host: str) -> Iterator[firestore.Client]:
     """A client on a wiped emulator database; the function's shared client is rebuilt too."""
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
     emulator.wipe(emulator_host, PROJECT)
-    store.reset_client()
+    transaction.reset_client()
     yield firestore.Client(project=PROJECT)
-    store.reset_client()
+    transaction.reset_client()
 
 
 @pytest.fixture(scope="session")
@@ -91,12 +95,29 @@ def client(app: FlaskClient, db: firestore.Client) -> FlaskClient:
 
 
 def snapshot_all(db: firestore.Client) -> dict[str, dict[str, Any]]:
-    """Every document of the four collections, by path (to assert 'nothing changed')."""
-    return {
+    """Every top-level document and every membership, by path (to assert 'nothing changed')."""
+    found = {
         document.reference.path: document.to_dict() or {}
-        for collection in (store.USERS, store.CLAIMS, store.TOMBSTONES, store.EVENTS)
-        for document in db.collection(collection).stream(timeout=10)
+        for collection in db.collections(timeout=10)
+        for document in collection.stream(timeout=10)
     }
+    for member in db.collection_group(paths.MEMBERSHIPS).stream(timeout=10):
+        found[member.reference.path] = member.to_dict() or {}
+    return found
+
+
+def apply_event(
+    db: firestore.Client,
+    message_id: str,
+    event: events.Event,
+    *,
+    deadline_seconds: float = 8.0,
+    settings: config.Settings | None = None,
+) -> Outcome:
+    """Apply a parsed event as the function does, with the test settings (or `settings`)."""
+    assert not isinstance(event, events.IgnoredEvent)
+    chosen = settings or dataclasses.replace(config.read_settings(), firestore_deadline_seconds=deadline_seconds)
+    return events.apply_event(db, event, Delivery(message_id=message_id, settings=chosen))
 
 
 @dataclass

@@ -11,16 +11,16 @@ import os
 from pathlib import Path
 
 import main
-from clerk_sync import store
+from clerk_sync import transaction
 
 CRASH_MARKER = Path(os.environ["CRASH_MARKER"])
 
 
-def _die_before_commit(transaction: store._DeadlineTransaction) -> None:
+def _die_before_commit(attempt: transaction.Attempt) -> None:
     """Leave proof of how far the request got, then vanish: no answer, no rollback, no commit."""
-    CRASH_MARKER.write_text(f"{len(transaction._write_pbs)} writes prepared, none sent\n")
+    CRASH_MARKER.write_text(f"{attempt.write_count} writes prepared, none sent\n")
     os._exit(70)
 
 
-store._DeadlineTransaction._commit = _die_before_commit  # type: ignore[assignment,method-assign]
+transaction.Attempt.commit = _die_before_commit  # type: ignore[method-assign,assignment]
 clerk_webhook = main.clerk_webhook

@@ -28,13 +28,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clerk_events import BASE_MS, email_entry, envelope, signed_headers
+from conftest import PATHS
 from google.cloud import firestore
 
-from clerk_sync import events, store
+from clerk_sync import events, ids, users, versions
+from clerk_sync.users import normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
 SUCCESS_OUTCOMES = frozenset({"applied", "duplicate", "stale", "ignored"})
-IGNORED_TYPES = ("session.created", "session.ended", "email.created", "organization.created")
+IGNORED_TYPES = ("session.created", "session.ended", "email.created", "organizationInvitation.created")
 FIRST_NAMES = ("Alice", "Bob", "Chidi", "Dana", "Émile", "Fatima", "Göran", "Hiro", "Inés", "Jun", "Zoë", "李")
 LAST_NAMES = ("Anders", "Brown", "Okafor", "Nguyen", "Müller", "Haddad", "Sato", "García", None)
 DOMAINS = ("example.com", "Example.ORG", "mail.example.net", "example.co.uk")
@@ -145,8 +147,8 @@ class History:
         documents: dict[str, dict[str, Any]] = {}
         for user_id, body in self.final_bodies.items():
             parsed = events.parse_event(body.encode())
-            assert isinstance(parsed, events.UserUpsert)
-            documents[user_id] = parsed.document
+            assert isinstance(parsed, users.UserUpsert)
+            documents[user_id] = {**parsed.document, versions.DIGEST_FIELD: parsed.digest}
         return documents
 
     def expected_claims(self) -> dict[str, tuple[str, str]]:
@@ -154,9 +156,9 @@ class History:
         claims: dict[str, tuple[str, str]] = {}
         for user_id, document in self.expected_documents().items():
             if document["email"]:
-                key = events.normalise_email(document["email"])
+                key = normalise_email(document["email"])
                 assert key is not None
-                claims[store.document_id(key)] = (key, user_id)
+                claims[ids.document_id(key)] = (key, user_id)
         return claims
 
 
@@ -211,7 +213,7 @@ class _Generator:
             moved = True
         else:
             address, moved = self.new_address(), False
-        key = events.normalise_email(address)
+        key = normalise_email(address)
         assert key is not None
         assert key not in self.in_use
         self.in_use.add(key)
@@ -219,7 +221,7 @@ class _Generator:
         return address, moved
 
     def release(self, address: str) -> None:
-        key = events.normalise_email(address)
+        key = normalise_email(address)
         assert key is not None
         self.in_use.discard(key)
         self.freed.append(address)
@@ -338,7 +340,7 @@ class _Generator:
         self.drop_email(owner, owner.primary_email)
         taker = self.rng.choice([user for user in self.live() if user is not owner])
         self.freed.remove(address)
-        key = events.normalise_email(address)
+        key = normalise_email(address)
         assert key is not None
         self.in_use.add(key)
         entry_id = self.next_id("idn")
@@ -359,7 +361,7 @@ class _Generator:
         address = dict(owner.emails)[owner.primary_email]
         self.delete(owner)
         self.freed.remove(address)
-        key = events.normalise_email(address)
+        key = normalise_email(address)
         assert key is not None
         self.in_use.add(key)
         user = _User(user_id=self.next_id("user"), created_at=self.clock, first_name="Reused")
@@ -638,9 +640,9 @@ def _documents(db: firestore.Client, collection: str) -> dict[str, dict[str, Any
 def shared_primary_emails(db: firestore.Client) -> dict[str, list[str]]:
     """Normalised primary emails that more than one user document holds (one consistent query)."""
     owners: defaultdict[str, list[str]] = defaultdict(list)
-    for user_id, document in _documents(db, store.USERS).items():
+    for user_id, document in _documents(db, PATHS.users).items():
         if isinstance(document.get("email"), str):
-            owners[events.normalise_email(document["email"]) or ""].append(user_id)
+            owners[normalise_email(document["email"]) or ""].append(user_id)
     return {key: ids for key, ids in owners.items() if len(ids) > 1}
 
 
@@ -651,10 +653,10 @@ def consistency_problems(db: firestore.Client, history: History) -> list[str]:
     document is exactly one recorded, applied event's state, every claim is held by the document
     that names it, and every recorded deletion left a tombstone and no document.
     """
-    users = _documents(db, store.USERS)
-    claims = _documents(db, store.CLAIMS)
-    tombstones = _documents(db, store.TOMBSTONES)
-    records = _documents(db, store.EVENTS)
+    users = _documents(db, PATHS.users)
+    claims = _documents(db, PATHS.claims)
+    tombstones = _documents(db, PATHS.user_tombstones)
+    records = _documents(db, PATHS.events)
     return [
         f"SIM_SEED={history.seed}: {problem}"
         for problem in [
@@ -681,13 +683,13 @@ def _document_problems(
     for user_id, document in users.items():
         updated = document.get("updated_at")
         event = by_state.get((user_id, _epoch_ms(updated))) if isinstance(updated, datetime) else None
-        record = records.get(store.document_id(event.svix_id)) if event else None
+        record = records.get(ids.document_id(event.svix_id)) if event else None
         if record is None or record.get("outcome") != "applied":
             problems.append(f"users/{user_id} holds a state whose event is not recorded as applied")
         if user_id in tombstones:
             problems.append(f"users/{user_id} exists next to its tombstone")
-        key = events.normalise_email(document["email"]) if isinstance(document.get("email"), str) else None
-        if key is not None and claims.get(store.document_id(key), {}).get("clerk_id") != user_id:
+        key = normalise_email(document["email"]) if isinstance(document.get("email"), str) else None
+        if key is not None and claims.get(ids.document_id(key), {}).get("clerk_id") != user_id:
             problems.append(f"users/{user_id} holds an email whose claim is not theirs")
     return problems
 
@@ -697,7 +699,7 @@ def _claim_problems(users: dict[str, dict[str, Any]], claims: dict[str, dict[str
     for claim_id, claim in claims.items():
         owner = users.get(str(claim.get("clerk_id")))
         owner_email = owner.get("email") if owner else None
-        if not isinstance(owner_email, str) or store.document_id(events.normalise_email(owner_email) or "") != claim_id:
+        if not isinstance(owner_email, str) or ids.document_id(normalise_email(owner_email) or "") != claim_id:
             problems.append(f"claim {claim_id} names a user who does not hold that email")
     return problems
 
@@ -708,7 +710,7 @@ def _record_problems(
     tombstones: dict[str, dict[str, Any]],
     records: dict[str, dict[str, Any]],
 ) -> list[str]:
-    by_record = {store.document_id(event.svix_id): event for event in history.user_events}
+    by_record = {ids.document_id(event.svix_id): event for event in history.user_events}
     problems = []
     for record_id, record in records.items():
         event = by_record.get(record_id)
@@ -735,7 +737,7 @@ def final_state_problems(db: firestore.Client, history: History, attempts: list[
     """Every difference between Firestore (and the server's log) and the final Clerk state."""
     seed = history.seed
     problems = consistency_problems(db, history)
-    users = _documents(db, store.USERS)
+    users = _documents(db, PATHS.users)
     expected = history.expected_documents()
     if set(users) != set(expected):
         problems.append(
@@ -749,14 +751,14 @@ def final_state_problems(db: firestore.Client, history: History, attempts: list[
         if stored != expected[user_id]:
             fields = sorted(name for name in expected[user_id] if stored.get(name) != expected[user_id][name])
             problems.append(f"SIM_SEED={seed}: users/{user_id} differs from its last Clerk state in {fields}")
-    tombstones = set(_documents(db, store.TOMBSTONES))
+    tombstones = set(_documents(db, PATHS.user_tombstones))
     if tombstones != history.deleted:
         problems.append(
             f"SIM_SEED={seed}: tombstones missing {sorted(history.deleted - tombstones)}, "
             f"extra {sorted(tombstones - history.deleted)}"
         )
     claims = {
-        claim_id: (doc.get("email"), doc.get("clerk_id")) for claim_id, doc in _documents(db, store.CLAIMS).items()
+        claim_id: (doc.get("email"), doc.get("clerk_id")) for claim_id, doc in _documents(db, PATHS.claims).items()
     }
     if claims != history.expected_claims():
         problems.append(f"SIM_SEED={seed}: email claims differ from the final live primary emails")
@@ -778,7 +780,7 @@ def server_log_lines(log_text: str) -> list[dict[str, Any]]:
 
 def _accounting_problems(db: firestore.Client, history: History, attempts: list[Attempt], log_text: str) -> list[str]:
     """Every svix id ended applied, duplicate, stale or ignored, and the records and logs agree."""
-    records = _documents(db, store.EVENTS)
+    records = _documents(db, PATHS.events)
     answered: defaultdict[str, Counter[tuple[int | None, str | None]]] = defaultdict(Counter)
     unanswered: Counter[str] = Counter()
     for attempt in attempts:
@@ -800,7 +802,7 @@ def _accounting_problems(db: firestore.Client, history: History, attempts: list[
             problems.append(f"SIM_SEED={history.seed}: {event.svix_id} log lines do not match the answers seen")
         problems += [
             f"SIM_SEED={history.seed}: {event.svix_id} ({event.event_type}) {problem}"
-            for problem in _outcome_problems(event, seen, records.get(store.document_id(event.svix_id)))
+            for problem in _outcome_problems(event, seen, records.get(ids.document_id(event.svix_id)))
         ]
     leaked = sorted(address for address in history.addresses if address in log_text)
     if leaked:

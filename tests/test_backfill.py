@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from clerk_api import BASE_MS, SECRET_KEY, FakeClerk, api_user, serve
 from clerk_backend_api import models
-from conftest import PROJECT, snapshot_all
+from conftest import PATHS, PROJECT, apply_event, snapshot_all
 from google.cloud import firestore
 
-from clerk_sync import backfill, cli, events, store
+from clerk_sync import events, users
+from clerk_sync.outcome import Outcome
+from tools import backfill, cli
 
 # clerk-backend-api reads a deprecated query field of its own request model on every call.
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*\*\* DEPRECATED \*\*:DeprecationWarning")
@@ -68,11 +70,11 @@ def expected(**nonzero: int) -> dict[str, int]:
     return {name: nonzero.get(name, 0) for name in COUNT_NAMES}
 
 
-def deliver(db: firestore.Client, message_id: str, envelope: dict[str, Any]) -> store.Outcome:
+def deliver(db: firestore.Client, message_id: str, envelope: dict[str, Any]) -> Outcome:
     """What the webhook would have stored before the backfill ran."""
     event = events.parse_event(json.dumps(envelope).encode())
     assert not isinstance(event, events.IgnoredEvent)
-    return store.apply_event(db, message_id, event, deadline_seconds=8, event_ttl=timedelta(days=30))
+    return apply_event(db, message_id, event)
 
 
 def upsert_envelope(user: dict[str, Any]) -> dict[str, Any]:
@@ -98,14 +100,14 @@ def test_backfill_writes_every_user_through_a_429_and_a_500(
 
     assert code == 0, out + err
     assert counts(out) == expected(created=23)
-    stored = {document.id: document.to_dict() or {} for document in db.collection(store.USERS).stream(timeout=10)}
+    stored = {document.id: document.to_dict() or {} for document in db.collection(PATHS.users).stream(timeout=10)}
     assert set(stored) == {user["id"] for user in users}
     assert stored["user_bf0007"]["email"] == "grace7@example.com"
     assert stored["user_bf0007"]["public_metadata"] == {"plan": "pro"}
     assert all("private_metadata" not in document for document in stored.values())
-    claims = {document.id for document in db.collection(store.CLAIMS).stream(timeout=10)}
+    claims = {document.id for document in db.collection(PATHS.claims).stream(timeout=10)}
     assert len(claims) == 23
-    logged = {document.id for document in db.collection(store.EVENTS).stream(timeout=10)}
+    logged = {document.id for document in db.collection(PATHS.events).stream(timeout=10)}
     assert f"backfill_user_bf0007_{BASE_MS + 7500}" in logged
     requests = fake.list_requests()
     assert [request.status for request in requests] == [200, 429, 500, 200, 200, 200, 200]
@@ -146,13 +148,13 @@ def mixed_state(db: firestore.Client) -> list[dict[str, Any]]:
     newer_u3 = api_user("user_bf0003", email="new3@example.com", created_at=BASE_MS + 3000, updated_at=BASE_MS + 9999)
     older_u6 = api_user("user_bf0006", email="moving@example.com", created_at=BASE_MS + 6000, updated_at=BASE_MS + 6100)
     gone = api_user("user_gone", email="taken@example.com", created_at=BASE_MS, updated_at=BASE_MS + 100)
-    assert deliver(db, "msg_u1", upsert_envelope(older_u1)) is store.Outcome.APPLIED
-    assert deliver(db, "msg_u2", upsert_envelope(users[2])) is store.Outcome.APPLIED
-    assert deliver(db, "msg_u3", upsert_envelope(newer_u3)) is store.Outcome.APPLIED
+    assert deliver(db, "msg_u1", upsert_envelope(older_u1)) is Outcome.APPLIED
+    assert deliver(db, "msg_u2", upsert_envelope(users[2])) is Outcome.APPLIED
+    assert deliver(db, "msg_u3", upsert_envelope(newer_u3)) is Outcome.APPLIED
     deleted = {"type": "user.deleted", "timestamp": BASE_MS + 9000, "data": {"id": "user_bf0004", "deleted": True}}
-    assert deliver(db, "msg_u4", deleted) is store.Outcome.APPLIED
-    assert deliver(db, "msg_u6", upsert_envelope(older_u6)) is store.Outcome.APPLIED
-    assert deliver(db, "msg_gone", upsert_envelope(gone)) is store.Outcome.APPLIED
+    assert deliver(db, "msg_u4", deleted) is Outcome.APPLIED
+    assert deliver(db, "msg_u6", upsert_envelope(older_u6)) is Outcome.APPLIED
+    assert deliver(db, "msg_gone", upsert_envelope(gone)) is Outcome.APPLIED
     return users
 
 
@@ -186,13 +188,13 @@ def test_conflicting_user_is_reported_and_left_unwritten(
 
     assert code == 3
     assert "user_bf0007: primary email still held by user_gone" in out
-    assert not db.collection(store.USERS).document("user_bf0007").get(timeout=10).exists
-    moved_to = db.collection(store.USERS).document("user_bf0005").get(timeout=10).to_dict() or {}
-    moved_from = db.collection(store.USERS).document("user_bf0006").get(timeout=10).to_dict() or {}
+    assert not db.collection(PATHS.users).document("user_bf0007").get(timeout=10).exists
+    moved_to = db.collection(PATHS.users).document("user_bf0005").get(timeout=10).to_dict() or {}
+    moved_from = db.collection(PATHS.users).document("user_bf0006").get(timeout=10).to_dict() or {}
     assert moved_to["email"] == "moving@example.com"
     assert moved_from["email"] == "grace6@example.com"
-    assert not db.collection(store.USERS).document("user_bf0004").get(timeout=10).exists  # tombstone wins
-    newer = db.collection(store.USERS).document("user_bf0003").get(timeout=10).to_dict() or {}
+    assert not db.collection(PATHS.users).document("user_bf0004").get(timeout=10).exists  # tombstone wins
+    newer = db.collection(PATHS.users).document("user_bf0003").get(timeout=10).to_dict() or {}
     assert newer["email"] == "new3@example.com"  # the newer webhook copy wins
 
 
@@ -211,7 +213,7 @@ def test_stopped_run_resumes_from_the_printed_offset(
         stopped_code, stopped_out, stopped_err = run_backfill(capsys, fake, tmp_path, emulator_host, "--page-size", "5")
         offset = re.search(r"resume with: --start-offset (\d+)", stopped_err)
         assert offset is not None, stopped_err
-        written_before = {document.id for document in db.collection(store.USERS).stream(timeout=10)}
+        written_before = {document.id for document in db.collection(PATHS.users).stream(timeout=10)}
 
         code, out, _ = run_backfill(
             capsys, fake, tmp_path, emulator_host, "--page-size", "5", "--start-offset", offset.group(1)
@@ -224,7 +226,7 @@ def test_stopped_run_resumes_from_the_printed_offset(
     assert code == 0
     assert counts(out) == expected(created=8)
     assert fake.list_requests()[3].query["offset"] == "5"
-    assert {document.id for document in db.collection(store.USERS).stream(timeout=10)} == {u["id"] for u in users}
+    assert {document.id for document in db.collection(PATHS.users).stream(timeout=10)} == {u["id"] for u in users}
 
 
 @pytest.mark.usefixtures("secret_key")
@@ -238,7 +240,7 @@ def test_resume_offset_skips_the_users_before_it(
 
     assert code == 0
     assert counts(out) == expected(created=2)
-    assert {document.id for document in db.collection(store.USERS).stream(timeout=10)} == {"user_bf0010", "user_bf0011"}
+    assert {document.id for document in db.collection(PATHS.users).stream(timeout=10)} == {"user_bf0010", "user_bf0011"}
 
 
 def test_wrong_secret_key_stops_with_clerks_answer_and_writes_nothing(
@@ -277,7 +279,7 @@ def test_user_from_the_api_model_parses_like_the_raw_json() -> None:
     from_model = backfill._upsert(models.User.model_validate(raw))
 
     from_raw = events.parse_event(envelope)
-    assert isinstance(from_raw, events.UserUpsert)
+    assert isinstance(from_raw, users.UserUpsert)
     assert from_model.document == from_raw.document
     assert from_model.email_key == "model@example.com"
 

@@ -12,10 +12,11 @@ from collections import defaultdict
 
 import delivery_sim
 import pytest
-from conftest import Server
+from conftest import PATHS, Server
 from google.cloud import firestore
 
-from clerk_sync import events, store
+from clerk_sync import ids
+from clerk_sync.users import normalise_email
 
 QUICK = {"users": 40, "events_target": 400}
 SOAK = {"users": 400, "events_target": 10_000}
@@ -83,8 +84,8 @@ def test_final_state_check_notices_each_kind_of_divergence(server: Server, db: f
     assert delivery_sim.final_state_problems(db, history, report.attempts, log_text) == []
     live_id, live = next((uid, doc) for uid, doc in history.expected_documents().items() if doc["email"])
     gone_id = next(iter(history.deleted))
-    record_id = store.document_id(history.user_events[-1].svix_id)
-    users, records = db.collection(store.USERS), db.collection(store.EVENTS)
+    record_id = ids.document_id(history.user_events[-1].svix_id)
+    users, records = db.collection(PATHS.users), db.collection(PATHS.events)
     saved_record = records.document(record_id).get(timeout=10).to_dict() or {}
     dropped_line = next(line for line in log_text.splitlines() if history.user_events[0].svix_id in line)
 
@@ -97,16 +98,16 @@ def test_final_state_check_notices_each_kind_of_divergence(server: Server, db: f
 
     users.document(gone_id).set({**live, "clerk_id": gone_id})
     assert "exists next to its tombstone" in problems()
-    assert delivery_sim.shared_primary_emails(db) == {events.normalise_email(live["email"]): sorted([live_id, gone_id])}
+    assert delivery_sim.shared_primary_emails(db) == {normalise_email(live["email"]): sorted([live_id, gone_id])}
     users.document(gone_id).delete()
 
     records.document(record_id).delete()
     assert "no applied/stale record" in problems()
     records.document(record_id).set(saved_record)
 
-    db.collection(store.CLAIMS).document("stray@example.com").set({"email": "stray@example.com", "clerk_id": live_id})
+    db.collection(PATHS.claims).document("stray@example.com").set({"email": "stray@example.com", "clerk_id": live_id})
     assert "email claims differ" in problems()
-    db.collection(store.CLAIMS).document("stray@example.com").delete()
+    db.collection(PATHS.claims).document("stray@example.com").delete()
 
     assert problems() == ""
     log_text = log_text.replace(dropped_line, "")
@@ -154,7 +155,7 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
         last_updated[user_id] = data["updated_at"]
         entry_ids = {entry["id"] for entry in data["email_addresses"]}
         assert data["primary_email_address_id"] in entry_ids | {None}
-        addresses = {events.normalise_email(entry["email_address"]) for entry in data["email_addresses"]}
+        addresses = {normalise_email(entry["email_address"]) for entry in data["email_addresses"]}
         holder = {key: owner for key, owner in holder.items() if owner != user_id}
         for key in addresses:
             assert key not in holder, f"seed {seed}: {user_id} took an address another user still holds"
@@ -174,7 +175,7 @@ def test_generated_history_tells_every_story() -> None:
         primary = data.get("primary_email_address_id")
         for entry in data.get("email_addresses", []):
             if entry["id"] == primary:
-                primary_owners[events.normalise_email(entry["email_address"]) or ""].add(data["id"])
+                primary_owners[normalise_email(entry["email_address"]) or ""].add(data["id"])
     moved = [key for key, owners in primary_owners.items() if len(owners) > 1]
     documents = history.expected_documents()
 

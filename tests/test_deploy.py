@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -87,6 +88,7 @@ def files_for_upload(directory: Path) -> set[str]:
 def function_files(directory: Path) -> set[str]:
     """What the function needs: main.py, requirements.txt and the package's visible modules."""
     modules = {f"clerk_sync/{path.name}" for path in (directory / "clerk_sync").glob("*.py")}
+    modules -= {"clerk_sync/__main__.py"}  # it only starts the tools
     return {"main.py", "requirements.txt"} | {module for module in modules if not module.startswith("clerk_sync/.")}
 
 
@@ -118,6 +120,29 @@ def test_upload_set_is_exactly_main_requirements_and_the_package_modules() -> No
 
     assert uploaded == function_files(ROOT)
     assert {"main.py", "requirements.txt"} <= uploaded  # gcloud refuses a Python source without them
+
+
+def test_upload_set_holds_no_tool_and_no_module_imports_tool_dependencies() -> None:
+    uploaded = files_for_upload(ROOT)
+    imported: dict[str, set[str]] = {}
+    for name in sorted(uploaded):
+        if name.endswith(".py"):
+            tree = ast.parse((ROOT / name).read_text(), name)
+            imported[name] = {
+                alias.name.split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import)
+                for alias in node.names
+            } | {
+                (node.module or "").split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level == 0
+            }
+
+    assert not [name for name in uploaded if name.startswith("tools/") or name.endswith("__main__.py")]
+    assert "clerk_sync/transaction.py" in imported
+    forbidden = {"svix", "argparse", "subprocess", "tools", "clerk_backend_api"}
+    assert {name: found & forbidden for name, found in imported.items() if found & forbidden} == {}
 
 
 def test_package_has_no_subpackages_the_allow_list_would_drop() -> None:

@@ -27,7 +27,8 @@ from conftest import ROOT
 from dotenv import dotenv_values
 from google.cloud import firestore
 
-from clerk_sync import config, devloop
+from clerk_sync import config
+from tools import devloop
 
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from clerk_events import BASE_MS, deletion_event, envelope, new_user_id, user_data, user_event
 
-from clerk_sync import events
+from clerk_sync import events, users
+from clerk_sync.payload import MalformedEvent
+from clerk_sync.users import normalise_email
 
 PAYLOADS = Path(__file__).with_name("payloads")
 DOCUMENT_FIELDS = {
@@ -34,9 +36,9 @@ DOCUMENT_FIELDS = {
 }
 
 
-def _upsert(body: str | bytes) -> events.UserUpsert:
+def _upsert(body: str | bytes) -> users.UserUpsert:
     event = events.parse_event(body.encode() if isinstance(body, str) else body)
-    assert isinstance(event, events.UserUpsert)
+    assert isinstance(event, users.UserUpsert)
     return event
 
 
@@ -213,13 +215,13 @@ def test_deletion_is_ordered_by_the_envelope_timestamp() -> None:
 
     event = events.parse_event(deletion_event(user_id, timestamp=BASE_MS + 5).encode())
 
-    assert event == events.UserDeletion("user.deleted", user_id, datetime.fromtimestamp((BASE_MS + 5) / 1000, UTC))
+    assert event == users.UserDeletion("user.deleted", user_id, datetime.fromtimestamp((BASE_MS + 5) / 1000, UTC))
 
 
 def test_clerk_user_deleted_payload_parses() -> None:
     event = events.parse_event(_payload("user_deleted"))
 
-    assert isinstance(event, events.UserDeletion)
+    assert isinstance(event, users.UserDeletion)
     assert event.user_id == "user_2abcDEFghiJKLmnoPQRstuVWxyz"
 
 
@@ -228,15 +230,15 @@ def test_deletion_without_timestamp_still_deletes() -> None:
 
     event = events.parse_event(json.dumps(body).encode())
 
-    assert event == events.UserDeletion("user.deleted", "user_x", None)
+    assert event == users.UserDeletion("user.deleted", "user_x", None)
 
 
-@pytest.mark.parametrize("name", ["email_created", "session_created", "organizationMembership_created"])
+@pytest.mark.parametrize("name", ["email_created", "session_created", "organizationInvitation_created"])
 def test_other_clerk_events_are_ignored(name: str) -> None:
     event = events.parse_event(_payload(name))
 
     assert isinstance(event, events.IgnoredEvent)
-    assert event.user_id is None
+    assert event.clerk_id is None
 
 
 def _with(data_changes: dict[str, Any]) -> bytes:
@@ -277,7 +279,7 @@ def _with(data_changes: dict[str, Any]) -> bytes:
     ],
 )
 def test_malformed_body_raises_malformed_event_with_a_safe_reason(body: bytes, reason: str) -> None:
-    with pytest.raises(events.MalformedEvent) as malformed:
+    with pytest.raises(MalformedEvent) as malformed:
         events.parse_event(body)
 
     assert str(malformed.value) == reason
@@ -292,7 +294,7 @@ def test_unpaired_surrogate_in_a_stored_field_is_malformed(changes: dict[str, An
     body = _with(changes)
     assert b"\\ud" in body
 
-    with pytest.raises(events.MalformedEvent):
+    with pytest.raises(MalformedEvent):
         events.parse_event(body)
 
 
@@ -302,14 +304,14 @@ def test_unpaired_surrogate_in_a_stored_field_is_malformed(changes: dict[str, An
     ids=["private_metadata", "non_primary_phone"],
 )
 def test_unpaired_surrogate_anywhere_in_user_data_is_malformed(changes: dict[str, Any]) -> None:
-    with pytest.raises(events.MalformedEvent, match="unpaired surrogate"):
+    with pytest.raises(MalformedEvent, match="unpaired surrogate"):
         events.parse_event(_with(changes))
 
 
 def test_unpaired_surrogate_outside_user_data_does_not_matter() -> None:
     body = json.dumps({**envelope("user.created", user_data("user_ok")), "instance_id": "ins_\udfff"}).encode()
 
-    assert isinstance(events.parse_event(body), events.UserUpsert)
+    assert isinstance(events.parse_event(body), users.UserUpsert)
 
 
 def test_null_metadata_and_flags_become_empty_and_false() -> None:
@@ -323,4 +325,4 @@ def test_null_metadata_and_flags_become_empty_and_false() -> None:
     [(" Alice@Example.COM ", "alice@example.com"), ("a/b@Example.com", "a/b@example.com"), ("   ", None), ("", None)],
 )
 def test_normalise_email_trims_and_lower_cases(address: str, key: str | None) -> None:
-    assert events.normalise_email(address) == key
+    assert normalise_email(address) == key

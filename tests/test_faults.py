@@ -21,10 +21,8 @@ import delivery_sim
 import emulator
 import pytest
 from clerk_events import BASE_MS, new_message_id, user_event
-from conftest import PROJECT, ROOT, Server, snapshot_all, start_server, stop_server
+from conftest import PATHS, PROJECT, ROOT, Server, snapshot_all, start_server, stop_server
 from google.cloud import firestore
-
-from clerk_sync import store
 
 DEADLINE_SECONDS = 2.0
 # The function answers within its Firestore deadline plus a rollback (<= 0.5 s once the deadline
@@ -257,9 +255,9 @@ def test_crash_between_verification_and_commit_writes_nothing_and_the_retry_succ
             wall_seconds=120,
         )
 
-    claims = {document.id: document.get("clerk_id") for document in dedicated.db.collection(store.CLAIMS).stream()}
-    stored = dedicated.db.collection(store.USERS).document(user_id).get().to_dict() or {}
-    record = dedicated.db.collection(store.EVENTS).document(update.svix_id).get().to_dict() or {}
+    claims = {document.id: document.get("clerk_id") for document in dedicated.db.collection(PATHS.claims).stream()}
+    stored = dedicated.db.collection(PATHS.users).document(user_id).get().to_dict() or {}
+    record = dedicated.db.collection(PATHS.events).document(update.svix_id).get().to_dict() or {}
     print(f"retry after the crash: {retry.summary()}, statuses {dict(retry.statuses())}")
     assert crashed.status is None  # the instance died without answering
     assert marker.read_text().startswith("4 writes prepared")  # new claim, old claim, user, record

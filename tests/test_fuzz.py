@@ -22,14 +22,14 @@ from urllib.parse import urlsplit
 import emulator
 import pytest
 from clerk_events import BASE_MS, envelope, new_user_id, signed_headers, user_data, user_event
-from conftest import PROJECT, Server, snapshot_all
+from conftest import PATHS, PROJECT, Server, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from clerk_sync import store
+from clerk_sync import ids
 
 MAX_BODY = 1024 * 1024
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -624,11 +624,11 @@ def test_odd_but_valid_users_are_stored_exactly_as_sent(
         response = send_signed(client, body, case="odd valid user")
 
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
-        stored = db.collection(store.USERS).document(data["id"]).get(timeout=10).to_dict()
+        stored = db.collection(PATHS.users).document(data["id"]).get(timeout=10).to_dict()
         assert stored is not None
         assert_stored_as_sent(data, stored)
         documents = snapshot_all(db)
-        assert {path.split("/")[0] for path in documents} <= {store.USERS, store.CLAIMS, store.EVENTS}
+        assert {path.split("/")[0] for path in documents} <= {PATHS.users, PATHS.claims, PATHS.events}
         assert len(documents) == (3 if stored["email"] and stored["email"].strip() else 2)
 
     run_property(120 * scale, odd_users(), check)
@@ -667,7 +667,7 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
             assert_rejected_and_unchanged(response, db, {})
             return
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
-        record = db.collection(store.EVENTS).document(store.document_id(wire_id)).get(timeout=10)
+        record = db.collection(PATHS.events).document(ids.document_id(wire_id)).get(timeout=10)
         assert record.exists
         assert record.get("svix_id") == wire_id
 
@@ -702,7 +702,7 @@ def test_metadata_key_firestore_refuses_is_kept_as_json_text(
     response = send_signed(client, body)
 
     assert response.status_code == 200
-    stored = db.collection(store.USERS).document(user_id).get().get("public_metadata")
+    stored = db.collection(PATHS.users).document(user_id).get().get("public_metadata")
     assert json.loads(stored) == metadata
 
 
@@ -741,7 +741,7 @@ def test_user_document_just_under_firestore_size_limit_is_stored(client: FlaskCl
     response = send_signed(client, body)
 
     assert response.status_code == 200
-    assert len(db.collection(store.USERS).document(user_id).get().get("public_metadata")["k"]) > MAX_BODY - 2200
+    assert len(db.collection(PATHS.users).document(user_id).get().get("public_metadata")["k"]) > MAX_BODY - 2200
 
 
 def raw_exchange(server: Server, request: bytes, *, half_close: bool) -> bytes:

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore
 from loopback import send
 
-from clerk_sync import config, logs, store
+from clerk_sync import config, logs, transaction
 
 REQUIRED_FIELDS = {"severity", "message", "svix_id", "event_type", "clerk_id", "outcome", "status", "latency_ms"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -139,10 +139,10 @@ def test_no_log_line_holds_emails_phones_metadata_bodies_or_the_secret(
     capsys.readouterr()
     _, bodies, _ = _mixed_run(captured_post)
     os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator.free_port()}"
-    store.reset_client()
+    transaction.reset_client()
     unavailable = captured_post(_sensitive_body(new_user_id(), EMAILS[1]), None)
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = "whsec_"
-    config.settings.cache_clear()
+    config.reset()
     misconfigured = captured_post(_sensitive_body(new_user_id(), EMAILS[1]), None)
 
     captured = capsys.readouterr()

@@ -20,11 +20,12 @@ from typing import Any
 import emulator
 import pytest
 from clerk_events import deletion_event, new_message_id, new_user_id, signed_headers, user_event
-from conftest import PROJECT, ROOT, snapshot_all
+from conftest import PATHS, PROJECT, ROOT, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import events, store
+from clerk_sync import ids
+from clerk_sync.users import normalise_email
 
 RULES = (ROOT / "firestore.rules").read_text()
 REQUEST_TIMEOUT_SECONDS = 10
@@ -120,7 +121,7 @@ def _fields(**values: str) -> dict[str, Any]:
 
 
 def _users_query(*, all_descendants: bool = False, where: dict[str, Any] | None = None) -> dict[str, Any]:
-    query: dict[str, Any] = {"from": [{"collectionId": store.USERS, "allDescendants": all_descendants}]}
+    query: dict[str, Any] = {"from": [{"collectionId": PATHS.users, "allDescendants": all_descendants}]}
     if where is not None:
         query["where"] = {
             "fieldFilter": {"field": {"fieldPath": where["field"]}, "op": "EQUAL", "value": where["value"]}
@@ -231,9 +232,9 @@ def writes_of_users(world: World) -> list[Check]:
 def internal_collections(world: World) -> list[Check]:
     """Claims, tombstones, the event log and unmentioned collections: no client access of any kind."""
     existing = {
-        store.CLAIMS: world.owner_claim,
-        store.TOMBSTONES: world.deleted,
-        store.EVENTS: world.owner_event,
+        PATHS.claims: world.owner_claim,
+        PATHS.user_tombstones: world.deleted,
+        PATHS.events: world.owner_event,
         UNMENTIONED: world.owner,
     }
     checks = []
@@ -273,7 +274,7 @@ def internal_collections(world: World) -> list[Check]:
             Check(f"owner deletes {path}", "DELETE", path, world.owner, allowed=False),
         ]
     checks.append(
-        Check("other user gets owner's claim", "GET", f"{store.CLAIMS}/{world.other_claim}", world.other, allowed=False)
+        Check("other user gets owner's claim", "GET", f"{PATHS.claims}/{world.other_claim}", world.other, allowed=False)
     )
     return checks
 
@@ -292,9 +293,9 @@ def _deliver(client: FlaskClient, body: str) -> str:
 
 
 def _claim_id(address: str) -> str:
-    key = events.normalise_email(address)
+    key = normalise_email(address)
     assert key is not None
-    return store.document_id(key)
+    return ids.document_id(key)
 
 
 @pytest.fixture
@@ -317,7 +318,7 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
     _deliver(client, deletion_event(deleted))
     # Data the function never writes: a collection nobody wrote rules for, and a subcollection.
     db.collection(UNMENTIONED).document(owner).set({"clerk_id": owner})
-    db.collection(store.USERS).document(owner).collection("private").document("notes").set({"clerk_id": owner})
+    db.collection(PATHS.users).document(owner).collection("private").document("notes").set({"clerk_id": owner})
     built = World(
         owner=owner,
         other=other,
@@ -325,16 +326,16 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
         stranger=new_user_id(),
         owner_claim=_claim_id("Owner@Example.com"),
         other_claim=_claim_id("other@example.com"),
-        owner_event=store.document_id(owner_event),
+        owner_event=ids.document_id(owner_event),
     )
     # Every denial below must be a denial of a real document, not a miss.
     for path in (
-        f"{store.USERS}/{owner}",
-        f"{store.USERS}/{other}",
-        f"{store.CLAIMS}/{built.owner_claim}",
-        f"{store.CLAIMS}/{built.other_claim}",
-        f"{store.TOMBSTONES}/{deleted}",
-        f"{store.EVENTS}/{built.owner_event}",
+        f"{PATHS.users}/{owner}",
+        f"{PATHS.users}/{other}",
+        f"{PATHS.claims}/{built.owner_claim}",
+        f"{PATHS.claims}/{built.other_claim}",
+        f"{PATHS.user_tombstones}/{deleted}",
+        f"{PATHS.events}/{built.owner_event}",
     ):
         assert db.document(path).get(timeout=10).exists, path
     return built

@@ -21,7 +21,7 @@ NEW_SECRET = "whsec_bmV3IHNlY3JldCBhZnRlciByb3RhdGlvbiE="
 def configure(secret: str) -> None:
     """What a redeploy with a new secret version does to an instance's settings."""
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = secret
-    config.settings.cache_clear()
+    config.reset()
 
 
 def rotation_headers(body: str, message_id: str) -> dict[str, str]:

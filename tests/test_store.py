@@ -1,4 +1,4 @@
-"""store.apply_event against the real emulator: ordering, idempotency, email claims, data model."""
+"""Applying user events against the real emulator: ordering, idempotency, email claims, data model."""
 
 from __future__ import annotations
 
@@ -13,22 +13,24 @@ from typing import Any
 import emulator
 import pytest
 from clerk_events import BASE_MS, deletion_event, new_message_id, new_user_id, user_data, user_event
-from conftest import PROJECT, snapshot_all
+from conftest import PATHS, PROJECT, apply_event, snapshot_all
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 
-from clerk_sync import events, store
+from clerk_sync import events, ids, users
+from clerk_sync.outcome import Outcome, StoreUnavailable
+from clerk_sync.payload import MalformedEvent
 
 TTL = timedelta(days=30)
 RESERVED_ID = re.compile(r"__.+__", re.DOTALL)
 LONG_INPUT = "x" * 1_501
 
 
-def apply(db: firestore.Client, body: str, message_id: str | None = None, deadline: float = 8.0) -> store.Outcome:
+def apply(db: firestore.Client, body: str, message_id: str | None = None, deadline: float = 8.0) -> Outcome:
     """Parse a body and apply it as the function would."""
     event = events.parse_event(body.encode())
-    assert isinstance(event, events.UserUpsert | events.UserDeletion)
-    return store.apply_event(db, message_id or new_message_id(), event, deadline_seconds=deadline, event_ttl=TTL)
+    assert isinstance(event, users.UserUpsert | users.UserDeletion)
+    return apply_event(db, message_id or new_message_id(), event, deadline_seconds=deadline)
 
 
 def document(db: firestore.Client, collection: str, document_id: str) -> dict[str, Any] | None:
@@ -37,7 +39,7 @@ def document(db: firestore.Client, collection: str, document_id: str) -> dict[st
 
 def claims(db: firestore.Client) -> dict[str, str]:
     """Claim document id -> owning Clerk user id."""
-    return {claim.id: claim.get("clerk_id") for claim in db.collection(store.CLAIMS).stream(timeout=10)}
+    return {claim.id: claim.get("clerk_id") for claim in db.collection(PATHS.claims).stream(timeout=10)}
 
 
 def ms(value: int) -> datetime:
@@ -65,10 +67,11 @@ def test_created_user_has_every_documented_field_with_firestore_types(db: firest
 
     outcome = apply(db, body)
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     synced_at = stored.pop("synced_at")
+    assert re.fullmatch(r"[0-9a-f]{64}", stored.pop("sync_digest"))
     assert stored == {
         "clerk_id": user_id,
         "email": "alice@example.com",
@@ -101,7 +104,7 @@ def test_applied_event_is_recorded_with_ids_outcome_and_expiry(db: firestore.Cli
 
     apply(db, user_event("user.created", user_id), message_id)
 
-    record = document(db, store.EVENTS, store.document_id(message_id))
+    record = document(db, PATHS.events, ids.document_id(message_id))
     assert record is not None
     assert {key: record[key] for key in ("svix_id", "type", "clerk_id", "outcome")} == {
         "svix_id": message_id,
@@ -119,7 +122,7 @@ def test_claim_names_the_owner_of_the_normalised_primary_email(db: firestore.Cli
 
     apply(db, user_event("user.created", user_id, emails=["Alice@Example.com"]))
 
-    claim = document(db, store.CLAIMS, "alice@example.com")
+    claim = document(db, PATHS.claims, "alice@example.com")
     assert claim is not None
     assert (claim["email"], claim["clerk_id"]) == ("alice@example.com", user_id)
     assert isinstance(claim["claimed_at"], datetime)
@@ -131,7 +134,7 @@ def test_unicode_names_round_trip(db: firestore.Client) -> None:
 
     apply(db, user_event("user.created", user_id, **names))
 
-    stored = document(db, store.USERS, user_id)
+    stored = document(db, PATHS.users, user_id)
     assert stored is not None
     assert {field: stored[field] for field in names} == names
 
@@ -156,7 +159,7 @@ def test_primary_email_that_is_not_the_first_address_is_stored_and_claimed(db: f
 
     apply(db, user_event("user.created", user_id, emails=["first@example.com", "primary@example.com"], primary=1))
 
-    stored = document(db, store.USERS, user_id)
+    stored = document(db, PATHS.users, user_id)
     assert stored is not None
     assert stored["email"] == "primary@example.com"
     assert claims(db) == {"primary@example.com": user_id}
@@ -167,8 +170,8 @@ def test_phone_only_user_is_stored_without_email_or_claim(db: firestore.Client) 
 
     outcome = apply(db, user_event("user.created", user_id, emails=[], phones=["+15555550123"]))
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert (stored["email"], stored["phone_number"]) == (None, "+15555550123")
     assert claims(db) == {}
@@ -179,8 +182,8 @@ def test_username_only_user_is_stored_without_email_or_claim(db: firestore.Clien
 
     outcome = apply(db, user_event("user.created", user_id, emails=[], username="nomail"))
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert (stored["email"], stored["username"]) == (None, "nomail")
     assert claims(db) == {}
@@ -203,8 +206,8 @@ def test_metadata_firestore_cannot_hold_is_stored_as_json_text(db: firestore.Cli
 
     outcome = apply(db, user_event("user.created", user_id, unsafe_metadata=metadata))
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert json.loads(stored["unsafe_metadata"]) == metadata
 
@@ -215,7 +218,7 @@ def test_metadata_at_the_limits_firestore_accepts_is_stored_as_a_map(db: firesto
 
     apply(db, user_event("user.created", user_id, public_metadata=metadata))
 
-    stored = document(db, store.USERS, user_id)
+    stored = document(db, PATHS.users, user_id)
     assert stored is not None
     assert stored["public_metadata"] == metadata
 
@@ -232,10 +235,10 @@ def test_duplicate_delivery_writes_once(db: firestore.Client) -> None:
 
     outcome = apply(db, body, message_id)
 
-    record = document(db, store.EVENTS, message_id)
-    assert outcome is store.Outcome.DUPLICATE
+    record = document(db, PATHS.events, message_id)
+    assert outcome is Outcome.DUPLICATE
     assert record is not None
-    assert record["received_at"] == before[f"{store.EVENTS}/{message_id}"]["received_at"]
+    assert record["received_at"] == before[f"{PATHS.events}/{message_id}"]["received_at"]
     assert snapshot_all(db) == before  # synced_at and everything else included: nothing rewritten
 
 
@@ -246,8 +249,8 @@ def test_update_before_create_keeps_the_update(db: firestore.Client) -> None:
 
     outcomes = [apply(db, update), apply(db, create)]
 
-    stored = document(db, store.USERS, user_id)
-    assert outcomes == [store.Outcome.APPLIED, store.Outcome.STALE]
+    stored = document(db, PATHS.users, user_id)
+    assert outcomes == [Outcome.APPLIED, Outcome.STALE]
     assert stored is not None
     assert (stored["first_name"], stored["updated_at"]) == ("Later", ms(BASE_MS + 10))
 
@@ -255,7 +258,7 @@ def test_update_before_create_keeps_the_update(db: firestore.Client) -> None:
 def test_stale_update_after_newer_changes_nothing_but_is_recorded(db: firestore.Client) -> None:
     user_id = new_user_id()
     apply(db, user_event("user.updated", user_id, emails=["new@example.com"], updated_at=BASE_MS + 10))
-    user_before = document(db, store.USERS, user_id)
+    user_before = document(db, PATHS.users, user_id)
     claims_before = claims(db)
     stale_id = new_message_id()
 
@@ -263,9 +266,9 @@ def test_stale_update_after_newer_changes_nothing_but_is_recorded(db: firestore.
         db, user_event("user.updated", user_id, emails=["old@example.com"], updated_at=BASE_MS + 5), stale_id
     )
 
-    record = document(db, store.EVENTS, stale_id)
-    assert outcome is store.Outcome.STALE
-    assert document(db, store.USERS, user_id) == user_before
+    record = document(db, PATHS.events, stale_id)
+    assert outcome is Outcome.STALE
+    assert document(db, PATHS.users, user_id) == user_before
     assert claims(db) == claims_before == {"new@example.com": user_id}
     assert record is not None
     assert record["outcome"] == "stale"
@@ -277,8 +280,8 @@ def test_equal_updated_at_applies_again(db: firestore.Client) -> None:
 
     outcome = apply(db, user_event("user.updated", user_id, first_name="Two", updated_at=BASE_MS))
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert stored["first_name"] == "Two"
 
@@ -290,8 +293,8 @@ def test_update_after_delete_does_not_resurrect_user_nor_take_its_claim(db: fire
 
     outcome = apply(db, user_event("user.updated", user_id, emails=["gone@example.com"], updated_at=BASE_MS + 10**9))
 
-    assert outcome is store.Outcome.STALE
-    assert document(db, store.USERS, user_id) is None
+    assert outcome is Outcome.STALE
+    assert document(db, PATHS.users, user_id) is None
     assert claims(db) == {}
 
 
@@ -300,8 +303,8 @@ def test_delete_of_unknown_user_records_a_tombstone_without_personal_data(db: fi
 
     outcome = apply(db, deletion_event(user_id, timestamp=BASE_MS + 99))
 
-    tombstone = document(db, store.TOMBSTONES, user_id)
-    assert outcome is store.Outcome.APPLIED
+    tombstone = document(db, PATHS.user_tombstones, user_id)
+    assert outcome is Outcome.APPLIED
     assert tombstone is not None
     assert set(tombstone) == {"clerk_id", "deleted_at", "recorded_at"}
     assert (tombstone["clerk_id"], tombstone["deleted_at"]) == (user_id, ms(BASE_MS + 99))
@@ -313,8 +316,8 @@ def test_delete_removes_user_and_releases_claim(db: firestore.Client) -> None:
 
     outcome = apply(db, deletion_event(user_id))
 
-    assert outcome is store.Outcome.APPLIED
-    assert document(db, store.USERS, user_id) is None
+    assert outcome is Outcome.APPLIED
+    assert document(db, PATHS.users, user_id) is None
     assert claims(db) == {}
 
 
@@ -323,17 +326,17 @@ def test_duplicate_delete_changes_nothing(db: firestore.Client) -> None:
     message_id = new_message_id()
     apply(db, user_event("user.created", user_id))
     apply(db, deletion_event(user_id), message_id)
-    tombstone = document(db, store.TOMBSTONES, user_id)
+    tombstone = document(db, PATHS.user_tombstones, user_id)
     before = snapshot_all(db)
 
     same_message = apply(db, deletion_event(user_id), message_id)
     after_same = snapshot_all(db)
     new_message = apply(db, deletion_event(user_id))
 
-    assert same_message is store.Outcome.DUPLICATE
+    assert same_message is Outcome.DUPLICATE
     assert after_same == before
-    assert new_message is store.Outcome.STALE
-    assert document(db, store.TOMBSTONES, user_id) == tombstone
+    assert new_message is Outcome.STALE
+    assert document(db, PATHS.user_tombstones, user_id) == tombstone
 
 
 @pytest.mark.parametrize("message_id", ["msg/with/slashes", "__msg__", "..", "msg é 🙂"])
@@ -342,8 +345,8 @@ def test_any_svix_id_is_recorded_and_deduplicated(db: firestore.Client, message_
 
     outcomes = [apply(db, body, message_id), apply(db, body, message_id)]
 
-    record = document(db, store.EVENTS, store.document_id(message_id))
-    assert outcomes == [store.Outcome.APPLIED, store.Outcome.DUPLICATE]
+    record = document(db, PATHS.events, ids.document_id(message_id))
+    assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert record is not None
     assert record["svix_id"] == message_id
 
@@ -355,8 +358,8 @@ def test_user_document_near_firestore_size_limit_is_stored(db: firestore.Client)
 
     outcome = apply(db, body)
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert (len(stored["public_metadata"]["a"]), len(stored["unsafe_metadata"]["b"])) == (half, half)
 
@@ -366,7 +369,7 @@ def test_body_under_1_mib_whose_document_would_exceed_firestore_limit_is_malform
     body = user_event("user.created", new_user_id(), emails=[address])
     assert len(body.encode()) < 1024 * 1024
 
-    with pytest.raises(events.MalformedEvent):
+    with pytest.raises(MalformedEvent):
         apply(db, body)
 
     assert snapshot_all(db) == {}
@@ -399,8 +402,8 @@ def test_case_change_of_own_email_keeps_one_claim(db: firestore.Client) -> None:
 
     outcome = apply(db, user_event("user.updated", user_id, emails=["case@example.COM"], updated_at=BASE_MS + 1))
 
-    stored = document(db, store.USERS, user_id)
-    assert outcome is store.Outcome.APPLIED
+    stored = document(db, PATHS.users, user_id)
+    assert outcome is Outcome.APPLIED
     assert stored is not None
     assert stored["email"] == "case@example.COM"
     assert claims(db) == {"case@example.com": user_id}
@@ -413,10 +416,10 @@ def test_spellings_of_one_address_with_slash_share_one_claim(db: firestore.Clien
 
     outcome = apply(db, user_event("user.created", other, emails=["bob/smith@example.com"]))
 
-    assert outcome is store.Outcome.CONFLICT
+    assert outcome is Outcome.CONFLICT
     assert snapshot_all(db) == before
-    assert claims(db) == {store.document_id("bob/smith@example.com"): owner}
-    assert "/" not in store.document_id("bob/smith@example.com")
+    assert claims(db) == {ids.document_id("bob/smith@example.com"): owner}
+    assert "/" not in ids.document_id("bob/smith@example.com")
 
 
 def test_email_moving_between_users_in_the_wrong_order_waits_then_applies(db: firestore.Client) -> None:
@@ -432,10 +435,10 @@ def test_email_moving_between_users_in_the_wrong_order_waits_then_applies(db: fi
     release = apply(db, a_lets_go)
     retry = apply(db, b_takes_it, b_message)
 
-    assert early is store.Outcome.CONFLICT
+    assert early is Outcome.CONFLICT
     assert after_conflict == before  # no user, claim or event record: the retry is not blocked
-    assert release is store.Outcome.APPLIED
-    assert retry is store.Outcome.APPLIED
+    assert release is Outcome.APPLIED
+    assert retry is Outcome.APPLIED
     assert claims(db) == {"moving@example.com": user_b, "a-new@example.com": user_a}
 
 
@@ -443,7 +446,7 @@ def test_email_moving_between_users_in_the_wrong_order_waits_then_applies(db: fi
 def test_claim_whose_owner_no_longer_holds_the_address_is_taken_over(db: firestore.Client, owner_state: str) -> None:
     user_a, user_b = new_user_id(), new_user_id()
     apply(db, user_event("user.created", user_a, emails=["shared@example.com"]))
-    users = db.collection(store.USERS)
+    users = db.collection(PATHS.users)
     if owner_state == "document_gone":
         users.document(user_a).delete(timeout=10)
     else:
@@ -451,14 +454,14 @@ def test_claim_whose_owner_no_longer_holds_the_address_is_taken_over(db: firesto
 
     outcome = apply(db, user_event("user.created", user_b, emails=["shared@example.com"]))
 
-    assert outcome is store.Outcome.APPLIED
+    assert outcome is Outcome.APPLIED
     assert claims(db) == {"shared@example.com": user_b}
 
 
 def test_two_users_without_email_do_not_conflict(db: firestore.Client) -> None:
     outcomes = [apply(db, user_event("user.created", new_user_id(), emails=[])) for _ in range(2)]
 
-    assert outcomes == [store.Outcome.APPLIED, store.Outcome.APPLIED]
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED]
 
 
 # --- document ids ---------------------------------------------------------------------------------
@@ -496,14 +499,14 @@ TRICKY_IDS = [
 
 
 def test_document_id_is_injective_on_tricky_inputs() -> None:
-    ids = [store.document_id(text) for text in TRICKY_IDS]
+    encoded = [ids.document_id(text) for text in TRICKY_IDS]
 
-    assert len(set(ids)) == len(TRICKY_IDS)
+    assert len(set(encoded)) == len(TRICKY_IDS)
 
 
 @pytest.mark.parametrize("text", TRICKY_IDS, ids=range(len(TRICKY_IDS)))
 def test_document_id_obeys_firestore_id_rules(text: str) -> None:
-    doc_id = store.document_id(text)
+    doc_id = ids.document_id(text)
 
     assert doc_id
     assert "/" not in doc_id
@@ -513,17 +516,17 @@ def test_document_id_obeys_firestore_id_rules(text: str) -> None:
 
 
 def test_document_id_keeps_ordinary_addresses_readable() -> None:
-    assert store.document_id("alice+tag@example.com") == "alice+tag@example.com"
+    assert ids.document_id("alice+tag@example.com") == "alice+tag@example.com"
 
 
 def test_every_tricky_document_id_is_accepted_by_firestore(db: firestore.Client) -> None:
     batch = db.batch()
     for text in TRICKY_IDS:
-        batch.set(db.collection(store.CLAIMS).document(store.document_id(text)), {"email": text})
+        batch.set(db.collection(PATHS.claims).document(ids.document_id(text)), {"email": text})
 
     batch.commit(timeout=10)
 
-    stored = {claim.get("email") for claim in db.collection(store.CLAIMS).stream(timeout=10)}
+    stored = {claim.get("email") for claim in db.collection(PATHS.claims).stream(timeout=10)}
     assert stored == set(TRICKY_IDS)
 
 
@@ -536,7 +539,7 @@ def test_unreachable_firestore_raises_store_unavailable_and_writes_nothing(db: f
     os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator.free_port()}"
     unreachable = firestore.Client(project=PROJECT)
 
-    with pytest.raises(store.StoreUnavailable):
+    with pytest.raises(StoreUnavailable):
         apply(unreachable, user_event("user.created", new_user_id()))
 
     assert snapshot_all(db) == before
@@ -553,7 +556,7 @@ def test_commit_blocked_past_the_deadline_raises_store_unavailable_and_the_retry
 
     @firestore.transactional
     def hold(transaction: firestore.Transaction) -> None:
-        list(transaction.get_all([db.collection(store.USERS).document(user_id)], timeout=10))
+        list(transaction.get_all([db.collection(PATHS.users).document(user_id)], timeout=10))
         locked.set()
         release.wait(10)
 
@@ -561,7 +564,7 @@ def test_commit_blocked_past_the_deadline_raises_store_unavailable_and_the_retry
     holder.start()
     try:
         assert locked.wait(10)
-        with pytest.raises(store.StoreUnavailable):
+        with pytest.raises(StoreUnavailable):
             apply(db, update, message_id, deadline=1.0)
     finally:
         release.set()
@@ -570,10 +573,10 @@ def test_commit_blocked_past_the_deadline_raises_store_unavailable_and_the_retry
     # The event record is in the same commit, so Svix's retry of the same message settles it.
     retry = apply(db, update, message_id)
 
-    stored = document(db, store.USERS, user_id)
-    record = document(db, store.EVENTS, message_id)
+    stored = document(db, PATHS.users, user_id)
+    record = document(db, PATHS.events, message_id)
     assert not holder.is_alive()
-    assert retry in {store.Outcome.APPLIED, store.Outcome.DUPLICATE}
+    assert retry in {Outcome.APPLIED, Outcome.DUPLICATE}
     assert stored is not None
     assert stored["first_name"] == "Blocked"
     assert record is not None
@@ -586,7 +589,7 @@ def test_user_document_carries_no_data_outside_the_contract(db: firestore.Client
 
     apply(db, json.dumps({"type": "user.created", "data": {**data, "password_enabled": True, "totp_enabled": True}}))
 
-    stored = document(db, store.USERS, user_id)
+    stored = document(db, PATHS.users, user_id)
     assert stored is not None
     assert "password_enabled" not in stored
     assert "totp_enabled" not in stored

@@ -19,14 +19,14 @@ from clerk_events import (
     user_data,
     user_event,
 )
-from conftest import snapshot_all
+from conftest import PATHS, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
 from svix.webhooks import Webhook as SvixWebhook
 from werkzeug.test import TestResponse
 
 import main
-from clerk_sync import config, store
+from clerk_sync import config, transaction
 
 OTHER_SECRET = "whsec_" + "b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzLWxvbmctLQ=="
 KNOWN_OUTCOMES = {
@@ -77,7 +77,7 @@ def test_signed_user_created_is_applied(client: FlaskClient, db: firestore.Clien
     response = post(client, user_event("user.created", user_id))
 
     assert answer(response) == (200, "applied")
-    stored = db.collection(store.USERS).document(user_id).get(timeout=10).to_dict()
+    stored = db.collection(PATHS.users).document(user_id).get(timeout=10).to_dict()
     assert stored is not None
     assert stored["email"] == "alice@example.com"
 
@@ -103,7 +103,9 @@ def test_stale_update_is_200_stale(client: FlaskClient) -> None:
     assert answer(response) == (200, "stale")
 
 
-@pytest.mark.parametrize("event_type", ["email.created", "session.created", "organization.created", "user.banned"])
+@pytest.mark.parametrize(
+    "event_type", ["email.created", "session.created", "organizationInvitation.created", "role.created", "user.banned"]
+)
 def test_other_event_types_are_200_ignored_and_write_nothing(
     client: FlaskClient, db: firestore.Client, event_type: str
 ) -> None:
@@ -152,7 +154,7 @@ def test_raw_bytes_are_verified_whatever_the_content_type(client: FlaskClient, c
 def test_webhook_secret_is_the_fallback_variable(client: FlaskClient) -> None:
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = ""
     os.environ["WEBHOOK_SECRET"] = OTHER_SECRET
-    config.settings.cache_clear()
+    config.reset()
     body = user_event("user.created", new_user_id())
 
     with_fallback = post(client, body, signed_headers(body, secret=OTHER_SECRET))
@@ -218,7 +220,7 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], Request], int]] = {
     "signature_without_comma": (lambda: _with_header("svix-signature", lambda _: "garbage"), 400),
     "double_space_in_list": (lambda: _with_header("svix-signature", lambda good: f"v1,{'A' * 43}=  {good}"), 400),
     "bad_base64": (lambda: _with_header("svix-signature", lambda _: "v1,abcde"), 400),
-    "non_utf8_body": (_non_utf8, 400),
+    "non_utf8_body_signed_as_utf8": (_non_utf8, 401),
     "wrong_signature": (_other_secret, 401),
     "reserialised_body": (_reserialised, 401),
     "malformed_json": (lambda: _signed('{"type": "user.created", "data": {'), 400),
@@ -307,11 +309,11 @@ def test_unreachable_firestore_is_503_and_nothing_is_written(
     body = user_event("user.created", new_user_id())
     message_id = new_message_id()
     os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{emulator.free_port()}"
-    store.reset_client()
+    transaction.reset_client()
 
     response = post(client, body, signed_headers(body, message_id=message_id))
     os.environ["FIRESTORE_EMULATOR_HOST"] = emulator_host
-    store.reset_client()
+    transaction.reset_client()
     after = snapshot_all(db)
     retried = post(client, body, signed_headers(body, message_id=message_id))
 
@@ -326,7 +328,7 @@ def test_without_a_secret_every_request_is_500_and_nothing_is_processed(
 ) -> None:
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = ""
     os.environ["WEBHOOK_SECRET"] = ""
-    config.settings.cache_clear()
+    config.reset()
     body = user_event("user.created", new_user_id())
 
     response = client.open("/", method=method, data=body, headers=signed_headers(body))
@@ -338,7 +340,7 @@ def test_without_a_secret_every_request_is_500_and_nothing_is_processed(
 @pytest.mark.parametrize("secret", ["whsec_", "whsec_a", "whsec_!!!!"])
 def test_invalid_secret_value_is_500_misconfigured(client: FlaskClient, db: firestore.Client, secret: str) -> None:
     os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = secret
-    config.settings.cache_clear()
+    config.reset()
     body = user_event("user.created", new_user_id())
 
     response = post(client, body)
@@ -347,13 +349,68 @@ def test_invalid_secret_value_is_500_misconfigured(client: FlaskClient, db: fire
     assert snapshot_all(db) == {}
 
 
-def test_unexpected_error_is_500_with_a_generic_body(client: FlaskClient, db: firestore.Client) -> None:
-    os.environ["FIRESTORE_DEADLINE_SECONDS"] = "not-a-number"
-    config.settings.cache_clear()
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FIRESTORE_DEADLINE_SECONDS", "not-a-number"),
+        ("FIRESTORE_DEADLINE_SECONDS", "15"),
+        ("FIRESTORE_DEADLINE_SECONDS", "nan"),
+        ("FIRESTORE_DEADLINE_SECONDS", "inf"),
+        ("FIRESTORE_DEADLINE_SECONDS", "0"),
+        ("EVENT_LOG_TTL_DAYS", "0"),
+        ("EVENT_LOG_TTL_DAYS", "-3"),
+        ("EVENT_LOG_TTL_DAYS", "1"),
+        ("EVENT_LOG_TTL_DAYS", "thirty"),
+        ("USERS_COLLECTION", "users/x"),
+        ("USERS_COLLECTION", "__users__"),
+        ("ORGANIZATIONS_COLLECTION", "users"),
+        ("ON_USER_DELETED", "archive"),
+        ("FIRESTORE_DATABASE", "Bad Name"),
+        ("CLERK_WEBHOOK_SIGNING_SECRET", "sk_test_abcdefghijklmnopqrstuvwxyz"),
+    ],
+)
+def test_unusable_setting_is_500_misconfigured_naming_the_variable(
+    client: FlaskClient, db: firestore.Client, capsys: pytest.CaptureFixture[str], variable: str, value: str
+) -> None:
+    os.environ[variable] = value
+    config.reset()
+    body = user_event("user.created", new_user_id())
+    capsys.readouterr()
 
-    response = post(client, user_event("user.created", new_user_id()))
+    response = post(client, body)
 
-    assert answer(response) == (500, "error")
-    assert b"not-a-number" not in response.get_data()
-    assert b"float" not in response.get_data()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer(response) == (500, "misconfigured")
+    assert value.encode() not in response.get_data()
+    assert line["reason"] == variable
+    assert line["message"].startswith(variable)
     assert snapshot_all(db) == {}
+
+
+def test_unexpected_error_is_500_generic_with_a_traceback_on_stderr_and_no_payload(
+    client: FlaskClient, db: firestore.Client, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = "alice@example.com"
+
+    def bug(*_args: object, **_kwargs: object) -> None:
+        raise KeyError(address)  # a bug whose message quotes the payload
+
+    monkeypatch.setattr(main.events, "apply_event", bug)
+    body = user_event("user.created", new_user_id(), emails=[address])
+    message_id = new_message_id()
+    capsys.readouterr()
+
+    response = post(client, body, signed_headers(body, message_id=message_id))
+
+    captured = capsys.readouterr()
+    line = json.loads(captured.out.strip().splitlines()[-1])
+    report = json.loads(captured.err.strip().splitlines()[-1])
+    assert answer(response) == (500, "error")
+    assert response.get_data() == b'{"outcome": "error"}\n'
+    assert (line["severity"], line["svix_id"], line["outcome"]) == ("ERROR", message_id, "error")
+    assert report["severity"] == "ERROR"
+    assert report["svix_id"] == message_id
+    assert report["message"].startswith("Traceback (most recent call last):")
+    assert "in _webhook" in report["message"]
+    assert report["message"].endswith("builtins.KeyError")
+    assert "alice" not in captured.out + captured.err

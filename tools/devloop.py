@@ -29,8 +29,8 @@ from typing import IO, TextIO
 
 from dotenv import dotenv_values, load_dotenv
 
-from clerk_sync import config, signature
-from clerk_sync.tools_common import (
+from clerk_sync import config
+from tools.common import (
     DEFAULT_EMULATOR_PORT,
     DEFAULT_FUNCTION_PORT,
     ROOT,
@@ -66,22 +66,40 @@ def new_signing_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, from the first byte (it holds a secret)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def ensure_env_file(env_file: Path, out: TextIO) -> None:
-    """Create `.env` from `.env.example` with a fresh secret, or fill in a placeholder secret."""
+    """Create `.env` from `.env.example` with a fresh secret, fill in a placeholder, keep it private."""
     if not env_file.exists():
         example = ROOT / ".env.example"
         template = example.read_text() if example.is_file() else "CLERK_WEBHOOK_SIGNING_SECRET=\n"
         text, replaced = SECRET_LINE.subn(rf"\g<1>{new_signing_secret()}", template, count=1)
         if not replaced:
             text += f"CLERK_WEBHOOK_SIGNING_SECRET={new_signing_secret()}\n"
-        env_file.write_text(text)
-        env_file.chmod(0o600)
+        _write_private(env_file, text)
         out.write(f"created {shown(env_file)} with a fresh local signing secret (never commit it)\n")
         return
     text = env_file.read_text()
     if f"CLERK_WEBHOOK_SIGNING_SECRET={PLACEHOLDER_SECRET}" in text:
-        env_file.write_text(SECRET_LINE.sub(rf"\g<1>{new_signing_secret()}", text, count=1))
+        fresh = new_signing_secret()
+        _write_private(env_file, SECRET_LINE.sub(rf"\g<1>{fresh}", text, count=1))
+        if os.environ.get("CLERK_WEBHOOK_SIGNING_SECRET", "").strip() == PLACEHOLDER_SECRET:
+            os.environ["CLERK_WEBHOOK_SIGNING_SECRET"] = fresh  # loaded from the file before we replaced it
         out.write(f"replaced the placeholder secret in {shown(env_file)} with a fresh local one\n")
+    elif env_file.stat().st_mode & 0o077:
+        env_file.chmod(0o600)
+        out.write(f"made {shown(env_file)} readable by you only (it holds secrets)\n")
 
 
 def _runs(command: list[str]) -> bool:
@@ -354,15 +372,11 @@ def preflight(env_file: Path, function_port: int, emulator_port: int, out: TextI
     """Everything that would stop the loop, found before anything starts; empty when all is well."""
     ensure_env_file(env_file, out)
     load_dotenv(env_file, override=False)
-    settings = config.read_settings()
     problems = []
-    if settings.signing_secret is None:
-        problems.append(f"no CLERK_WEBHOOK_SIGNING_SECRET: set one in {env_file} (or delete it to get a fresh one)")
-    else:
-        try:
-            signature.verifier(settings.signing_secret)
-        except ValueError:
-            problems.append(f"{settings.secret_variable} is not a valid whsec_ secret (see {env_file} or the env)")
+    try:
+        config.read_webhook_key()
+    except config.Misconfigured as problem:
+        problems.append(f"{problem} (see {shown(env_file)}; a variable set in the environment wins over it)")
     problems += missing_prerequisites()
     if function_port == emulator_port:
         problems.append(f"the function and the emulator cannot share port {function_port}")
@@ -419,8 +433,7 @@ def _serve(
     children: list[Child],
 ) -> bool:
     """Start both, announce them, then watch; False when one failed to start or died."""
-    settings = config.read_settings()
-    assert settings.signing_secret is not None
+    secret_variable, secret = config.read_signing_secret()
     emulator_host = f"127.0.0.1:{emulator_port}"
     function_url = f"http://127.0.0.1:{function_port}/"
     rules = ROOT / "firestore.rules"
@@ -443,12 +456,12 @@ def _serve(
             "--host=127.0.0.1",
             f"--port={function_port}",
         ],
-        _function_environment(emulator_host, settings.signing_secret),
+        _function_environment(emulator_host, secret),
     )
     children.append(function)
     if not _wait_until(lambda: _function_answers(function_url), function, start_timeout, stop, console):
         return False
-    secret_from = shown(env_file) if _secret_in_file(env_file, settings) else "the environment"
+    secret_from = shown(env_file) if dotenv_values(env_file).get(secret_variable) == secret else "the environment"
     console.block(banner(function_url, function_port, emulator_host, children, secret_from))
     threading.Thread(target=_watch_ngrok, args=(ngrok_api, function_port, stop, console), daemon=True).start()
     while not stop.wait(POLL_SECONDS):
@@ -457,13 +470,6 @@ def _serve(
             console.line("dev", f"the {dead.name} exited (code {dead.process.returncode}); stopping the other")
             return False
     return True
-
-
-def _secret_in_file(env_file: Path, settings: config.Settings) -> bool:
-    """Whether the secret in use is the one `.env` holds (the environment may override it)."""
-    return bool(settings.secret_variable) and dotenv_values(env_file).get(settings.secret_variable or "") == (
-        settings.signing_secret
-    )
 
 
 def _functions_framework() -> str:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from clerk_sync.tools_common import ToolError
+from tools.common import ToolError
 
 __all__ = ["EVENT_TYPES", "new_clerk_id", "post", "send", "sign", "user_event"]
 

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import store
-from clerk_sync.tools_common import ToolError
+from clerk_sync.paths import Paths
+from tools.common import ToolError
 
 __all__ = ["list_users", "show_user"]
 
@@ -46,9 +46,9 @@ def _unavailable(error: Exception) -> ToolError:
     return ToolError(f"Firestore did not answer in time or refused ({type(error).__name__}: {error})")
 
 
-def list_users(db: firestore.Client, *, limit: int, timeout: float, out: TextIO) -> int:
+def list_users(db: firestore.Client, paths: Paths, *, limit: int, timeout: float, out: TextIO) -> int:
     """The most recently updated users first: id, primary email, name, updated_at."""
-    query = db.collection(store.USERS).order_by("updated_at", direction=firestore.Query.DESCENDING).limit(limit)
+    query = db.collection(paths.users).order_by("updated_at", direction=firestore.Query.DESCENDING).limit(limit)
     try:
         documents = list(query.stream(retry=None, timeout=timeout))
     except api_exceptions.GoogleAPICallError as error:
@@ -66,14 +66,14 @@ def list_users(db: firestore.Client, *, limit: int, timeout: float, out: TextIO)
     return 0
 
 
-def show_user(db: firestore.Client, user_id: str, *, timeout: float, out: TextIO) -> int:
+def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: float, out: TextIO) -> int:
     """One user's document, tombstone and event-log entries (newest first); 1 when none exists."""
     try:
-        document = db.collection(store.USERS).document(user_id).get(retry=None, timeout=timeout)
-        tombstone = db.collection(store.TOMBSTONES).document(user_id).get(retry=None, timeout=timeout)
+        document = db.collection(paths.users).document(user_id).get(retry=None, timeout=timeout)
+        tombstone = db.collection(paths.user_tombstones).document(user_id).get(retry=None, timeout=timeout)
         # Equality only, sorted here: ordering in the query would need a composite index in production.
         entries = list(
-            db.collection(store.EVENTS)
+            db.collection(paths.events)
             .where(filter=firestore.FieldFilter("clerk_id", "==", user_id))
             .limit(MAX_EVENTS_READ)
             .stream(retry=None, timeout=timeout)
@@ -81,25 +81,25 @@ def show_user(db: firestore.Client, user_id: str, *, timeout: float, out: TextIO
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
     if document.exists:
-        out.write(f"{store.USERS}/{user_id}\n")
+        out.write(f"{paths.users}/{user_id}\n")
         rendered = json.dumps(document.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=_json_default)
         out.write(rendered + "\n")
     else:
-        out.write(f"{store.USERS}/{user_id}: no document\n")
+        out.write(f"{paths.users}/{user_id}: no document\n")
     if tombstone.exists:
         data = tombstone.to_dict() or {}
         out.write(
-            f"{store.TOMBSTONES}/{user_id}: deleted_at {_time(data.get('deleted_at'))}, "
+            f"{paths.user_tombstones}/{user_id}: deleted_at {_time(data.get('deleted_at'))}, "
             f"recorded_at {_time(data.get('recorded_at'))} (later upserts for this id are ignored)\n"
         )
     else:
-        out.write(f"{store.TOMBSTONES}/{user_id}: none\n")
+        out.write(f"{paths.user_tombstones}/{user_id}: none\n")
     records = sorted(
         (entry.to_dict() or {} for entry in entries),
         key=lambda record: record.get("received_at") or datetime.min.replace(tzinfo=UTC),
         reverse=True,
     )
-    out.write(f"{store.EVENTS} for {user_id}: {len(records)}{' (newest first)' if records else ''}\n")
+    out.write(f"{paths.events} for {user_id}: {len(records)}{' (newest first)' if records else ''}\n")
     if records:
         rows = [("RECEIVED_AT", "TYPE", "OUTCOME", "SVIX_ID")]
         rows += [

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from dotenv import load_dotenv
 
 from clerk_sync import config
-from clerk_sync.tools_common import (
+from tools.common import (
     DEFAULT_EMULATOR_PORT,
     DEFAULT_FUNCTION_PORT,
     ROOT,
     ToolError,
     firestore_client,
     firestore_target,
+    settings,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _port(name: str, default: int) -> int:
 
 
 def _run_dev(args: argparse.Namespace) -> int:
-    from clerk_sync import devloop  # noqa: PLC0415 (each tool loads only when it runs)
+    from tools import devloop  # noqa: PLC0415 (each tool loads only when it runs)
 
     return devloop.run(
         env_file=args.env_file,
@@ -64,11 +65,11 @@ def _run_dev(args: argparse.Namespace) -> int:
 
 
 def _run_send(args: argparse.Namespace) -> int:
-    from clerk_sync import send  # noqa: PLC0415 (each tool loads only when it runs)
+    from tools import send  # noqa: PLC0415 (each tool loads only when it runs)
 
     return send.send(
         args.event,
-        secret=config.read_settings().signing_secret,
+        secret=_signing_secret(),
         url=args.url,
         user_id=args.user_id,
         email=args.email,
@@ -81,16 +82,27 @@ def _run_send(args: argparse.Namespace) -> int:
     )
 
 
-def _run_users(args: argparse.Namespace) -> int:
-    from clerk_sync import show  # noqa: PLC0415 (each tool loads only when it runs)
+def _signing_secret() -> str | None:
+    try:
+        return config.read_signing_secret()[1]
+    except config.Misconfigured:
+        return None
 
-    return show.list_users(firestore_client_for(args), limit=args.limit, timeout=args.timeout, out=sys.stdout)
+
+def _run_users(args: argparse.Namespace) -> int:
+    from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return show.list_users(
+        firestore_client_for(args), settings().paths, limit=args.limit, timeout=args.timeout, out=sys.stdout
+    )
 
 
 def _run_user(args: argparse.Namespace) -> int:
-    from clerk_sync import show  # noqa: PLC0415 (each tool loads only when it runs)
+    from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
 
-    return show.show_user(firestore_client_for(args), args.user_id, timeout=args.timeout, out=sys.stdout)
+    return show.show_user(
+        firestore_client_for(args), settings().paths, args.user_id, timeout=args.timeout, out=sys.stdout
+    )
 
 
 def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
@@ -101,22 +113,20 @@ def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
 
 
 def _run_backfill(args: argparse.Namespace) -> int:
-    from clerk_sync import backfill  # noqa: PLC0415 (each tool loads only when it runs)
+    from tools import backfill  # noqa: PLC0415 (each tool loads only when it runs)
 
     secret_key = os.environ.get("CLERK_SECRET_KEY", "").strip()
     if not secret_key:
         raise ToolError("set CLERK_SECRET_KEY (the instance's Backend API key, sk_live_… or sk_test_…)")
-    settings = config.read_settings()
     return backfill.run(
         firestore_client_for(args),
+        settings(),
         secret_key=secret_key,
         server_url=args.server_url or os.environ.get("CLERK_API_URL", "").strip() or DEFAULT_CLERK_API,
         page_size=args.page_size,
         start_offset=args.start_offset,
         dry_run=args.dry_run,
         workers=args.workers,
-        deadline_seconds=settings.firestore_deadline_seconds,
-        event_ttl=settings.event_ttl,
         out=sys.stdout,
         err=sys.stderr,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "emulator_answers",
     "firestore_client",
     "firestore_target",
+    "settings",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,14 @@ DEFAULT_EMULATOR_HOST = f"127.0.0.1:{DEFAULT_EMULATOR_PORT}"
 
 class ToolError(Exception):
     """A problem the operator can fix; the message says how and is printed without a traceback."""
+
+
+def settings() -> config.Settings:
+    """The same validated settings the function reads, or a ToolError naming the variable."""
+    try:
+        return config.read_settings()
+    except config.Misconfigured as problem:
+        raise ToolError(str(problem)) from None
 
 
 @dataclass(frozen=True)

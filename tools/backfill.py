@@ -2,7 +2,7 @@
 
 Webhooks only carry changes made after the endpoint exists. This reads all users from Clerk's Backend
 API (`GET /v1/users`, oldest first) with the official client and applies each one as a synthesised
-`user.updated` through `store.apply_event`: the same email uniqueness, the same ordering guard
+`user.updated` through `events.apply_event`: the same email uniqueness, the same ordering guard
 (a newer webhook already stored wins, a tombstone wins), and a deterministic idempotency id
 `backfill_<user id>_<updated_at>`, so a rerun, or a page read twice, changes nothing.
 """
@@ -28,8 +28,10 @@ from clerk_backend_api.utils import BackoffStrategy, RetryConfig
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import events, store
-from clerk_sync.events import UserUpsert
+from clerk_sync import config, events, ids, payload, users
+from clerk_sync.delivery import Delivery
+from clerk_sync.outcome import Outcome, StoreUnavailable
+from clerk_sync.users import UserUpsert
 
 __all__ = ["Result", "Tally", "backfill_id", "retry_after_seconds", "run"]
 
@@ -196,7 +198,7 @@ def _with_store_retries(what: str, call: Callable[[], T], resume_offset: int) ->
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return call()
-        except (store.StoreUnavailable, api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
+        except (StoreUnavailable, api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
             if attempt == STORE_ATTEMPTS:
                 raise BackfillStopped(f"Firestore failed {what}: {type(error).__name__}", resume_offset) from None
             time.sleep(_backoff(attempt))
@@ -231,12 +233,12 @@ def _read(db: firestore.Client, references: list[Any]) -> dict[str, firestore.Do
     return {snapshot.reference.path: snapshot for snapshot in snapshots}
 
 
-def _predict(db: firestore.Client, upsert: UserUpsert, message_id: str) -> Prediction:
-    """What `store.apply_event` would decide, from the same documents, without a transaction or a write."""
-    event_ref = db.collection(store.EVENTS).document(store.document_id(message_id))
-    user_ref = db.collection(store.USERS).document(upsert.user_id)
-    tombstone_ref = db.collection(store.TOMBSTONES).document(upsert.user_id)
-    claim_ref = db.collection(store.CLAIMS).document(store.document_id(upsert.email_key)) if upsert.email_key else None
+def _predict(db: firestore.Client, paths: Any, upsert: UserUpsert, message_id: str) -> Prediction:
+    """What `events.apply_event` would decide, from the same documents, without a transaction or a write."""
+    event_ref = db.collection(paths.events).document(ids.document_id(message_id))
+    user_ref = db.collection(paths.users).document(upsert.user_id)
+    tombstone_ref = db.collection(paths.user_tombstones).document(upsert.user_id)
+    claim_ref = db.collection(paths.claims).document(ids.document_id(upsert.email_key)) if upsert.email_key else None
     snapshots = _read(db, [event_ref, user_ref, tombstone_ref, *([claim_ref] if claim_ref else [])])
     stored = snapshots.get(user_ref.path)
     if_free = _written(stored, upsert)
@@ -249,9 +251,9 @@ def _predict(db: firestore.Client, upsert: UserUpsert, message_id: str) -> Predi
         claim = snapshots[claim_ref.path]
         owner = claim.get("clerk_id") if claim.exists else None
         if owner is not None and owner != upsert.user_id:
-            owner_doc = db.collection(store.USERS).document(owner).get(retry=None, timeout=READ_TIMEOUT_SECONDS)
+            owner_doc = db.collection(paths.users).document(owner).get(retry=None, timeout=READ_TIMEOUT_SECONDS)
             owner_email = (owner_doc.to_dict() or {}).get("email") if owner_doc.exists else None
-            if isinstance(owner_email, str) and events.normalise_email(owner_email) == upsert.email_key:
+            if isinstance(owner_email, str) and users.normalise_email(owner_email) == upsert.email_key:
                 return Prediction(Result.CONFLICT, if_free, owner)
     return Prediction(if_free, if_free)
 
@@ -261,9 +263,8 @@ class Run:
     """One backfill's shared state: where to write, how, and what happened so far."""
 
     db: firestore.Client
+    settings: config.Settings
     dry_run: bool
-    deadline_seconds: float
-    event_ttl: timedelta
     pool: ThreadPoolExecutor
     progress: Progress
     start_offset: int
@@ -274,24 +275,18 @@ class Run:
 
     def apply(self, upserts: list[UserUpsert], resume_offset: int) -> Iterator[Result]:
         """Write a batch through the webhook transaction; report created/updated from a prior read."""
-        references = [self.db.collection(store.USERS).document(upsert.user_id) for upsert in upserts]
+        references = [self.db.collection(self.settings.paths.users).document(upsert.user_id) for upsert in upserts]
         prior = _with_store_retries("reading the users", lambda: _read(self.db, references), resume_offset)
 
         def one(upsert: UserUpsert) -> Result:
             message_id = backfill_id(upsert.user_id, _ms(upsert.updated_at))
             outcome = _with_store_retries(
                 f"writing {upsert.user_id}",
-                lambda: store.apply_event(
-                    self.db,
-                    message_id,
-                    upsert,
-                    deadline_seconds=self.deadline_seconds,
-                    event_ttl=self.event_ttl,
-                ),
+                lambda: events.apply_event(self.db, upsert, Delivery(message_id, self.settings)),
                 resume_offset,
             )
-            if outcome is store.Outcome.APPLIED:
-                return _written(prior.get(f"{store.USERS}/{upsert.user_id}"), upsert)
+            if outcome is Outcome.APPLIED:
+                return _written(prior.get(f"{self.settings.paths.users}/{upsert.user_id}"), upsert)
             return Result(str(outcome))
 
         return self.pool.map(one, upserts)
@@ -302,7 +297,9 @@ class Run:
         def one(upsert: UserUpsert) -> Result:
             message_id = backfill_id(upsert.user_id, _ms(upsert.updated_at))
             prediction = _with_store_retries(
-                f"reading {upsert.user_id}", lambda: _predict(self.db, upsert, message_id), resume_offset
+                f"reading {upsert.user_id}",
+                lambda: _predict(self.db, self.settings.paths, upsert, message_id),
+                resume_offset,
             )
             self.predictions[upsert.user_id] = prediction
             return prediction.result
@@ -317,7 +314,7 @@ class Run:
         for user in users:
             try:
                 upserts.append(_upsert(user))
-            except events.MalformedEvent as malformed:
+            except payload.MalformedEvent as malformed:
                 self.tally.skipped[user.id] = str(malformed)
                 self.tally.counts[Result.SKIPPED] += 1
         handle = self.predict if self.dry_run else self.apply
@@ -363,7 +360,7 @@ class Run:
     def claim_owner(self, upsert: UserUpsert) -> str | None:
         if upsert.email_key is None:
             return None
-        claim = self.db.collection(store.CLAIMS).document(store.document_id(upsert.email_key))
+        claim = self.db.collection(self.settings.paths.claims).document(ids.document_id(upsert.email_key))
         try:
             snapshot = claim.get(retry=None, timeout=READ_TIMEOUT_SECONDS)
         except api_exceptions.GoogleAPICallError:
@@ -373,7 +370,7 @@ class Run:
 
 
 def _ms(moment: datetime) -> int:
-    return (moment - events.EPOCH) // timedelta(milliseconds=1)
+    return (moment - payload.EPOCH) // timedelta(milliseconds=1)
 
 
 def _pages(clerk: Clerk, page_size: int, offset: int, progress: Progress) -> Iterable[tuple[int, list[models.User]]]:
@@ -431,6 +428,7 @@ def _total(clerk: Clerk, progress: Progress, start_offset: int) -> int | None:
 
 def run(
     db: firestore.Client,
+    settings: config.Settings,
     *,
     secret_key: str,
     server_url: str,
@@ -438,8 +436,6 @@ def run(
     start_offset: int,
     dry_run: bool,
     workers: int,
-    deadline_seconds: float,
-    event_ttl: timedelta,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
@@ -451,11 +447,11 @@ def run(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill") as pool,
     ):
         progress.total = _total(clerk, progress, start_offset)
-        state = Run(db, dry_run, deadline_seconds, event_ttl, pool, progress, start_offset)
+        state = Run(db, settings, dry_run, pool, progress, start_offset)
         offset, status, resume = start_offset, 0, ""
         try:
-            for offset, users in _pages(clerk, page_size, start_offset, progress):
-                state.page(users, offset)
+            for offset, page in _pages(clerk, page_size, start_offset, progress):
+                state.page(page, offset)
             state.settle_conflicts()
         except BackfillStopped as stopped:
             status, resume = 1, f"stopped: {stopped}\nresume with: --start-offset {stopped.resume_offset}"

@@ -1,0 +1,85 @@
+"""Where every collection lives, derived once from the two configurable collection paths.
+
+The app chooses where users and organizations go (`USERS_COLLECTION`, `ORGANIZATIONS_COLLECTION`,
+nested paths allowed). The bookkeeping collections live beside the users collection, so two syncs
+writing `tenants/a/users` and `tenants/b/users` in one database never share email claims,
+tombstones or event records.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["BOOKKEEPING", "MEMBERSHIPS", "Paths", "collection_path_problem", "paths_for"]
+
+# A collection path has an odd number of segments: `users`, `tenants/acme/users`.
+COLLECTION_PATH = re.compile(r"[^/]+(/[^/]+/[^/]+)*")
+RESERVED_SEGMENT = re.compile(r"__.*__", re.DOTALL)
+MAX_SEGMENT_BYTES = 1500
+MEMBERSHIPS = "memberships"  # subcollection of each organization; also the collection-group id
+BOOKKEEPING = (
+    "email_claims",
+    "user_tombstones",
+    "organization_tombstones",
+    "membership_tombstones",
+    "webhook_events",
+    "sync_state",
+)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Collection paths for one deployment."""
+
+    users: str
+    organizations: str
+    claims: str
+    user_tombstones: str
+    organization_tombstones: str
+    membership_tombstones: str
+    events: str
+    state: str
+
+    def memberships(self, organization_id: str) -> str:
+        """An organization's memberships, one document per member keyed by Clerk user id."""
+        return f"{self.organizations}/{organization_id}/{MEMBERSHIPS}"
+
+    def is_membership(self, document_path: str) -> bool:
+        """Whether a `memberships` document (found by a collection-group query) is one of ours."""
+        prefix = f"{self.organizations}/"
+        if not document_path.startswith(prefix):
+            return False
+        rest = document_path[len(prefix) :].split("/")
+        return len(rest) == 3 and rest[1] == MEMBERSHIPS
+
+
+def collection_path_problem(path: str) -> str | None:
+    """Why `path` cannot name a collection, or None when Firestore accepts it."""
+    if not COLLECTION_PATH.fullmatch(path):
+        return "is not a collection path (one segment, or segments separated by / in odd number)"
+    for segment in path.split("/"):
+        if segment in {".", ".."} or RESERVED_SEGMENT.fullmatch(segment):
+            return f"has a segment Firestore reserves ({segment!r})"
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            return "has a segment over 1500 bytes"
+        if segment.strip() != segment or not segment.isprintable():
+            return "has a segment with spaces around it or unprintable characters"
+    return None
+
+
+def paths_for(users: str, organizations: str) -> Paths:
+    """All collection paths, the bookkeeping ones beside `users` (same parent document)."""
+    parent = users.rpartition("/")[0]
+    beside = f"{parent}/" if parent else ""
+    names = {name: f"{beside}{name}" for name in BOOKKEEPING}
+    return Paths(
+        users=users,
+        organizations=organizations,
+        claims=names["email_claims"],
+        user_tombstones=names["user_tombstones"],
+        organization_tombstones=names["organization_tombstones"],
+        membership_tombstones=names["membership_tombstones"],
+        events=names["webhook_events"],
+        state=names["sync_state"],
+    )

@@ -85,3 +85,31 @@ bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): pr
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# Monitoring (docs/monitoring.md): log-based metrics and alert policies from monitoring/*.
+# `make -n monitoring PROJECT=my-project` prints every gcloud command without running anything.
+# NOTIFY=projects/P/notificationChannels/ID[,...] adds notification channels to every policy.
+NOTIFY ?=
+MONITORING_METRICS := $(sort $(wildcard monitoring/metrics/*.json))
+MONITORING_POLICIES := $(sort $(wildcard monitoring/policies/*.json))
+define newline
+
+
+endef
+# `create` refuses an existing name, so update what exists. The metric's name is its file's name.
+apply-metric = if gcloud logging metrics describe $(basename $(notdir $(1))) --project=$(PROJECT) >/dev/null 2>&1; \
+  then gcloud logging metrics update $(basename $(notdir $(1))) --config-from-file=$(1) --project=$(PROJECT); \
+  else gcloud logging metrics create $(basename $(notdir $(1))) --config-from-file=$(1) --project=$(PROJECT); fi
+# Policies get ids, not names: each file's userLabels.clerk_sync_policy (its file's name) finds it
+# again. A failed lookup stops here rather than create a second copy.
+apply-policy = id=$$(gcloud alpha monitoring policies list --project=$(PROJECT) \
+  --filter='userLabels.clerk_sync_policy=$(basename $(notdir $(1)))' --format='value(name)') && \
+  if [ -z "$$id" ]; then gcloud alpha monitoring policies create --policy-from-file=$(1) --project=$(PROJECT)$(if $(NOTIFY), --notification-channels=$(NOTIFY)); \
+  else gcloud alpha monitoring policies update "$$id" --policy-from-file=$(1) --project=$(PROJECT)$(if $(NOTIFY), --set-notification-channels=$(NOTIFY)); fi
+
+.PHONY: monitoring
+
+monitoring: ## log-based metrics and alert policies from monitoring/ (PROJECT=... required, NOTIFY=... optional)
+	$(require-project)
+	$(foreach file,$(MONITORING_METRICS),$(call apply-metric,$(file))$(newline))
+	$(foreach file,$(MONITORING_POLICIES),$(call apply-policy,$(file))$(newline))

@@ -26,7 +26,7 @@ from svix.webhooks import Webhook as SvixWebhook
 from werkzeug.test import TestResponse
 
 import main
-from clerk_sync import config, transaction
+from clerk_sync import config, events, transaction
 
 OTHER_SECRET = "whsec_" + "b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzLWxvbmctLQ=="
 KNOWN_OUTCOMES = {
@@ -395,7 +395,7 @@ def test_unexpected_error_is_500_generic_with_a_traceback_on_stderr_and_no_paylo
     def bug(*_args: object, **_kwargs: object) -> None:
         raise KeyError(address)  # a bug whose message quotes the payload
 
-    monkeypatch.setattr(main.events, "apply_event", bug)
+    monkeypatch.setattr(events, "apply_event", bug)
     body = user_event("user.created", new_user_id(), emails=[address])
     message_id = new_message_id()
     capsys.readouterr()

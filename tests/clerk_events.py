@@ -24,6 +24,16 @@ def new_user_id() -> str:
     return f"user_test{next(_ids):08d}"
 
 
+def new_organization_id() -> str:
+    """A fresh Clerk-style organization id, unique within the test run."""
+    return f"org_test{next(_ids):08d}"
+
+
+def new_membership_id() -> str:
+    """A fresh Clerk-style membership id, unique within the test run."""
+    return f"orgmem_test{next(_ids):08d}"
+
+
 def email_entry(address: str, entry_id: str, *, verified: bool = True) -> dict[str, Any]:
     """One `email_addresses[]` entry as Clerk sends it."""
     return {
@@ -100,6 +110,93 @@ def user_event(event_type: str, user_id: str, **fields: Any) -> str:
 def deletion_event(user_id: str, *, timestamp: int = BASE_MS + 1_000_000) -> str:
     """A `user.deleted` body: Clerk sends only the id."""
     return json.dumps(envelope("user.deleted", {"deleted": True, "id": user_id, "object": "user"}, timestamp=timestamp))
+
+
+def organization_data(
+    organization_id: str, *, name: str = "Acme", slug: str | None = None, updated_at: int = BASE_MS, **extra: Any
+) -> dict[str, Any]:
+    """A full Clerk Organization object, as `organization.*` events carry it."""
+    data: dict[str, Any] = {
+        "object": "organization",
+        "id": organization_id,
+        "name": name,
+        "slug": slug or organization_id.lower().replace("_", "-"),
+        "image_url": "https://img.clerk.com/org",
+        "has_image": False,
+        "members_count": 1,
+        "pending_invitations_count": 0,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": True,
+        "public_metadata": {},
+        "private_metadata": {"billing": "org_secret"},
+        "created_by": "user_creator",
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+    }
+    data.update(extra)
+    return data
+
+
+def organization_event(event_type: str, organization_id: str, **fields: Any) -> str:
+    """An `organization.created` / `.updated` body."""
+    return json.dumps(envelope(event_type, organization_data(organization_id, **fields)))
+
+
+def organization_deletion_event(organization_id: str, *, timestamp: int = BASE_MS + 1_000_000) -> str:
+    """An `organization.deleted` body: id, slug and `deleted: true`, no `updated_at`."""
+    data = {"object": "organization", "id": organization_id, "slug": organization_id.lower(), "deleted": True}
+    return json.dumps(envelope("organization.deleted", data, timestamp=timestamp))
+
+
+def membership_data(
+    membership_id: str,
+    organization_id: str,
+    user_id: str,
+    *,
+    role: str = "org:member",
+    updated_at: int = BASE_MS,
+    first_name: str | None = "Alice",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A full Clerk OrganizationMembership object: the same shape in created, updated and deleted."""
+    data: dict[str, Any] = {
+        "object": "organization_membership",
+        "id": membership_id,
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "permissions": ["org:sys_memberships:read"],
+        "public_metadata": {},
+        "private_metadata": {"seat": "member_secret"},
+        "organization": organization_data(organization_id),
+        "public_user_data": {
+            "user_id": user_id,
+            "identifier": f"{user_id}@example.com",
+            "first_name": first_name,
+            "last_name": "Anders",
+            "image_url": "https://img.clerk.com/user",
+            "has_image": False,
+            "profile_image_url": "https://www.gravatar.com/avatar?d=mp",
+            "username": None,
+        },
+        "created_at": BASE_MS - 30_000,
+        "updated_at": updated_at,
+    }
+    data.update(extra)
+    return data
+
+
+def membership_event(
+    event_type: str,
+    membership_id: str,
+    organization_id: str,
+    user_id: str,
+    *,
+    timestamp: int | None = None,
+    **fields: Any,
+) -> str:
+    """An `organizationMembership.*` body."""
+    data = membership_data(membership_id, organization_id, user_id, **fields)
+    return json.dumps(envelope(event_type, data, timestamp=timestamp))
 
 
 def signed_headers(

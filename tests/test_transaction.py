@@ -1,0 +1,208 @@
+"""The transaction core against the emulator: two round trips per event, retries that name the first
+attempt, and a loud failure if the pinned google-cloud-firestore changes under the private calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from importlib import metadata
+from typing import Any
+
+import pytest
+from clerk_events import (
+    BASE_MS,
+    deletion_event,
+    membership_event,
+    new_membership_id,
+    new_message_id,
+    new_organization_id,
+    new_user_id,
+    organization_deletion_event,
+    organization_event,
+    user_event,
+)
+from conftest import PATHS, PROJECT, ROOT, apply_event
+from google.cloud import firestore
+from google.cloud.firestore_v1 import base_client
+from rpc_count import CallCounter, counting_client
+
+from clerk_sync import events, transaction
+from clerk_sync.outcome import Outcome
+
+COUNTED = ("BeginTransaction", "BatchGetDocuments", "RunQuery", "Commit", "Rollback")
+
+
+@pytest.fixture
+def counted(db: firestore.Client) -> tuple[firestore.Client, CallCounter]:
+    """A client whose every call is counted, on the wiped emulator, its channel already up."""
+    counter = CallCounter()
+    client = counting_client(PROJECT, counter)
+    list(client.collection("warm").limit(1).stream(timeout=10))
+    counter.take()
+    return client, counter
+
+
+def calls_of(client: firestore.Client, counter: CallCounter, body: str, message_id: str | None = None) -> Counter[str]:
+    """Apply one event and return the calls it made, by method."""
+    outcome = apply_event(client, message_id or new_message_id(), events.parse_event(body.encode()))
+    taken = counter.take()
+    return Counter({method: taken[method] for method in COUNTED if taken[method]} | {f"outcome={outcome}": 1})
+
+
+def test_an_applied_duplicate_and_stale_user_event_each_take_a_batched_read_and_a_commit(
+    counted: tuple[firestore.Client, CallCounter],
+) -> None:
+    client, counter = counted
+    user_id, message_id = new_user_id(), new_message_id()
+    create = user_event("user.created", user_id, updated_at=BASE_MS + 5)
+
+    applied = calls_of(client, counter, create, message_id)
+    duplicate = calls_of(client, counter, create, message_id)
+    stale = calls_of(client, counter, user_event("user.updated", user_id, updated_at=BASE_MS))
+
+    expected = {"BatchGetDocuments": 1, "Commit": 1}
+    assert applied == Counter({**expected, "outcome=applied": 1})
+    assert duplicate == Counter({**expected, "outcome=duplicate": 1})
+    assert stale == Counter({**expected, "outcome=stale": 1})
+
+
+def test_the_first_read_begins_the_transaction_and_the_commit_names_it(
+    counted: tuple[firestore.Client, CallCounter],
+) -> None:
+    client, counter = counted
+
+    apply_event(client, new_message_id(), events.parse_event(user_event("user.created", new_user_id()).encode()))
+
+    (read_method, read), (commit_method, commit) = counter.requests
+    assert (read_method, commit_method) == ("BatchGetDocuments", "Commit")
+    assert read.new_transaction.read_write is not None
+    assert len(read.documents) == 4  # event record, user, tombstone, email claim: one round trip
+    assert commit.transaction
+    assert len(commit.writes) == 3  # claim, user, event record
+
+
+def test_a_conflict_reads_the_owner_in_the_same_transaction(counted: tuple[firestore.Client, CallCounter]) -> None:
+    client, counter = counted
+    calls_of(client, counter, user_event("user.created", new_user_id(), emails=["taken@example.com"]))
+
+    conflict = calls_of(client, counter, user_event("user.created", new_user_id(), emails=["taken@example.com"]))
+
+    assert conflict == Counter({"BatchGetDocuments": 2, "Commit": 1, "outcome=conflict": 1})
+
+
+def test_the_owner_read_of_a_conflict_joins_the_transaction_the_first_read_began(
+    counted: tuple[firestore.Client, CallCounter],
+) -> None:
+    client, counter = counted
+    apply_event(client, new_message_id(), events.parse_event(user_event("user.created", new_user_id()).encode()))
+    counter.take()
+
+    apply_event(client, new_message_id(), events.parse_event(user_event("user.created", new_user_id()).encode()))
+
+    (_, first), (_, second), (_, commit) = counter.requests
+    assert first.new_transaction.read_write is not None
+    assert second.transaction == commit.transaction
+    assert second.transaction
+
+
+def test_organization_and_membership_events_take_two_round_trips(
+    counted: tuple[firestore.Client, CallCounter],
+) -> None:
+    client, counter = counted
+    organization_id = new_organization_id()
+
+    organization = calls_of(client, counter, organization_event("organization.created", organization_id))
+    membership = calls_of(
+        client,
+        counter,
+        membership_event("organizationMembership.created", new_membership_id(), organization_id, new_user_id()),
+    )
+
+    assert organization == Counter({"BatchGetDocuments": 1, "Commit": 1, "outcome=applied": 1})
+    assert membership == Counter({"BatchGetDocuments": 1, "Commit": 1, "outcome=applied": 1})
+
+
+def test_a_deletion_adds_one_query_for_what_belonged_to_it(counted: tuple[firestore.Client, CallCounter]) -> None:
+    client, counter = counted
+    user_id, organization_id = new_user_id(), new_organization_id()
+    calls_of(client, counter, user_event("user.created", user_id))
+
+    user_deleted = calls_of(client, counter, deletion_event(user_id))
+    organization_deleted = calls_of(client, counter, organization_deletion_event(organization_id))
+
+    assert user_deleted == Counter({"BatchGetDocuments": 1, "Commit": 1, "RunQuery": 1, "outcome=applied": 1})
+    assert organization_deleted == Counter({"BatchGetDocuments": 1, "Commit": 1, "RunQuery": 1, "outcome=applied": 1})
+
+
+def test_contention_re_runs_the_body_naming_the_first_attempt_as_retry_transaction(db: firestore.Client) -> None:
+    counter = CallCounter()
+    client = counting_client(PROJECT, counter)
+    target = client.collection("contended").document("one")
+    target.set({"n": 0}, timeout=10)
+    counter.take()
+    both_read = threading.Barrier(2, timeout=20)
+    attempts: list[int] = []
+    lock = threading.Lock()
+
+    def body(attempt: transaction.Attempt) -> None:
+        snapshot = attempt.read([target])[target.path]
+        with lock:
+            attempts.append(1)
+            first_round = len(attempts) <= 2
+        if first_round:
+            both_read.wait()  # both hold a read lock on the document before either writes
+        attempt.set(target, {"n": (snapshot.to_dict() or {})["n"] + 1})
+
+    errors: list[BaseException] = []
+
+    def contender() -> None:
+        try:
+            transaction.run(client, deadline=threading_deadline(), body=body)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=contender) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    reads = [request for method, request in counter.requests if method == "BatchGetDocuments"]
+    retries = [request.new_transaction.read_write.retry_transaction for request in reads]
+    assert errors == []
+    assert target.get(timeout=10).to_dict() == {"n": 2}  # both increments, neither lost
+    assert len(attempts) >= 3
+    assert not retries[0]
+    assert any(retries), "a re-run must name the aborted transaction"
+
+
+def threading_deadline() -> float:
+    """A generous deadline: the emulator aborts a blocked lock only after about 2 s."""
+    return time.monotonic() + 14.0
+
+
+def test_the_pinned_library_still_has_what_the_core_relies_on(db: firestore.Client) -> None:
+    pinned = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    batch: Any = db.batch()
+
+    assert metadata.version("google-cloud-firestore") == pinned["google-cloud-firestore"]
+    assert callable(base_client._parse_batch_get)
+    assert hasattr(db, "_firestore_api")
+    assert isinstance(db._database_string, str)
+    assert isinstance(db._rpc_metadata, list)
+    assert batch._write_pbs == []
+
+
+def test_reads_after_writes_are_refused_as_firestore_requires(db: firestore.Client) -> None:
+    reference = db.collection(PATHS.users).document(new_user_id())
+
+    def body(attempt: transaction.Attempt) -> Outcome:
+        attempt.read([reference])
+        attempt.set(reference, {"x": 1})
+        attempt.read([reference])
+        return Outcome.APPLIED
+
+    with pytest.raises(RuntimeError, match="reads must come before writes"):
+        transaction.run(db, deadline=threading_deadline(), body=body)
+    assert not reference.get(timeout=10).exists

@@ -27,7 +27,13 @@ WEBHOOK_FIELDS = {"svix_id": None, "event_type": None, "clerk_id": None}
 
 def _not_found(_error: Exception) -> flask.Response:
     """The framework's own /robots.txt and /favicon.ico: answered without reading any body."""
-    return flask.Response(iter(['{"outcome": "not_found"}\n']), 404, mimetype="application/json")
+    body = '{"outcome": "not_found"}\n'
+    return flask.Response(
+        iter([body]),
+        404,
+        mimetype="application/json",
+        headers={"Content-Length": str(len(body)), "Connection": "close"},
+    )
 
 
 if flask.has_app_context():

@@ -55,6 +55,9 @@ def read_body(request: flask.Request, limit: int) -> bytes:
         raise BodyRefused(Reply(400, "incomplete_body", "the client sent less than its Content-Length")) from None
     if len(body) > limit:
         raise BodyRefused(Reply(413, "too_large", f"body over {limit} bytes refused"))
+    if request.content_length is not None and len(body) < request.content_length:
+        # gunicorn hands over what arrived before the client went away, without an error.
+        raise BodyRefused(Reply(400, "incomplete_body", "the client sent less than its Content-Length"))
     request.environ[_BODY_READ] = True
     return body
 
@@ -64,7 +67,8 @@ def _response(reply: Reply, request: flask.Request) -> flask.Response:
     text = flask.json.dumps(reply.body if reply.body is not None else {"outcome": reply.outcome}) + "\n"
     headers = {**reply.headers, "Content-Length": str(len(text.encode()))}
     if not request.environ.get(_BODY_READ):
-        # The body (of any size) was not read: close the connection rather than drain it.
+        # The body (of any size) was not read: ask to close rather than drain it. gunicorn decides
+        # itself (it drains at most 64 KiB within a deadline, then closes); other servers listen.
         headers["Connection"] = "close"
     return flask.Response(iter([text]), status=reply.status, mimetype="application/json", headers=headers)
 

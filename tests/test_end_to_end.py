@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +205,43 @@ def test_concurrent_deliveries_of_one_message_apply_once(url: str, db: firestore
     records = {document.id: document.get("outcome") for document in db.collection("webhook_events").stream(timeout=10)}
     assert records == {message_id: "applied"}
     assert _user(db, user_id) is not None
+
+
+@pytest.mark.parametrize("mode", ["delete", "keep-app-fields"])
+def test_nested_users_collection_and_deletion_mode_over_a_real_server(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, mode: str
+) -> None:
+    collection = "tenants/acme/users"
+    environment = {
+        **os.environ,
+        "FIRESTORE_EMULATOR_HOST": emulator_host,
+        "USERS_COLLECTION": collection,
+        "ON_USER_DELETED": mode,
+    }
+    server = start_server(tmp_path, environment)
+    user_id = new_user_id()
+    reference = db.collection(collection).document(user_id)
+    try:
+        created = user_event("user.created", user_id, emails=["nested@example.com"])
+        first = send(server.url, created.encode(), signed_headers(created))
+        reference.update({"plan": "pro"}, timeout=10)
+        updated = user_event("user.updated", user_id, emails=["nested@example.com"], updated_at=BASE_MS + 1)
+        second = send(server.url, updated.encode(), signed_headers(updated))
+        kept = reference.get(timeout=10).to_dict()
+        deleted = deletion_event(user_id)
+        third = send(server.url, deleted.encode(), signed_headers(deleted))
+    finally:
+        stop_server(server)
+
+    after = reference.get(timeout=10).to_dict()
+    assert [reply.json()["outcome"] for reply in (first, second, third)] == ["applied"] * 3
+    assert kept is not None
+    assert (kept["plan"], kept["first_name"]) == ("pro", "Alice")
+    assert db.collection("tenants/acme/user_tombstones").document(user_id).get(timeout=10).exists
+    assert not db.collection("tenants/acme/email_claims").document("nested@example.com").get(timeout=10).exists
+    assert _user(db, user_id) is None  # nothing in the default collection
+    if mode == "delete":
+        assert after is None
+    else:
+        assert after is not None
+        assert set(after) == {"plan", "clerk_deleted_at"}

@@ -274,16 +274,37 @@ def test_stale_update_after_newer_changes_nothing_but_is_recorded(db: firestore.
     assert record["outcome"] == "stale"
 
 
-def test_equal_updated_at_applies_again(db: firestore.Client) -> None:
+def test_same_version_delivered_again_under_another_id_applies_again(db: firestore.Client) -> None:
     user_id = new_user_id()
-    apply(db, user_event("user.updated", user_id, first_name="One", updated_at=BASE_MS))
+    body = user_event("user.updated", user_id, first_name="One", updated_at=BASE_MS)
+    apply(db, body)
 
-    outcome = apply(db, user_event("user.updated", user_id, first_name="Two", updated_at=BASE_MS))
+    outcome = apply(db, body)
+
+    assert outcome is Outcome.APPLIED
+
+
+@pytest.mark.parametrize("first", ["one", "two"])
+def test_equal_updated_at_with_different_content_ends_the_same_in_either_order(
+    db: firestore.Client, first: str
+) -> None:
+    user_id = new_user_id()
+    versions = {
+        name: user_event("user.updated", user_id, emails=[f"{name}@example.com"], first_name=name, updated_at=BASE_MS)
+        for name in ("one", "two")
+    }
+    digests = {name: events.parse_event(body.encode()).digest for name, body in versions.items()}  # type: ignore[union-attr]
+    winner = max(digests, key=lambda name: digests[name])
+    second = "two" if first == "one" else "one"
+
+    outcomes = [apply(db, versions[first]), apply(db, versions[second]), apply(db, versions[first])]
 
     stored = document(db, PATHS.users, user_id)
-    assert outcome is Outcome.APPLIED
     assert stored is not None
-    assert stored["first_name"] == "Two"
+    assert stored["first_name"] == winner
+    assert claims(db) == {f"{winner}@example.com": user_id}
+    assert outcomes[0] is Outcome.APPLIED
+    assert outcomes[1] is (Outcome.APPLIED if second == winner else Outcome.STALE)
 
 
 def test_update_after_delete_does_not_resurrect_user_nor_take_its_claim(db: firestore.Client) -> None:

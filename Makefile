@@ -49,6 +49,10 @@ MAX_INSTANCES ?= 10
 # More variables for the function, e.g. ENV_VARS=FIRESTORE_DATABASE=clerk (--set-env-vars replaces all).
 ENV_VARS ?=
 FIREBASE ?= firebase
+FIRESTORE_DATABASE ?= (default)
+USERS_COLLECTION ?= users
+ORGANIZATIONS_COLLECTION ?= organizations
+REPLACE_RULES ?=
 comma := ,
 require-project = $(if $(strip $(PROJECT)),,$(error PROJECT is not set: run `make $@ PROJECT=your-gcp-project-id`))
 
@@ -65,18 +69,43 @@ deploy: ## deploy the function to Cloud Functions gen2 (PROJECT=... required)
 	  --memory=256Mi --cpu=1 --concurrency=$(CONCURRENCY) --timeout=15s --max-instances=$(MAX_INSTANCES) \
 	  --project=$(PROJECT)
 
-deploy-rules: ## publish firestore.rules with the Firebase CLI (PROJECT=... required)
+# Firestore setup for the database the function writes: FIRESTORE_DATABASE, USERS_COLLECTION and
+# ORGANIZATIONS_COLLECTION must be what the function is deployed with (ENV_VARS).
+RULES_DIR := build/rules
+deploy-rules: $(INSTALLED) ## publish the security rules; replaces the database's whole ruleset (REPLACE_RULES=yes)
 	$(require-project)
-	$(FIREBASE) deploy --only firestore:rules --project $(PROJECT)
+	$(if $(filter yes,$(REPLACE_RULES)),,$(error $(replace-rules-warning)))
+	$(PY) -m clerk_sync rules --output $(RULES_DIR)/firestore.rules --firebase-json $(RULES_DIR)/firebase.json --database '$(FIRESTORE_DATABASE)'
+	$(FIREBASE) deploy --only firestore:rules --config $(RULES_DIR)/firebase.json --project $(PROJECT)
+
+replace-rules-warning = `make deploy-rules` replaces every security rule of database $(FIRESTORE_DATABASE) in \
+  project $(PROJECT). If your app has rules of its own, merge the block that \
+  `python -m clerk_sync rules --block` prints into them and deploy yours instead (docs/deploy.md, step 6). \
+  For a database of its own, confirm: `make deploy-rules PROJECT=$(PROJECT) REPLACE_RULES=yes`
 
 ttl: ## let Firestore expire old webhook_events records (PROJECT=... required)
 	$(require-project)
-	gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl --project=$(PROJECT)
+	gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl \
+	  --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
 
-indexes: ## exempt users' metadata maps from indexing (PROJECT=... required)
+# The collection-group ids: the last segment of each path (tenants/acme/users -> users).
+users-group = $(lastword $(subst /, ,$(USERS_COLLECTION)))
+organizations-group = $(lastword $(subst /, ,$(ORGANIZATIONS_COLLECTION)))
+FIRESTORE_ADMIN_API ?= https://firestore.googleapis.com/v1
+USER_ID_INDEX = {"indexConfig": {"indexes": [ \
+  {"queryScope": "COLLECTION", "fields": [{"fieldPath": "user_id", "order": "ASCENDING"}]}, \
+  {"queryScope": "COLLECTION_GROUP", "fields": [{"fieldPath": "user_id", "order": "ASCENDING"}]}]}}
+
+indexes: ## metadata maps unindexed; memberships queryable by user_id across organizations (PROJECT=... required)
 	$(require-project)
-	gcloud firestore indexes fields update public_metadata --collection-group=users --disable-indexes --project=$(PROJECT)
-	gcloud firestore indexes fields update unsafe_metadata --collection-group=users --disable-indexes --project=$(PROJECT)
+	gcloud firestore indexes fields update public_metadata --collection-group=$(users-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
+	gcloud firestore indexes fields update unsafe_metadata --collection-group=$(users-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
+	gcloud firestore indexes fields update public_metadata --collection-group=$(organizations-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
+	gcloud firestore indexes fields update public_metadata --collection-group=memberships --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
+	curl --fail-with-body --silent --show-error --max-time 60 -X PATCH \
+	  -H "Authorization: Bearer $$(gcloud auth print-access-token)" -H "Content-Type: application/json" \
+	  '$(FIRESTORE_ADMIN_API)/projects/$(PROJECT)/databases/$(FIRESTORE_DATABASE)/collectionGroups/memberships/fields/user_id?updateMask=indexConfig' \
+	  -d '$(USER_ID_INDEX)'
 
 bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): print tables, keep bench/results/
 	@for script in cold_start latency round_trips memory; do \

@@ -29,6 +29,10 @@ MAKE_VARIABLES = (
     "MAX_INSTANCES",
     "ENV_VARS",
     "FIREBASE",
+    "FIRESTORE_DATABASE",
+    "USERS_COLLECTION",
+    "ORGANIZATIONS_COLLECTION",
+    "REPLACE_RULES",
     "MAKEFLAGS",
     "MFLAGS",
     "MAKELEVEL",
@@ -242,32 +246,114 @@ def test_make_deploy_names_only_flags_gcloud_knows() -> None:
     assert unknown == []
 
 
-@pytest.mark.parametrize(
-    ("target", "expected"),
-    [
-        (
-            "ttl",
-            "gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl "
-            "--project=demo-x",
-        ),
-        ("deploy-rules", "firebase deploy --only firestore:rules --project demo-x"),
-    ],
-)
-def test_make_ttl_and_deploy_rules_print_their_commands(target: str, expected: str) -> None:
-    assert printed_command(target, "PROJECT=demo-x") == shlex.split(expected)
+@pytest.mark.parametrize(("database", "flag"), [(None, "(default)"), ("clerk", "clerk")])
+def test_make_ttl_targets_the_database_the_function_writes(database: str | None, flag: str) -> None:
+    extra = [f"FIRESTORE_DATABASE={database}"] if database else []
+
+    command = printed_command("ttl", "PROJECT=demo-x", *extra)
+
+    assert command == shlex.split(
+        "gcloud firestore fields ttls update expires_at --collection-group=webhook_events --enable-ttl "
+        f"--database='{flag}' --project=demo-x"
+    )
 
 
-def test_make_indexes_exempts_both_metadata_maps_of_users() -> None:
-    result = make("-n", "indexes", "PROJECT=demo-x")
+def commands(*arguments: str) -> list[list[str]]:
+    """Every command `make -n ARGS` prints, split into words."""
+    result = make("-n", *arguments)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 
-    assert result.returncode == 0
-    assert [shlex.split(line) for line in result.stdout.splitlines() if line.strip()] == [
+
+def test_make_indexes_exempts_every_metadata_map_and_indexes_memberships_by_user_across_organizations() -> None:
+    printed = commands("indexes", "PROJECT=demo-x", "FIRESTORE_DATABASE=clerk", "USERS_COLLECTION=tenants/acme/members")
+
+    *exemptions, patch = printed
+    assert exemptions == [
         shlex.split(
-            f"gcloud firestore indexes fields update {field} --collection-group=users --disable-indexes "
-            "--project=demo-x"
+            f"gcloud firestore indexes fields update {field} --collection-group={group} --disable-indexes "
+            "--database=clerk --project=demo-x"
         )
-        for field in ("public_metadata", "unsafe_metadata")
+        for field, group in (
+            ("public_metadata", "members"),
+            ("unsafe_metadata", "members"),
+            ("public_metadata", "organizations"),
+            ("public_metadata", "memberships"),
+        )
     ]
+    assert patch[:2] == ["curl", "--fail-with-body"]
+    url = next(word for word in patch if word.startswith("https://"))
+    body = json.loads(patch[patch.index("-d") + 1])
+    assert url.endswith(
+        "/projects/demo-x/databases/clerk/collectionGroups/memberships/fields/user_id?updateMask=indexConfig"
+    )
+    assert {index["queryScope"] for index in body["indexConfig"]["indexes"]} == {"COLLECTION", "COLLECTION_GROUP"}
+    assert all(
+        index["fields"] == [{"fieldPath": "user_id", "order": "ASCENDING"}] for index in body["indexConfig"]["indexes"]
+    )
+
+
+def test_make_deploy_rules_refuses_to_replace_a_ruleset_without_confirmation() -> None:
+    result = make("-n", "deploy-rules", "PROJECT=demo-x")
+
+    assert result.returncode != 0
+    assert "replaces every security rule of database (default) in project demo-x" in result.stderr
+    assert "python -m clerk_sync rules --block" in result.stderr
+    assert "REPLACE_RULES=yes" in result.stderr
+    assert "firebase deploy" not in result.stdout
+
+
+def test_make_deploy_rules_renders_for_the_configured_database_then_deploys_that() -> None:
+    printed = commands("deploy-rules", "PROJECT=demo-x", "REPLACE_RULES=yes", "FIRESTORE_DATABASE=clerk")
+
+    render, deploy = printed[-2:]
+    assert render[1:] == [
+        "-m", "clerk_sync", "rules", "--output", "build/rules/firestore.rules",
+        "--firebase-json", "build/rules/firebase.json", "--database", "clerk",
+    ]  # fmt: skip
+    assert deploy == shlex.split(
+        "firebase deploy --only firestore:rules --config build/rules/firebase.json --project demo-x"
+    )
+
+
+def test_committed_rules_are_what_the_block_renders_for_the_default_collections() -> None:
+    rendered = subprocess.run(
+        [sys.executable, "-m", "clerk_sync", "rules", "--env-file", "/nonexistent"],
+        cwd=ROOT,
+        env={key: value for key, value in os.environ.items() if not key.endswith("_COLLECTION")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert rendered.stdout == (ROOT / "firestore.rules").read_text()
+
+
+def test_rules_for_a_named_database_and_nested_collections(tmp_path: Path) -> None:
+    environment = {
+        **os.environ,
+        "USERS_COLLECTION": "tenants/acme/users",
+        "ORGANIZATIONS_COLLECTION": "tenants/acme/orgs",
+    }
+
+    subprocess.run(
+        [
+            sys.executable, "-m", "clerk_sync", "rules", "--env-file", "/nonexistent",
+            "--output", str(tmp_path / "r" / "firestore.rules"),
+            "--firebase-json", str(tmp_path / "r" / "firebase.json"), "--database", "clerk",
+        ],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    rules = (tmp_path / "r" / "firestore.rules").read_text()
+    assert json.loads((tmp_path / "r" / "firebase.json").read_text()) == {
+        "firestore": [{"database": "clerk", "rules": "firestore.rules"}]
+    }
+    assert "match /tenants/acme/users/{userId}" in rules
+    assert "match /tenants/acme/orgs/{orgId}" in rules
+    assert "documents/tenants/acme/orgs/$(orgId)/memberships/$(request.auth.uid)" in rules
+    assert "match /users/" not in rules
 
 
 @pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl", "indexes"])

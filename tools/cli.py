@@ -132,6 +132,24 @@ def _run_backfill(args: argparse.Namespace) -> int:
     )
 
 
+def _run_rules(args: argparse.Namespace) -> int:
+    from tools import rules  # noqa: PLC0415 (each tool loads only when it runs)
+
+    layout = settings().paths
+    text = rules.block(layout) if args.block else rules.complete(layout)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(f"wrote {args.output} for {layout.users} and {layout.organizations}", file=sys.stderr)
+    if args.firebase_json is not None:
+        database = args.database or os.environ.get("FIRESTORE_DATABASE", "").strip() or "(default)"
+        args.firebase_json.write_text(rules.firebase_json(args.output, args.firebase_json, database))
+        print(f"wrote {args.firebase_json} for database {database}", file=sys.stderr)
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -253,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Clerk Backend API base URL (default: CLERK_API_URL or {DEFAULT_CLERK_API})",
     )
     backfill.set_defaults(run=_run_backfill)
+
+    rules = commands.add_parser(
+        "rules",
+        parents=[common],
+        help="print the security rules for USERS_COLLECTION / ORGANIZATIONS_COLLECTION",
+        description="The whole ruleset for a database of its own, or (--block) the block to merge into yours.",
+    )
+    rules.add_argument("--block", action="store_true", help="only the block to merge into existing rules")
+    rules.add_argument("--output", type=Path, help="write to this file instead of printing")
+    rules.add_argument(
+        "--firebase-json",
+        type=Path,
+        help="also write a firebase.json naming --output for --database (make deploy-rules)",
+    )
+    rules.add_argument("--database", help="Firestore database id for --firebase-json (default: FIRESTORE_DATABASE)")
+    rules.set_defaults(run=_run_rules)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -247,6 +248,93 @@ def test_dev_stops_both_on_sigterm(tmp_path: Path) -> None:
     assert dev.wait_gone(timeout=5)
 
 
+def test_dev_stops_both_when_its_terminal_hangs_up(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as dev:
+        dev.process.send_signal(signal.SIGHUP)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert code == 0
+    assert "SIGHUP: stopping the function and the emulator" in dev.output.text()
+    assert dev.wait_gone(timeout=5)
+    assert not devloop.port_taken(dev.function_port)
+
+
+def groups_gone(groups: list[int], timeout: float) -> bool:
+    """Whether every one of these process groups is gone within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while any(map(process_group_alive, groups)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(map(process_group_alive, groups))
+
+
+@contextmanager
+def dev_writing_to_a_pipe(
+    tmp_path: Path, stderr: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int, list[int], int]]:
+    """The loop with its output into a pipe whose read end the test holds; (process, reader, groups, port)."""
+    function_port, emulator_port = two_free_ports()
+    reader, writer = os.pipe()
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            dev_command(tmp_path / ".env", function_port, emulator_port),
+            cwd=ROOT,
+            env=environment_without_secret(),
+            stdout=writer,
+            stderr=errors,
+            start_new_session=True,
+        )
+    os.close(writer)
+    groups: list[int] = []
+    try:
+        seen = b""
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while b"Real Clerk events" not in seen and time.monotonic() < deadline:
+            chunk = os.read(reader, 65536)
+            if not chunk:
+                break
+            seen += chunk
+        groups += [int(pid) for pid in re.findall(rb"\(pid (\d+);", seen)]
+        yield process, reader, groups, function_port
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(reader)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        for group in groups:
+            if process_group_alive(group):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_dev_stops_both_when_its_output_pipe_closed_before_ctrl_c(tmp_path: Path) -> None:
+    # `make dev 2>&1 | tee log`, then Ctrl-C: tee is gone first, so every later write fails.
+    errors = tmp_path / "stderr.txt"
+    with dev_writing_to_a_pipe(tmp_path, errors) as (process, reader, groups, _port):
+        os.close(reader)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert len(groups) == 2
+    assert code == 0
+    assert groups_gone(groups, timeout=5)
+    assert "Traceback" not in errors.read_text()
+
+
+def test_dev_stops_both_when_nobody_reads_its_output_any_more(tmp_path: Path) -> None:
+    errors = tmp_path / "stderr.txt"
+    with dev_writing_to_a_pipe(tmp_path, errors) as (process, reader, groups, port):
+        os.close(reader)
+        # No signal: the function's log line for this request is the write that fails.
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert len(groups) == 2
+    assert code == 0
+    assert groups_gone(groups, timeout=5)
+    assert "Traceback" not in errors.read_text()
+
+
 def test_dev_stops_the_emulator_when_the_function_dies(tmp_path: Path) -> None:
     with running_dev(tmp_path) as dev:
         function_group = dev.child_groups[0]
@@ -379,6 +467,48 @@ def test_env_file_placeholder_is_replaced_and_a_real_secret_kept(tmp_path: Path)
     assert replaced["CLERK_WEBHOOK_SIGNING_SECRET"] != devloop.PLACEHOLDER_SECRET
     assert replaced["OTHER"] == "1"
     assert real.read_text() == "CLERK_WEBHOOK_SIGNING_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"
+
+
+def test_the_documented_cp_env_example_path_starts_and_makes_env_private(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text((ROOT / ".env.example").read_text())
+    env_file.chmod(0o644)  # what `cp .env.example .env` leaves
+
+    with running_dev(tmp_path) as dev:
+        secret = dotenv_values(env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
+        assert secret is not None
+        body = user_event("user.created", new_user_id())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{dev.function_port}/",
+            data=body.encode(),
+            headers=signed_headers(body, secret=secret),
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=15) as response:
+            answer = json.load(response)
+        dev.process.send_signal(signal.SIGINT)
+        dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert "replaced the placeholder secret" in dev.banner
+    assert secret != devloop.PLACEHOLDER_SECRET
+    assert answer == {"outcome": "applied"}
+    assert env_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_env_file_is_private_from_its_first_byte_whatever_the_umask(tmp_path: Path) -> None:
+    created, replaced, loose = tmp_path / "new.env", tmp_path / "placeholder.env", tmp_path / "loose.env"
+    replaced.write_text("CLERK_WEBHOOK_SIGNING_SECRET=whsec_REPLACE_ME\n")
+    loose.write_text("CLERK_WEBHOOK_SIGNING_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    loose.chmod(0o644)
+    previous = os.umask(0)
+    try:
+        for path in (created, replaced, loose):
+            devloop.ensure_env_file(path, sys.stdout)
+    finally:
+        os.umask(previous)
+
+    assert [path.stat().st_mode & 0o777 for path in (created, replaced, loose)] == [0o600] * 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["loose.env", "new.env", "placeholder.env"]
 
 
 def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:

@@ -184,25 +184,36 @@ class Child:
 
 
 class Console:
-    """Prefixed, line-at-a-time output shared by the log pumps and the banner."""
+    """Prefixed, line-at-a-time output shared by the log pumps and the banner.
+
+    Output that can no longer be written (the pipe to `tee` closed, the terminal went away) is
+    not an error to raise in some log pump: it sets `closed`, which stops the loop like Ctrl-C.
+    """
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.lock = threading.Lock()
-        colour = out.isatty() and not os.environ.get("NO_COLOR")
+        self.closed = threading.Event()
+        try:
+            colour = out.isatty() and not os.environ.get("NO_COLOR")
+        except (OSError, ValueError):
+            colour = False
         self.colours = {"emulator": "\033[36m", "function": "\033[35m", "dev": "\033[1m"} if colour else {}
         self.reset = "\033[0m" if colour else ""
 
     def line(self, source: str, text: str) -> None:
         tag = f"{self.colours.get(source, '')}{source:>8} |{self.reset}"
-        with self.lock:
-            self.out.write(f"{tag} {text}\n")
-            self.out.flush()
+        self.block(f"{tag} {text}\n")
 
     def block(self, text: str) -> None:
+        if self.closed.is_set():
+            return
         with self.lock:
-            self.out.write(text)
-            self.out.flush()
+            try:
+                self.out.write(text)
+                self.out.flush()
+            except (OSError, ValueError):  # EPIPE, EIO, or a stream already closed
+                self.closed.set()
 
 
 def readable(line: str) -> str | None:
@@ -391,7 +402,10 @@ def preflight(env_file: Path, function_port: int, emulator_port: int, out: TextI
 
 
 def run(*, env_file: Path, function_port: int, emulator_port: int, ngrok_api: str, start_timeout: float) -> int:
-    """Run the loop until Ctrl-C / SIGTERM or until either process dies; 0 after a requested stop."""
+    """Run the loop until Ctrl-C, SIGTERM, SIGHUP, closed output or either process dying.
+
+    0 after a requested stop. Whatever ends it, both process groups are stopped before it returns.
+    """
     console = Console(sys.stdout)
     problems = preflight(env_file, function_port, emulator_port, sys.stdout)
     if problems:
@@ -405,8 +419,10 @@ def run(*, env_file: Path, function_port: int, emulator_port: int, ngrok_api: st
         requested.append(signal.Signals(number).name)
         stop.set()
 
-    previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {number: signal.signal(number, on_signal) for number in watched}
     children: list[Child] = []
+    threading.Thread(target=_stop_when_closed, args=(console, stop, requested), daemon=True).start()
     try:
         healthy = _serve(env_file, function_port, emulator_port, ngrok_api, start_timeout, stop, console, children)
         return 0 if healthy or requested else 1
@@ -420,6 +436,24 @@ def run(*, env_file: Path, function_port: int, emulator_port: int, ngrok_api: st
             signal.signal(number, handler)
         if children:
             console.line("dev", "stopped")
+        if console.closed.is_set():
+            _silence_stdout()
+
+
+def _stop_when_closed(console: Console, stop: threading.Event, requested: list[str]) -> None:
+    """Output that cannot be written any more stops the loop, as a signal would."""
+    while not stop.is_set():
+        if console.closed.wait(POLL_SECONDS):
+            requested.append("output closed")
+            stop.set()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush cannot fail on the closed pipe."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _serve(

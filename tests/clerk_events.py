@@ -113,7 +113,7 @@ def deletion_event(user_id: str, *, timestamp: int = BASE_MS + 1_000_000) -> str
 
 
 def organization_data(
-    organization_id: str, *, name: str = "Acme", slug: str | None = None, updated_at: int = BASE_MS, **extra: Any
+    organization_id: str, *, name: Any = "Acme", slug: str | None = None, updated_at: Any = BASE_MS, **extra: Any
 ) -> dict[str, Any]:
     """A full Clerk Organization object, as `organization.*` events carry it."""
     data: dict[str, Any] = {
@@ -154,7 +154,7 @@ def membership_data(
     user_id: str,
     *,
     role: str = "org:member",
-    updated_at: int = BASE_MS,
+    updated_at: Any = BASE_MS,
     first_name: str | None = "Alice",
     **extra: Any,
 ) -> dict[str, Any]:

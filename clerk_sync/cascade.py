@@ -10,6 +10,7 @@ first the request answers 503, and Svix's retry of the same message sweeps the r
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,14 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
 from clerk_sync.outcome import StoreUnavailable
-from clerk_sync.transaction import remaining
+from clerk_sync.transaction import NO_RETRY, remaining
 
 __all__ = ["BATCH_SIZE", "Sweep", "sweep"]
 
 # Firestore takes up to 500 writes per commit; smaller batches keep each call well inside the deadline.
 BATCH_SIZE = 250
+# Commits in flight while the next page is read: the round trips overlap instead of adding up.
+COMMITS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -51,18 +54,25 @@ def sweep(db: firestore.Client, sweeps: Sequence[Sweep], deadline: float) -> int
 def _sweep_one(db: firestore.Client, job: Sweep, deadline: float) -> int:
     removed = 0
     last: Any = None
-    while True:
-        query = job.query.select([]).order_by("__name__").limit(BATCH_SIZE)
-        if last is not None:
-            query = query.start_after(last)
-        found = list(query.stream(retry=None, timeout=remaining(deadline)))
-        doomed = [snapshot.reference for snapshot in found if job.ours(snapshot.reference.path)]
-        if doomed:
-            batch = db.batch()
-            for reference in doomed:
-                batch.delete(reference)
-            batch.commit(retry=None, timeout=remaining(deadline))
-            removed += len(doomed)
-        if len(found) < BATCH_SIZE:
-            return removed
-        last = found[-1]
+    with ThreadPoolExecutor(max_workers=COMMITS_IN_FLIGHT, thread_name_prefix="sweep") as commits:
+        pending: list[Future[Any]] = []
+        while True:
+            query = job.query.select([]).order_by("__name__").limit(BATCH_SIZE)
+            if last is not None:
+                query = query.start_after(last)
+            found = list(query.stream(retry=NO_RETRY, timeout=remaining(deadline)))
+            doomed = [snapshot.reference for snapshot in found if job.ours(snapshot.reference.path)]
+            if doomed:
+                batch = db.batch()
+                for reference in doomed:
+                    batch.delete(reference)
+                pending.append(commits.submit(batch.commit, retry=None, timeout=remaining(deadline)))
+                removed += len(doomed)
+            if len(pending) >= COMMITS_IN_FLIGHT:
+                pending.pop(0).result()  # raises what the commit raised
+            if len(found) < BATCH_SIZE:
+                break
+            last = found[-1]
+        for commit in pending:
+            commit.result()
+    return removed

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as api_exceptions
+from google.api_core import retry as api_retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
@@ -27,7 +28,7 @@ from google.cloud.firestore_v1.types import common
 
 from clerk_sync.outcome import StoreUnavailable
 
-__all__ = ["MAX_ATTEMPTS", "Attempt", "client", "remaining", "reset_client", "run", "turn"]
+__all__ = ["MAX_ATTEMPTS", "NO_RETRY", "Attempt", "client", "remaining", "reset_client", "run", "turn"]
 
 MAX_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.25
@@ -35,6 +36,9 @@ ROLLBACK_TIMEOUT_SECONDS = (0.5, 2.0)
 LOCKS = 64
 
 T = TypeVar("T")
+# For queries: `retry=None` makes the library's stream crash with AttributeError on a mid-stream
+# error (it calls `retry._predicate`); a policy that never retries raises the error itself.
+NO_RETRY = api_retry.Retry(predicate=lambda _error: False)
 Snapshot = firestore.DocumentSnapshot
 
 _client: firestore.Client | None = None

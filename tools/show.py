@@ -14,6 +14,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
 from clerk_sync.paths import Paths
+from clerk_sync.transaction import NO_RETRY
 from tools.common import ToolError
 
 __all__ = ["list_users", "show_user"]
@@ -50,7 +51,7 @@ def list_users(db: firestore.Client, paths: Paths, *, limit: int, timeout: float
     """The most recently updated users first: id, primary email, name, updated_at."""
     query = db.collection(paths.users).order_by("updated_at", direction=firestore.Query.DESCENDING).limit(limit)
     try:
-        documents = list(query.stream(retry=None, timeout=timeout))
+        documents = list(query.stream(retry=NO_RETRY, timeout=timeout))
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
     if not documents:
@@ -76,7 +77,7 @@ def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: floa
             db.collection(paths.events)
             .where(filter=firestore.FieldFilter("clerk_id", "==", user_id))
             .limit(MAX_EVENTS_READ)
-            .stream(retry=None, timeout=timeout)
+            .stream(retry=NO_RETRY, timeout=timeout)
         )
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None

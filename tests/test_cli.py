@@ -99,11 +99,22 @@ def test_send_with_a_reused_svix_id_is_a_duplicate_delivery(
 ) -> None:
     user_id = new_user_id()
     first_code, first = send(capsys, tmp_path, server, "user.created", "--user-id", user_id, "--svix-id", "msg_cli_dup")
-    saved = re.search(r"resend   python -m clerk_sync send (\S+\.json) --svix-id msg_cli_dup\n", first)
+    saved = re.search(r"resend   (python3 -m clerk_sync send (\S+\.json) --svix-id msg_cli_dup --url \S+)\n", first)
     assert saved is not None, first
-    assert saved.group(1) == str(tmp_path / "sent" / "msg_cli_dup.json")
+    assert saved.group(2) == str(tmp_path / "sent" / "msg_cli_dup.json")
 
-    code, out = send(capsys, tmp_path, server, saved.group(1), "--svix-id", "msg_cli_dup")
+    # The hint runs as typed, in a shell whose python3 is the system's (none of the tools' dependencies).
+    shell = subprocess.run(  # noqa: S602 (the hint runs exactly as a person would paste it)
+        saved.group(1),
+        shell=True,
+        cwd=ROOT,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    code, out = shell.returncode, shell.stdout + shell.stderr
     other_code, other = send(
         capsys, tmp_path, server, "user.updated", "--user-id", user_id, "--svix-id", "msg_cli_dup", "--email", "x@y.z"
     )
@@ -252,6 +263,56 @@ def test_user_that_never_existed_exits_non_zero(
 
     assert code == 1
     assert "webhook_events for user_never: 0" in out
+
+
+def test_send_builds_organization_and_membership_events_and_the_views_show_them(
+    server: Server, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    organization_id, user_id = "org_cli0000000000000000000001", new_user_id()
+    membership = "organizationMembership"
+
+    codes = [
+        send(capsys, tmp_path, server, "organization.created", "--org-id", organization_id, "--name", "Acme Labs")[0],
+        send(capsys, tmp_path, server, "user.created", "--user-id", user_id)[0],
+        send(capsys, tmp_path, server, f"{membership}.created", "--org-id", organization_id, "--user-id", user_id,
+             "--membership-id", "orgmem_cli1", "--role", "org:admin")[0],
+    ]  # fmt: skip
+    listed_code, listed = look(capsys, tmp_path, emulator_host, "organizations")
+    shown_code, shown = look(capsys, tmp_path, emulator_host, "organization", organization_id)
+    user_code, user = look(capsys, tmp_path, emulator_host, "user", user_id)
+    left = send(capsys, tmp_path, server, f"{membership}.deleted", "--org-id", organization_id, "--user-id", user_id,
+                "--membership-id", "orgmem_cli1")  # fmt: skip
+    gone = send(capsys, tmp_path, server, "organization.deleted", "--org-id", organization_id)
+    after_code, after = look(capsys, tmp_path, emulator_host, "organization", organization_id)
+
+    assert codes == [0, 0, 0]
+    assert listed_code == shown_code == user_code == after_code == 0
+    assert listed.splitlines()[1].split()[:5] == [organization_id, "Acme", "Labs", "acme-labs", "1"]
+    assert '"name": "Acme Labs"' in shown
+    assert f"organizations/{organization_id}/memberships: 1" in shown
+    assert "orgmem_cli1" in shown
+    assert "org:admin" in shown
+    assert f"memberships of {user_id}: 1" in user
+    assert '"outcome": "applied"' in left[1]
+    assert '"outcome": "applied"' in gone[1]
+    assert f"organizations/{organization_id}: no document" in after
+    assert f"organization_tombstones/{organization_id}: deleted_at" in after
+
+
+def test_send_membership_events_say_which_ids_they_need(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, tmp_path, "send", "organizationMembership.created", "--user-id", "user_1")
+    org_code, _, org_err = run_cli(capsys, tmp_path, "send", "organization.updated")
+
+    assert (code, org_code) == (1, 1)
+    assert "organizationMembership.created needs --org-id" in err
+    assert "organization.updated needs --org-id" in org_err
+
+
+def test_send_of_a_missing_file_says_the_file_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, tmp_path, "send", "nofile.json")
+
+    assert code == 1
+    assert "no such file: nofile.json" in err
 
 
 def test_users_without_an_emulator_says_how_to_start_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

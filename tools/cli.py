@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dotenv import load_dotenv
 
@@ -67,16 +67,20 @@ def _run_dev(args: argparse.Namespace) -> int:
 def _run_send(args: argparse.Namespace) -> int:
     from tools import send  # noqa: PLC0415 (each tool loads only when it runs)
 
+    given = {
+        name: getattr(args, name)
+        for name in (
+            "user_id", "email", "first_name", "last_name", "organization_id", "name", "slug", "membership_id", "role",
+            "updated_at",
+        )
+        if getattr(args, name) is not None
+    }  # fmt: skip
     return send.send(
         args.event,
+        send.Options(**given),
         secret=_signing_secret(),
         url=args.url,
-        user_id=args.user_id,
-        email=args.email,
-        first_name=args.first_name,
-        last_name=args.last_name,
         svix_id=args.svix_id,
-        updated_at=args.updated_at,
         timeout=args.timeout,
         out=sys.stdout,
     )
@@ -103,6 +107,20 @@ def _run_user(args: argparse.Namespace) -> int:
     return show.show_user(
         firestore_client_for(args), settings().paths, args.user_id, timeout=args.timeout, out=sys.stdout
     )
+
+
+def _run_organizations(args: argparse.Namespace) -> int:
+    from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
+
+    db = firestore_client_for(args)
+    return show.list_organizations(db, settings().paths, limit=args.limit, timeout=args.timeout, out=sys.stdout)
+
+
+def _run_organization(args: argparse.Namespace) -> int:
+    from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
+
+    db = firestore_client_for(args)
+    return show.show_organization(db, settings().paths, args.organization_id, timeout=args.timeout, out=sys.stdout)
 
 
 def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
@@ -171,6 +189,42 @@ def _not_negative(text: str) -> int:
     return value
 
 
+def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`send`: one option per field a generated event can carry."""
+    send = commands.add_parser(
+        "send",
+        parents=[common],
+        help="post a signed test event to the function (local or ngrok)",
+        description="Build a realistic Clerk event (or read a JSON file), sign it like Svix and post it.",
+    )
+    send.add_argument(
+        "event",
+        metavar="EVENT|FILE.json",
+        help="user.created|updated|deleted, organization.created|updated|deleted, "
+        "organizationMembership.created|updated|deleted, or a JSON file sent as it is",
+    )
+    send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
+    send.add_argument("--user-id", help="Clerk user id (user.created: default a new one; memberships: the member)")
+    send.add_argument("--email", help="primary email (default: per user; user.updated picks a new one)")
+    send.add_argument("--first-name", help="default: Ada")
+    send.add_argument("--last-name", help="default: Lovelace")
+    send.add_argument(
+        "--org-id", dest="organization_id", help="organization id (organization.created: default a new one)"
+    )
+    send.add_argument("--name", help="organization name (default: Analytical Engines)")
+    send.add_argument("--slug", help="organization slug (default: from the name)")
+    send.add_argument("--membership-id", help="membership id (organizationMembership.created: default a new one)")
+    send.add_argument("--role", help="membership role (default: org:member)")
+    send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
+    send.add_argument(
+        "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (deletions: the event timestamp)"
+    )
+    send.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for the answer (default: %(default)s)"
+    )
+    send.set_defaults(run=_run_send)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, one sub-command per tool."""
     common = argparse.ArgumentParser(add_help=False)
@@ -221,26 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(run=_run_dev)
 
-    send = commands.add_parser(
-        "send",
-        parents=[common],
-        help="post a signed test event to the function (local or ngrok)",
-        description="Build a realistic Clerk event (or read a JSON file), sign it like Svix and post it.",
-    )
-    send.add_argument("event", metavar="user.created|user.updated|user.deleted|FILE.json")
-    send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
-    send.add_argument("--user-id", help="Clerk user id (default for user.created: a new one)")
-    send.add_argument("--email", help="primary email (default: per user; user.updated picks a new one)")
-    send.add_argument("--first-name", default="Ada")
-    send.add_argument("--last-name", default="Lovelace")
-    send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
-    send.add_argument(
-        "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (user.deleted: the event timestamp)"
-    )
-    send.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds to wait for the answer (default: %(default)s)"
-    )
-    send.set_defaults(run=_run_send)
+    _add_send(commands, common)
 
     users = commands.add_parser(
         "users", parents=[common, firestore_options], help="list synced users (id, email, name, updated_at)"
@@ -249,10 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     users.set_defaults(run=_run_users)
 
     user = commands.add_parser(
-        "user", parents=[common, firestore_options], help="one user's document, tombstone and event log"
+        "user", parents=[common, firestore_options], help="one user's document, tombstone, memberships and event log"
     )
     user.add_argument("user_id", metavar="ID")
     user.set_defaults(run=_run_user)
+
+    organizations = commands.add_parser(
+        "organizations",
+        parents=[common, firestore_options],
+        help="list synced organizations (id, name, slug, members, updated_at)",
+    )
+    organizations.add_argument("--limit", type=_positive, default=50, help="how many (default: %(default)s)")
+    organizations.set_defaults(run=_run_organizations)
+
+    organization = commands.add_parser(
+        "organization",
+        parents=[common, firestore_options],
+        help="one organization's document, tombstone, members and event log",
+    )
+    organization.add_argument("organization_id", metavar="ID")
+    organization.set_defaults(run=_run_organization)
 
     backfill = commands.add_parser(
         "backfill",

@@ -16,15 +16,24 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from tools.common import ToolError
 
-__all__ = ["EVENT_TYPES", "new_clerk_id", "post", "send", "sign", "user_event"]
+__all__ = ["EVENT_TYPES", "Options", "build", "new_clerk_id", "post", "send", "sign", "user_event"]
 
-EVENT_TYPES = ("user.created", "user.updated", "user.deleted")
+USER_TYPES = ("user.created", "user.updated", "user.deleted")
+ORGANIZATION_TYPES = ("organization.created", "organization.updated", "organization.deleted")
+MEMBERSHIP_TYPES = (
+    "organizationMembership.created",
+    "organizationMembership.updated",
+    "organizationMembership.deleted",
+)
+EVENT_TYPES = USER_TYPES + ORGANIZATION_TYPES + MEMBERSHIP_TYPES
+DEFAULT_URL = "http://127.0.0.1:8080/"
 BASE62 = string.ascii_letters + string.digits
 MAX_SHOWN_BODY = 2000
 SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -142,6 +151,142 @@ def user_event(
     }
 
 
+def organization_data(organization_id: str, *, name: str, slug: str | None, updated_at: int) -> dict[str, Any]:
+    """A full Clerk Organization object, as `organization.*` and membership webhooks carry it."""
+    return {
+        "admin_delete_enabled": True,
+        "created_at": updated_at - 60_000,
+        "created_by": None,
+        "has_image": False,
+        "id": organization_id,
+        "image_url": "https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCIsImlpZCI6Im9yZyJ9",
+        "max_allowed_memberships": 5,
+        "members_count": 1,
+        "missing_member_with_elevated_permissions": False,
+        "name": name,
+        "object": "organization",
+        "pending_invitations_count": 0,
+        "private_metadata": {},
+        "public_metadata": {},
+        "role_set_key": None,
+        "slug": slug or name.lower().replace(" ", "-"),
+        "updated_at": updated_at,
+    }
+
+
+def membership_data(
+    membership_id: str, organization: dict[str, Any], user_id: str, *, role: str, first_name: str, last_name: str,
+    updated_at: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A full Clerk OrganizationMembership object: the same shape in created, updated and deleted."""
+    admin = role == "org:admin"
+    return {
+        "created_at": updated_at - 30_000,
+        "id": membership_id,
+        "object": "organization_membership",
+        "organization": organization,
+        "permissions": ["org:sys_memberships:read", *(["org:sys_memberships:manage"] if admin else [])],
+        "private_metadata": {},
+        "public_metadata": {},
+        "public_user_data": {
+            "first_name": first_name,
+            "has_image": False,
+            "identifier": default_email(user_id, first_name, changed=False),
+            "image_url": "https://img.clerk.com/eyJ0eXBlIjoiZGVmYXVsdCJ9",
+            "last_name": last_name,
+            "profile_image_url": "https://www.gravatar.com/avatar?d=mp",
+            "user_id": user_id,
+            "username": None,
+        },
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "updated_at": updated_at,
+    }
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `send` can set in a generated event; None means "a sensible default"."""
+
+    user_id: str | None = None
+    email: str | None = None
+    first_name: str = "Ada"
+    last_name: str = "Lovelace"
+    organization_id: str | None = None
+    name: str = "Analytical Engines"
+    slug: str | None = None
+    membership_id: str | None = None
+    role: str = "org:member"
+    updated_at: int | None = None
+
+
+def _envelope(event_type: str, data: dict[str, Any], timestamp: int) -> dict[str, Any]:
+    return {
+        "data": data,
+        "event_attributes": {"http_request": {"client_ip": "127.0.0.1", "user_agent": "clerk-sync send"}},
+        "instance_id": "ins_2localdevelopment00000000",
+        "object": "event",
+        "timestamp": timestamp,
+        "type": event_type,
+    }
+
+
+def _needed(value: str | None, event_type: str, flag: str, hint: str) -> str:
+    if value is None:
+        raise ToolError(f"{event_type} needs {flag} ({hint})")
+    return value
+
+
+def build(event_type: str, options: Options) -> tuple[dict[str, Any], str, str]:
+    """A generated event: its envelope, the id it is about, and a detail for the report."""
+    if event_type in USER_TYPES:
+        user_id = options.user_id or (
+            new_clerk_id("user")
+            if event_type == "user.created"
+            else _needed(None, event_type, "--user-id", "the id `send user.created` printed")
+        )
+        envelope = user_event(
+            event_type,
+            user_id,
+            email=options.email,
+            first_name=options.first_name,
+            last_name=options.last_name,
+            updated_at=options.updated_at,
+        )
+        addresses = envelope["data"].get("email_addresses") or []
+        return envelope, user_id, f"  ({addresses[0]['email_address']})" if addresses else ""
+    updated_at = now_ms() if options.updated_at is None else options.updated_at
+    if event_type in ORGANIZATION_TYPES:
+        organization_id = options.organization_id or (
+            new_clerk_id("org")
+            if event_type == "organization.created"
+            else _needed(None, event_type, "--org-id", "the id `send organization.created` printed")
+        )
+        if event_type == "organization.deleted":
+            data = {"deleted": True, "id": organization_id, "object": "organization", "slug": options.slug or ""}
+            return _envelope(event_type, data, updated_at), organization_id, ""
+        data = organization_data(organization_id, name=options.name, slug=options.slug, updated_at=updated_at)
+        return _envelope(event_type, data, now_ms()), organization_id, f"  ({options.name})"
+    organization_id = _needed(options.organization_id, event_type, "--org-id", "the organization joined")
+    user_id = _needed(options.user_id, event_type, "--user-id", "the member")
+    membership_id = options.membership_id or (
+        new_clerk_id("orgmem")
+        if event_type == "organizationMembership.created"
+        else _needed(None, event_type, "--membership-id", "the id `send organizationMembership.created` printed")
+    )
+    organization = organization_data(organization_id, name=options.name, slug=options.slug, updated_at=updated_at)
+    data = membership_data(
+        membership_id,
+        organization,
+        user_id,
+        role=options.role,
+        first_name=options.first_name,
+        last_name=options.last_name,
+        updated_at=updated_at,
+    )
+    return _envelope(event_type, data, now_ms()), membership_id, f"  ({user_id} in {organization_id}, {options.role})"
+
+
 def sign(body: str, secret: str, message_id: str) -> dict[str, str]:
     """Svix's headers for `body`, signed now by the `svix` package (the same code Clerk's sender runs)."""
     from svix.webhooks import Webhook  # noqa: PLC0415 (svix loads pydantic and httpx: only when signing)
@@ -210,15 +355,11 @@ def _save(body: str, message_id: str) -> Path | None:
 
 def send(
     what: str,
+    options: Options,
     *,
     secret: str | None,
     url: str,
-    user_id: str | None,
-    email: str | None,
-    first_name: str,
-    last_name: str,
     svix_id: str | None,
-    updated_at: int | None,
     timeout: float,
     out: TextIO,
 ) -> int:
@@ -228,34 +369,35 @@ def send(
             "no signing secret: set CLERK_WEBHOOK_SIGNING_SECRET in the environment or .env (`make dev` creates one)"
         )
     if what in EVENT_TYPES:
-        if user_id is None and what != "user.created":
-            raise ToolError(f"{what} needs --user-id (the id `send user.created` printed)")
-        user_id = user_id or new_clerk_id("user")
-        envelope = user_event(
-            what, user_id, email=email, first_name=first_name, last_name=last_name, updated_at=updated_at
-        )
+        envelope, about, detail = build(what, options)
         body = json.dumps(envelope, ensure_ascii=False)
         event_type = what
-        addresses = envelope["data"].get("email_addresses") or []
-        detail = f"  ({addresses[0]['email_address']})" if addresses else ""
     else:
         path = Path(what)
+        if not path.exists():
+            if what.endswith(".json") or "/" in what:
+                raise ToolError(f"no such file: {what}")
+            raise ToolError(f"{what!r} is neither a JSON file nor one of: {', '.join(EVENT_TYPES)}")
         if not path.is_file():
-            raise ToolError(f"{what!r} is neither one of {', '.join(EVENT_TYPES)} nor a JSON file")
-        if any(value is not None for value in (user_id, email, updated_at)):
-            raise ToolError("--user-id, --email and --updated-at apply to generated events; edit the file instead")
-        body, event_type, user_id = _body_from_file(path)
+            raise ToolError(f"{what} is not a file")
+        if options != Options():
+            raise ToolError("the event options apply to generated events; edit the file instead")
+        body, event_type, about = _body_from_file(path)
         detail = f"  (from {path})"
     message_id = svix_id or new_clerk_id("msg")
     headers = sign(body, secret, message_id)
     out.write(f"POST {url}\n")
-    out.write(f"  event    {event_type}  {user_id}{detail}\n")
+    out.write(f"  event    {event_type}  {about}{detail}\n")
     out.write(f"  svix-id  {message_id}\n")
     saved = _save(body, message_id) if what in EVENT_TYPES else None
     if saved is not None:
         # Same id and same bytes: exactly what a Svix retry of this delivery looks like.
-        out.write(f"  resend   python -m clerk_sync send {saved} --svix-id {message_id}\n")
+        out.write(f"  resend   python3 -m clerk_sync send {saved} --svix-id {message_id}{_url_flag(url)}\n")
     status, reason, answer = post(url, body.encode(), headers, timeout)
     shown = answer if len(answer) <= MAX_SHOWN_BODY else answer[:MAX_SHOWN_BODY] + "…"
     out.write(f"{status} {reason}\n{shown.rstrip()}\n")
     return 0 if 200 <= status < 300 else 1
+
+
+def _url_flag(url: str) -> str:
+    return "" if url == DEFAULT_URL else f" --url {url}"

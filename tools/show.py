@@ -1,4 +1,4 @@
-"""`users` and `user ID`: the terminal twin of the Firestore console view of the synced data.
+"""`users`, `user ID`, `organizations`, `organization ID`: the terminal twin of the Firestore console.
 
 These print personal data (emails, names) to the operator's own terminal, never to logs.
 """
@@ -12,14 +12,16 @@ from typing import Any, TextIO
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
+from google.cloud.firestore_v1 import FieldFilter
 
-from clerk_sync.paths import Paths
+from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.transaction import NO_RETRY
 from tools.common import ToolError
 
-__all__ = ["list_users", "show_user"]
+__all__ = ["list_organizations", "list_users", "show_organization", "show_user"]
 
 MAX_EVENTS_READ = 1000
+MAX_MEMBERS_SHOWN = 200
 
 
 def _time(value: object) -> str:
@@ -43,64 +45,79 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _indented(rows: Sequence[Sequence[str]]) -> str:
+    return "\n".join("  " + line for line in _table(rows).splitlines()) + "\n"
+
+
 def _unavailable(error: Exception) -> ToolError:
     return ToolError(f"Firestore did not answer in time or refused ({type(error).__name__}: {error})")
 
 
-def list_users(db: firestore.Client, paths: Paths, *, limit: int, timeout: float, out: TextIO) -> int:
-    """The most recently updated users first: id, primary email, name, updated_at."""
-    query = db.collection(paths.users).order_by("updated_at", direction=firestore.Query.DESCENDING).limit(limit)
+def _newest(db: firestore.Client, collection: str, limit: int, timeout: float) -> list[firestore.DocumentSnapshot[Any]]:
+    query = db.collection(collection).order_by("updated_at", direction=firestore.Query.DESCENDING).limit(limit)
     try:
-        documents = list(query.stream(retry=NO_RETRY, timeout=timeout))
+        return list(query.stream(retry=NO_RETRY, timeout=timeout))
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
+
+
+def _count_line(found: int, limit: int, noun: str) -> str:
+    more = " (more exist: raise --limit)" if found == limit else ""
+    return f"{found} {noun}{'s' if found != 1 else ''}, most recently updated first{more}\n"
+
+
+def list_users(db: firestore.Client, paths: Paths, *, limit: int, timeout: float, out: TextIO) -> int:
+    """The most recently updated users first: id, primary email, name, updated_at."""
+    documents = _newest(db, paths.users, limit, timeout)
     if not documents:
-        out.write("no users yet (send one: python -m clerk_sync send user.created)\n")
+        out.write("no users yet (send one: python3 -m clerk_sync send user.created)\n")
         return 0
     rows = [("ID", "EMAIL", "NAME", "UPDATED_AT")]
     for document in documents:
         data = document.to_dict() or {}
         rows.append((document.id, str(data.get("email") or "-"), _name(data), _time(data.get("updated_at"))))
-    out.write(_table(rows) + "\n")
-    more = " (more exist: raise --limit)" if len(documents) == limit else ""
-    out.write(f"{len(documents)} user{'s' if len(documents) != 1 else ''}, most recently updated first{more}\n")
+    out.write(_table(rows) + "\n" + _count_line(len(documents), limit, "user"))
     return 0
 
 
-def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: float, out: TextIO) -> int:
-    """One user's document, tombstone and event-log entries (newest first); 1 when none exists."""
+def list_organizations(db: firestore.Client, paths: Paths, *, limit: int, timeout: float, out: TextIO) -> int:
+    """The most recently updated organizations first: id, name, slug, members, updated_at."""
+    documents = _newest(db, paths.organizations, limit, timeout)
+    if not documents:
+        out.write("no organizations yet (send one: python3 -m clerk_sync send organization.created)\n")
+        return 0
+    rows = [("ID", "NAME", "SLUG", "MEMBERS", "UPDATED_AT")]
     try:
-        document = db.collection(paths.users).document(user_id).get(retry=None, timeout=timeout)
-        tombstone = db.collection(paths.user_tombstones).document(user_id).get(retry=None, timeout=timeout)
-        # Equality only, sorted here: ordering in the query would need a composite index in production.
-        entries = list(
-            db.collection(paths.events)
-            .where(filter=firestore.FieldFilter("clerk_id", "==", user_id))
-            .limit(MAX_EVENTS_READ)
-            .stream(retry=NO_RETRY, timeout=timeout)
-        )
+        for document in documents:
+            data = document.to_dict() or {}
+            collection = db.collection(paths.memberships(document.id))
+            members = collection.count().get(retry=NO_RETRY, timeout=timeout)  # type: ignore[no-untyped-call]
+            count = str(members[0][0].value)
+            rows.append((document.id, str(data.get("name") or "-"), str(data.get("slug") or "-"), count,
+                         _time(data.get("updated_at"))))  # fmt: skip
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
-    if document.exists:
-        out.write(f"{paths.users}/{user_id}\n")
-        rendered = json.dumps(document.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=_json_default)
-        out.write(rendered + "\n")
-    else:
-        out.write(f"{paths.users}/{user_id}: no document\n")
-    if tombstone.exists:
-        data = tombstone.to_dict() or {}
-        out.write(
-            f"{paths.user_tombstones}/{user_id}: deleted_at {_time(data.get('deleted_at'))}, "
-            f"recorded_at {_time(data.get('recorded_at'))} (later upserts for this id are ignored)\n"
-        )
-    else:
-        out.write(f"{paths.user_tombstones}/{user_id}: none\n")
-    records = sorted(
-        (entry.to_dict() or {} for entry in entries),
-        key=lambda record: record.get("received_at") or datetime.min.replace(tzinfo=UTC),
-        reverse=True,
+    out.write(_table(rows) + "\n" + _count_line(len(documents), limit, "organization"))
+    return 0
+
+
+def _event_records(
+    db: firestore.Client, paths: Paths, clerk_ids: Sequence[str], timeout: float
+) -> list[dict[str, Any]]:
+    """Event-log records about these ids, newest first (equality only: no composite index needed)."""
+    records: list[dict[str, Any]] = []
+    for clerk_id in clerk_ids:
+        query = db.collection(paths.events).where(filter=FieldFilter("clerk_id", "==", clerk_id))
+        records += [
+            entry.to_dict() or {} for entry in query.limit(MAX_EVENTS_READ).stream(retry=NO_RETRY, timeout=timeout)
+        ]
+    return sorted(
+        records, key=lambda record: record.get("received_at") or datetime.min.replace(tzinfo=UTC), reverse=True
     )
-    out.write(f"{paths.events} for {user_id}: {len(records)}{' (newest first)' if records else ''}\n")
+
+
+def _write_events(out: TextIO, paths: Paths, about: str, records: list[dict[str, Any]]) -> None:
+    out.write(f"{paths.events} for {about}: {len(records)}{' (newest first)' if records else ''}\n")
     if records:
         rows = [("RECEIVED_AT", "TYPE", "OUTCOME", "SVIX_ID")]
         rows += [
@@ -112,5 +129,85 @@ def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: floa
             )
             for record in records
         ]
-        out.write("\n".join("  " + line for line in _table(rows).splitlines()) + "\n")
-    return 0 if document.exists or tombstone.exists or records else 1
+        out.write(_indented(rows))
+
+
+def _write_document(out: TextIO, path: str, document: firestore.DocumentSnapshot[Any]) -> None:
+    if document.exists:
+        out.write(f"{path}\n")
+        out.write(
+            json.dumps(document.to_dict(), indent=2, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
+        )
+    else:
+        out.write(f"{path}: no document\n")
+
+
+def _write_tombstone(out: TextIO, path: str, tombstone: firestore.DocumentSnapshot[Any]) -> None:
+    if tombstone.exists:
+        data = tombstone.to_dict() or {}
+        out.write(
+            f"{path}: deleted_at {_time(data.get('deleted_at'))}, recorded_at {_time(data.get('recorded_at'))} "
+            "(later upserts for this id are ignored)\n"
+        )
+    else:
+        out.write(f"{path}: none\n")
+
+
+def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: float, out: TextIO) -> int:
+    """One user's document, tombstone, memberships and event-log entries; 1 when none exists."""
+    try:
+        document = db.collection(paths.users).document(user_id).get(retry=NO_RETRY, timeout=timeout)
+        tombstone = db.collection(paths.user_tombstones).document(user_id).get(retry=NO_RETRY, timeout=timeout)
+        memberships = [
+            member
+            for member in db.collection_group(MEMBERSHIPS)
+            .where(filter=FieldFilter("user_id", "==", user_id))
+            .limit(MAX_MEMBERS_SHOWN)
+            .stream(retry=NO_RETRY, timeout=timeout)
+            if paths.is_membership(member.reference.path)
+        ]
+        records = _event_records(db, paths, [user_id], timeout)
+    except api_exceptions.GoogleAPICallError as error:
+        raise _unavailable(error) from None
+    _write_document(out, f"{paths.users}/{user_id}", document)
+    _write_tombstone(out, f"{paths.user_tombstones}/{user_id}", tombstone)
+    out.write(f"memberships of {user_id}: {len(memberships)}\n")
+    if memberships:
+        rows = [("ORGANIZATION", "ROLE", "MEMBERSHIP_ID", "UPDATED_AT")]
+        for member in memberships:
+            data = member.to_dict() or {}
+            rows.append((str(data.get("organization_id")), str(data.get("role")), str(data.get("membership_id")),
+                         _time(data.get("updated_at"))))  # fmt: skip
+        out.write(_indented(rows))
+    _write_events(out, paths, user_id, records)
+    return 0 if document.exists or tombstone.exists or records or memberships else 1
+
+
+def show_organization(db: firestore.Client, paths: Paths, organization_id: str, *, timeout: float, out: TextIO) -> int:
+    """One organization's document, tombstone, members and event-log entries; 1 when none exists."""
+    try:
+        document = db.collection(paths.organizations).document(organization_id).get(retry=NO_RETRY, timeout=timeout)
+        tombstone = (
+            db.collection(paths.organization_tombstones).document(organization_id).get(retry=NO_RETRY, timeout=timeout)
+        )
+        members = list(
+            db.collection(paths.memberships(organization_id))
+            .limit(MAX_MEMBERS_SHOWN)
+            .stream(retry=NO_RETRY, timeout=timeout)
+        )
+        records = _event_records(db, paths, [organization_id], timeout)
+    except api_exceptions.GoogleAPICallError as error:
+        raise _unavailable(error) from None
+    _write_document(out, f"{paths.organizations}/{organization_id}", document)
+    _write_tombstone(out, f"{paths.organization_tombstones}/{organization_id}", tombstone)
+    shown = f" (first {MAX_MEMBERS_SHOWN})" if len(members) == MAX_MEMBERS_SHOWN else ""
+    out.write(f"{paths.memberships(organization_id)}: {len(members)}{shown}\n")
+    if members:
+        rows = [("USER_ID", "IDENTIFIER", "NAME", "ROLE", "MEMBERSHIP_ID", "UPDATED_AT")]
+        for member in members:
+            data = member.to_dict() or {}
+            rows.append((member.id, str(data.get("identifier") or "-"), _name(data), str(data.get("role")),
+                         str(data.get("membership_id")), _time(data.get("updated_at"))))  # fmt: skip
+        out.write(_indented(rows))
+    _write_events(out, paths, organization_id, records)
+    return 0 if document.exists or tombstone.exists or records or members else 1

@@ -1,7 +1,12 @@
-"""A local stand-in for Clerk's Backend API (`GET /v1/users`, `/v1/users/count`) on loopback.
+"""A local stand-in for Clerk's Backend API on loopback: users, organizations, memberships.
 
-It serves the documented response shapes, so the real `clerk-backend-api` client parses them, and
-answers chosen list requests with a fault (429 + Retry-After, 500) to exercise the retries.
+It serves the documented response shapes (lists with limit/offset and the orderings Clerk offers,
+`GET` by id answering 404 for what is gone), so the real `clerk-backend-api` client parses them,
+and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries.
+
+  GET /v1/users, /v1/users/count, /v1/users/{id}
+  GET /v1/organizations, /v1/organizations/{id}, /v1/organizations/{id}/memberships?user_id=...
+  GET /v1/organization_memberships
 """
 
 from __future__ import annotations
@@ -99,6 +104,53 @@ def api_user(
     }
 
 
+def api_organization(organization_id: str, *, name: str, created_at: int, updated_at: int) -> dict[str, Any]:
+    """An Organization object as `GET /v1/organizations` returns it."""
+    return {
+        "object": "organization",
+        "id": organization_id,
+        "name": name,
+        "slug": name.lower().replace(" ", "-"),
+        "image_url": "https://img.clerk.com/org",
+        "has_image": False,
+        "max_allowed_memberships": 5,
+        "admin_delete_enabled": True,
+        "public_metadata": {"tier": "gold"},
+        "private_metadata": {"billing": "org_backfill_secret"},
+        "created_by": None,
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+
+
+def api_membership(
+    membership_id: str, organization: dict[str, Any], user: dict[str, Any], *, role: str, updated_at: int
+) -> dict[str, Any]:
+    """An OrganizationMembership object as the membership lists return it."""
+    return {
+        "object": "organization_membership",
+        "id": membership_id,
+        "role": role,
+        "role_name": role.removeprefix("org:").title(),
+        "permissions": ["org:sys_memberships:read"],
+        "public_metadata": {},
+        "private_metadata": {"seat": "member_secret"},
+        "organization": {key: value for key, value in organization.items() if key != "private_metadata"},
+        "public_user_data": {
+            "user_id": user["id"],
+            "first_name": user.get("first_name"),
+            "last_name": user.get("last_name"),
+            "image_url": user.get("image_url"),
+            "has_image": False,
+            "identifier": f"{user['id']}@example.com",
+            "username": None,
+            "profile_image_url": None,
+        },
+        "created_at": updated_at - 1000,
+        "updated_at": updated_at,
+    }
+
+
 @dataclass
 class Request:
     """One request the fake API saw."""
@@ -112,37 +164,79 @@ class Request:
 
 @dataclass
 class FakeClerk:
-    """The users the fake API serves and the faults it injects (keyed by n-th `/v1/users` list request)."""
+    """What the fake API serves and the faults it injects.
+
+    `faults` answers the n-th `GET /v1/users` list request; `path_faults` the n-th request of any path.
+    """
 
     users: list[dict[str, Any]]
+    organizations: list[dict[str, Any]] = field(default_factory=list)
+    memberships: list[dict[str, Any]] = field(default_factory=list)
+    unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
     faults: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    path_faults: dict[tuple[str, int], tuple[int, dict[str, str]]] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def list_requests(self) -> list[Request]:
-        """The `GET /v1/users` requests, in arrival order."""
-        return [request for request in self.requests if request.path == "/v1/users"]
+    def list_requests(self, path: str = "/v1/users") -> list[Request]:
+        """The requests for `path`, in arrival order."""
+        return [request for request in self.requests if request.path == path]
 
     def answer(self, path: str, query: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], Any]:
         """Status, headers and JSON body for one request, as Clerk documents them."""
         if authorization != f"Bearer {SECRET_KEY}":
             return 401, {}, _errors("authentication_invalid", "Invalid authentication")
-        if path == "/v1/users/count":
-            return 200, {}, {"object": "total_count", "total_count": len(self.users)}
-        if path != "/v1/users":
-            return 404, {}, _errors("resource_not_found", "Not found")
-        index = len(self.list_requests()) - 1
-        if index in self.faults:
-            status, headers = self.faults[index]
+        index = len(self.list_requests(path)) - 1
+        fault = self.path_faults.get((path, index)) or (self.faults.get(index) if path == "/v1/users" else None)
+        if fault is not None:
+            status, headers = fault
             return status, headers, _errors("rate_limit_exceeded" if status == 429 else "internal_error", "fault")
         limit = int(query.get("limit", "10"))
         offset = int(query.get("offset", "0"))
         if not 1 <= limit <= 500 or offset < 0:
             return 422, {}, _errors("form_param_value_invalid", "limit must be 1-500")
-        descending = query.get("order_by", "-created_at").startswith("-")
-        ordered = sorted(self.users, key=lambda user: (user["created_at"], user["id"]), reverse=descending)
-        return 200, {}, ordered[offset : offset + limit]
+        parts = path.removeprefix("/v1/").split("/")
+        if parts == ["users", "count"]:
+            return 200, {}, {"object": "total_count", "total_count": len(self.users)}
+        if parts == ["users"]:
+            listed = [user for user in self.users if user["id"] not in self.unlisted]
+            return 200, {}, _page(listed, query, limit, offset)
+        if parts == ["organizations"]:
+            return 200, {}, _listing(_page(self.organizations, query, limit, offset), len(self.organizations))
+        if parts == ["organization_memberships"]:
+            return 200, {}, _listing(_page(self.memberships, query, limit, offset), len(self.memberships))
+        if len(parts) == 2 and parts[0] in {"users", "organizations"}:
+            found = _by_id(self.users if parts[0] == "users" else self.organizations, parts[1])
+            return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
+        if len(parts) == 3 and parts[0] == "organizations" and parts[2] == "memberships":
+            if not _by_id(self.organizations, parts[1]):
+                return 404, {}, _errors("resource_not_found", "not found")
+            wanted = set(query.get("user_id", "").split(",")) - {""}
+            members = [
+                member
+                for member in self.memberships
+                if member["organization"]["id"] == parts[1]
+                and (not wanted or member["public_user_data"]["user_id"] in wanted)
+            ]
+            return 200, {}, _listing(_page(members, query, limit, offset), len(members))
+        return 404, {}, _errors("resource_not_found", "Not found")
+
+
+def _by_id(objects: list[dict[str, Any]], object_id: str) -> dict[str, Any] | None:
+    return next((item for item in objects if item["id"] == object_id), None)
+
+
+def _page(objects: list[dict[str, Any]], query: dict[str, str], limit: int, offset: int) -> list[dict[str, Any]]:
+    """One page in the order asked for (`created_at` or `updated_at`, `+` or `-`), ties by id."""
+    order = query.get("order_by", "-created_at")
+    field_name = order.lstrip("+-")
+    ordered = sorted(objects, key=lambda item: (item[field_name], item["id"]), reverse=order.startswith("-"))
+    return ordered[offset : offset + limit]
+
+
+def _listing(data: list[dict[str, Any]], total: int) -> dict[str, Any]:
+    return {"data": data, "total_count": total}
 
 
 def _errors(code: str, message: str) -> dict[str, Any]:
@@ -156,7 +250,8 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             parsed = urllib.parse.urlsplit(self.path)
-            query = dict(urllib.parse.parse_qsl(parsed.query))
+            pairs = urllib.parse.parse_qsl(parsed.query)
+            query = {name: ",".join(value for key, value in pairs if key == name) for name, _ in pairs}
             with fake.lock:
                 record = Request(time.monotonic(), parsed.path, query, self.headers.get("Authorization"), 0)
                 fake.requests.append(record)

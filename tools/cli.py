@@ -130,21 +130,31 @@ def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
     return firestore_client(target)
 
 
-def _run_backfill(args: argparse.Namespace) -> int:
-    from tools import backfill  # noqa: PLC0415 (each tool loads only when it runs)
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from clerk_sync.reconcile import Mode  # noqa: PLC0415 (each tool loads only when it runs)
+    from tools import reconcile  # noqa: PLC0415
 
     secret_key = os.environ.get("CLERK_SECRET_KEY", "").strip()
     if not secret_key:
-        raise ToolError("set CLERK_SECRET_KEY (the instance's Backend API key, sk_live_… or sk_test_…)")
-    return backfill.run(
+        raise ToolError(
+            "set CLERK_SECRET_KEY to the instance's Backend API key (sk_live_… or sk_test_…, Clerk Dashboard → "
+            "API keys), in the environment or .env"
+        )
+    backfill = args.command == "backfill"
+    return reconcile.reconcile(
         firestore_client_for(args),
         settings(),
         secret_key=secret_key,
         server_url=args.server_url or os.environ.get("CLERK_API_URL", "").strip() or DEFAULT_CLERK_API,
-        page_size=args.page_size,
-        start_offset=args.start_offset,
+        mode=Mode.FULL if backfill else Mode(args.mode),
+        deletions=not backfill and not args.no_deletions,
         dry_run=args.dry_run,
         workers=args.workers,
+        page_size=args.page_size,
+        budget_seconds=args.budget,
+        restart=args.restart,
+        as_json=args.json,
+        label=args.command,
         out=sys.stdout,
         err=sys.stderr,
     )
@@ -178,7 +188,7 @@ def _positive(text: str) -> int:
 def _page_size(text: str) -> int:
     value = _positive(text)
     if value > 500:
-        raise argparse.ArgumentTypeError("Clerk serves at most 500 users per page")
+        raise argparse.ArgumentTypeError("Clerk serves at most 500 objects per page")
     return value
 
 
@@ -223,6 +233,43 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=20.0, help="seconds to wait for the answer (default: %(default)s)"
     )
     send.set_defaults(run=_run_send)
+
+
+def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_options: argparse.ArgumentParser) -> None:
+    """`reconcile`, and `backfill`: the same run, without deletions."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--dry-run", action="store_true", help="compare and report; write nothing")
+    shared.add_argument("--json", action="store_true", help="print a machine-readable summary instead")
+    shared.add_argument("--workers", type=_positive, default=8, help="parallel transactions (default: %(default)s)")
+    shared.add_argument("--page-size", type=_page_size, default=500, help="objects per request, 1-500 (default: 500)")
+    shared.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this long, checkpointed")
+    shared.add_argument("--restart", action="store_true", help="ignore a cut-off run's checkpoint; start over")
+    shared.add_argument(
+        "--server-url", help=f"Clerk Backend API base URL (default: CLERK_API_URL or {DEFAULT_CLERK_API})"
+    )
+    key = "CLERK_SECRET_KEY (environment or .env) is the instance's Backend API key."
+    reconcile = commands.add_parser(
+        "reconcile",
+        parents=[common, firestore_options, shared],
+        help="make Firestore equal Clerk again: users, organizations, memberships, deletions (CLERK_SECRET_KEY)",
+        description="List Clerk's users, organizations and memberships, compare with Firestore and repair "
+        f"through the webhook's transactions; deletes only what Clerk confirms is gone. {key}",
+    )
+    reconcile.add_argument(
+        "--mode",
+        choices=["full", "incremental"],
+        default="full",
+        help="full: everything, deletions found; incremental: users changed since the last run (default: full)",
+    )
+    reconcile.add_argument("--no-deletions", action="store_true", help="repair missing and outdated only")
+    reconcile.set_defaults(run=_run_reconcile)
+    backfill = commands.add_parser(
+        "backfill",
+        parents=[common, firestore_options, shared],
+        help="copy every existing Clerk user, organization and membership (reconcile without deletions)",
+        description=f"A full reconcile that deletes nothing: for the first deploy. {key}",
+    )
+    backfill.set_defaults(run=_run_reconcile, mode="full", no_deletions=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,23 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     organization.add_argument("organization_id", metavar="ID")
     organization.set_defaults(run=_run_organization)
 
-    backfill = commands.add_parser(
-        "backfill",
-        parents=[common, firestore_options],
-        help="copy every existing Clerk user into Firestore (CLERK_SECRET_KEY)",
-        description="Read all users from Clerk's Backend API and write each through the webhook's transaction.",
-    )
-    backfill.add_argument("--page-size", type=_page_size, default=500, help="users per request, 1-500 (default: 500)")
-    backfill.add_argument(
-        "--start-offset", type=_not_negative, default=0, help="resume at this offset (printed when a run stops)"
-    )
-    backfill.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
-    backfill.add_argument("--workers", type=_positive, default=8, help="parallel transactions (default: %(default)s)")
-    backfill.add_argument(
-        "--server-url",
-        help=f"Clerk Backend API base URL (default: CLERK_API_URL or {DEFAULT_CLERK_API})",
-    )
-    backfill.set_defaults(run=_run_backfill)
+    _add_reconcile(commands, common, firestore_options)
 
     rules = commands.add_parser(
         "rules",

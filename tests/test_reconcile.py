@@ -1,0 +1,483 @@
+"""`reconcile` and `backfill` with the real clerk-backend-api client against a local Clerk API, into the
+emulator, through the webhook's own transactions: drift of every kind repaired, deletions only when
+Clerk confirms them, webhooks during a run, a resumed run, the lease, incremental runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clerk_api import BASE_MS, SECRET_KEY, FakeClerk, api_membership, api_organization, api_user, serve
+from clerk_backend_api import models
+from clerk_events import signed_headers
+from conftest import PATHS, PROJECT, apply_event, snapshot_all
+from flask.testing import FlaskClient
+from google.cloud import firestore
+
+from clerk_sync import events, reconcile
+from clerk_sync.outcome import Outcome
+from tools import cli
+
+# clerk-backend-api reads a deprecated query field of its own request model on every call.
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*\*\* DEPRECATED \*\*:DeprecationWarning")
+STATE = f"{PATHS.state}/reconcile"
+
+
+def clerk_users(count: int, *, start: int = 0, prefix: str = "user_rc") -> list[dict[str, Any]]:
+    """`count` users, oldest first, each with its own address."""
+    return [
+        api_user(
+            f"{prefix}{index:04d}",
+            email=f"grace{index}@example.com",
+            created_at=BASE_MS + index * 1000,
+            updated_at=BASE_MS + index * 1000 + 500,
+        )
+        for index in range(start, start + count)
+    ]
+
+
+def organizations_with_members(users: list[dict[str, Any]], count: int) -> tuple[list[Any], list[Any]]:
+    """`count` organizations, each with the first three of `users` as members."""
+    organizations = [
+        api_organization(
+            f"org_rc{index:03d}", name=f"Org {index}", created_at=BASE_MS + index, updated_at=BASE_MS + index
+        )
+        for index in range(count)
+    ]
+    memberships = [
+        api_membership(
+            f"orgmem_rc{index:03d}_{user['id']}", organization, user, role="org:member", updated_at=BASE_MS + 10 + index
+        )
+        for index, organization in enumerate(organizations)
+        for user in users[:3]
+    ]
+    return organizations, memberships
+
+
+def run_cli(
+    capsys: pytest.CaptureFixture[str], fake: FakeClerk, tmp_path: Path, emulator_host: str, *options: str
+) -> tuple[int, str, str]:
+    """`python -m clerk_sync …` (reconcile or backfill) in this process; exit code, stdout, stderr."""
+    command, *rest = options
+    capsys.readouterr()
+    code = cli.main(
+        [
+            command,
+            "--env-file",
+            str(tmp_path / "absent.env"),
+            "--emulator",
+            emulator_host,
+            "--project",
+            PROJECT,
+            "--server-url",
+            fake.url,
+            *rest,
+        ]
+    )
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def summary_of(out: str) -> dict[str, Any]:
+    """The `--json` summary."""
+    parsed: dict[str, Any] = json.loads(out)
+    return parsed
+
+
+def counts(summary: dict[str, Any], kind: str) -> dict[str, int]:
+    tally = summary["kinds"][kind]
+    return {name: tally[name] if isinstance(tally[name], int) else len(tally[name]) for name in tally}
+
+
+def deliver(db: firestore.Client, message_id: str, event_type: str, data: dict[str, Any]) -> Outcome:
+    """What the webhook stored before reconcile ran."""
+    body = json.dumps({"type": event_type, "object": "event", "timestamp": BASE_MS, "data": data}).encode()
+    event = events.parse_event(body)
+    assert not isinstance(event, events.IgnoredEvent)
+    return apply_event(db, message_id, event)
+
+
+def documents(db: firestore.Client, collection: str) -> dict[str, dict[str, Any]]:
+    return {snapshot.id: snapshot.to_dict() or {} for snapshot in db.collection(collection).stream(timeout=10)}
+
+
+def without_state(snapshot: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {path: value for path, value in snapshot.items() if not path.startswith(f"{PATHS.state}/")}
+
+
+@pytest.fixture
+def secret_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("CLERK_SECRET_KEY", SECRET_KEY)
+    return SECRET_KEY
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_backfill_copies_users_organizations_and_memberships_through_a_429_and_a_500(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(23)
+    organizations, memberships = organizations_with_members(users, 7)
+    fake = FakeClerk(users, organizations, memberships, faults={1: (429, {"Retry-After": "1"}), 2: (500, {})})
+
+    with serve(fake):
+        code, out, err = run_cli(capsys, fake, tmp_path, emulator_host, "backfill", "--page-size", "5", "--json")
+
+    summary = summary_of(out)
+    assert code == 0, out + err
+    assert (summary["outcome"], summary["drift"], summary["deletions"]) == ("repaired", 23 + 7 + 21, False)
+    assert counts(summary, "users")["missing"] == 23
+    assert counts(summary, "organizations")["missing"] == 7
+    assert counts(summary, "memberships")["missing"] == 21
+    stored = documents(db, PATHS.users)
+    assert set(stored) == {user["id"] for user in users}
+    assert stored["user_rc0007"]["email"] == "grace7@example.com"
+    assert documents(db, PATHS.organizations)["org_rc003"]["public_metadata"] == {"tier": "gold"}
+    member = db.collection(PATHS.memberships("org_rc003")).document("user_rc0001").get(timeout=10).to_dict()
+    assert member is not None
+    assert (member["membership_id"], member["role"]) == ("orgmem_rc003_user_rc0001", "org:member")
+    assert "secret" not in json.dumps(snapshot_all(db), default=str)  # no private metadata anywhere
+    requests = fake.list_requests()
+    assert [request.status for request in requests] == [200, 429, 500, 200, 200, 200, 200]
+    assert requests[2].at - requests[1].at >= 0.95  # Retry-After: 1 was honoured, not skipped
+    assert {request.query["order_by"] for request in requests} == {"+created_at"}
+    assert "429, retrying in 1.0 s" in err
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_second_run_finds_everything_in_sync_and_writes_nothing(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(12)
+    organizations, memberships = organizations_with_members(users, 2)
+    fake = FakeClerk(users, organizations, memberships)
+    with serve(fake):
+        run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+        before = without_state(snapshot_all(db))
+        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile", "--json")
+
+    summary = summary_of(out)
+    assert code == 0
+    assert summary["outcome"] == "in_sync"
+    assert [counts(summary, kind)["in_sync"] for kind in reconcile.KINDS] == [12, 2, 6]
+    assert without_state(snapshot_all(db)) == before
+
+
+@pytest.fixture
+def drifted(db: firestore.Client) -> FakeClerk:
+    """Clerk now, and a Firestore that missed deliveries of every kind."""
+    users = clerk_users(6)
+    organizations, memberships = organizations_with_members(users, 2)
+    # What the webhook once stored, before the deliveries that were lost:
+    for user in users[1:4]:
+        deliver(db, f"msg_old_{user['id']}", "user.updated", {**user, "updated_at": user["updated_at"] - 100})
+    deliver(db, "msg_old_u2_name", "user.updated", {**users[2], "first_name": "Stale", "updated_at": BASE_MS})
+    gone_user = api_user("user_rcgone", email="gone@example.com", created_at=BASE_MS, updated_at=BASE_MS + 1)
+    deliver(db, "msg_gone_user", "user.created", gone_user)
+    gone_org = api_organization("org_rcgone", name="Gone", created_at=BASE_MS, updated_at=BASE_MS)
+    deliver(db, "msg_gone_org", "organization.created", gone_org)
+    for user in users[:2]:
+        left = api_membership(f"orgmem_gone_{user['id']}", gone_org, user, role="org:member", updated_at=BASE_MS)
+        deliver(db, f"msg_gone_member_{user['id']}", "organizationMembership.created", left)
+    behind = api_membership("orgmem_left", organizations[1], users[5], role="org:member", updated_at=BASE_MS)
+    deliver(db, "msg_left_behind", "organizationMembership.created", behind)
+    gone_member = api_membership("orgmem_gu", organizations[0], gone_user, role="org:member", updated_at=BASE_MS)
+    deliver(db, "msg_gone_user_member", "organizationMembership.created", gone_member)
+    outdated = dict(memberships[0])
+    deliver(db, "msg_role_old", "organizationMembership.created",
+            {**outdated, "role": "org:admin", "updated_at": outdated["updated_at"] - 5})  # fmt: skip
+    # An email that moved: Firestore has users[4] holding "moved@…"; in Clerk users[0] holds it now,
+    # users[4] has a new address, and users[0] is listed first.
+    deliver(db, "msg_old_u4", "user.updated",
+            {**api_user(users[4]["id"], email="moved@example.com", created_at=users[4]["created_at"],
+                        updated_at=BASE_MS)})  # fmt: skip
+    users[0] = api_user(users[0]["id"], email="moved@example.com", created_at=users[0]["created_at"],
+                        updated_at=users[0]["updated_at"])  # fmt: skip
+    return FakeClerk(users, organizations, memberships)
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_reconcile_repairs_drift_of_every_kind_and_deletes_only_what_clerk_confirms_is_gone(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], drifted: FakeClerk
+) -> None:
+    with serve(drifted):
+        code, out, err = run_cli(capsys, drifted, tmp_path, emulator_host, "reconcile", "--page-size", "4", "--json")
+
+    summary = summary_of(out)
+    assert code == 0, out + err
+    assert summary["outcome"] == "repaired"
+    assert counts(summary, "users") == {
+        "in_sync": 0,
+        "missing": 2,
+        "outdated": 4,
+        "extra": 1,
+        "conflicts": 0,
+        "skipped": 0,
+    }
+    assert counts(summary, "organizations")["missing"] == 2
+    assert counts(summary, "organizations")["extra"] == 1
+    assert counts(summary, "memberships")["extra"] == 1  # orgmem_left; the others went with their org/user
+    assert counts(summary, "memberships")["outdated"] == 1
+    stored = documents(db, PATHS.users)
+    assert set(stored) == {user["id"] for user in drifted.users}
+    assert stored["user_rc0002"]["first_name"] == "Grace"
+    assert stored["user_rc0000"]["email"] == "moved@example.com"
+    assert db.collection(PATHS.user_tombstones).document("user_rcgone").get(timeout=10).exists
+    assert not db.collection(PATHS.claims).document("gone@example.com").get(timeout=10).exists
+    moved_claim = db.collection(PATHS.claims).document("moved@example.com").get(timeout=10).to_dict() or {}
+    assert moved_claim["clerk_id"] == "user_rc0000"
+    assert "org_rcgone" not in documents(db, PATHS.organizations)
+    assert documents(db, PATHS.memberships("org_rcgone")) == {}
+    assert sorted(documents(db, PATHS.memberships("org_rc001"))) == ["user_rc0000", "user_rc0001", "user_rc0002"]
+    assert sorted(documents(db, PATHS.memberships("org_rc000"))) == ["user_rc0000", "user_rc0001", "user_rc0002"]
+    assert documents(db, PATHS.memberships("org_rc000"))["user_rc0000"]["role"] == "org:member"
+    assert db.collection(PATHS.membership_tombstones).document("orgmem_left").get(timeout=10).exists
+    by_id = [request.path for request in drifted.requests if request.path.count("/") >= 3]
+    assert "/v1/users/user_rcgone" in by_id  # asked before deleting
+    assert "/v1/organizations/org_rcgone" in by_id
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_dry_run_counts_the_same_drift_and_writes_nothing(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], drifted: FakeClerk
+) -> None:
+    before = snapshot_all(db)
+    with serve(drifted):
+        code, out, _ = run_cli(capsys, drifted, tmp_path, emulator_host, "reconcile", "--dry-run", "--json")
+
+    summary = summary_of(out)
+    assert code == 3
+    assert summary["outcome"] == "drift"
+    assert counts(summary, "users")["extra"] == 1
+    assert counts(summary, "organizations")["extra"] == 1
+    assert summary["drift"] > 8
+    assert snapshot_all(db) == before
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_user_missing_from_a_listing_but_alive_in_clerk_is_not_deleted(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(3)
+    fake = FakeClerk(users)
+    hidden = users[1]
+    with serve(fake):
+        run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+        fake.unlisted.add(hidden["id"])  # the listing misses it; GET by id still finds it
+        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile", "--json")
+
+    assert code == 0
+    assert counts(summary_of(out), "users")["extra"] == 0
+    assert hidden["id"] in documents(db, PATHS.users)
+    assert not db.collection(PATHS.user_tombstones).document(hidden["id"]).get(timeout=10).exists
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_conflict_that_remains_is_reported_by_id_and_exits_3(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Firestore's stale user still holds the address and reconcile may not delete it (backfill).
+    stale = api_user("user_rcstale", email="shared@example.com", created_at=BASE_MS, updated_at=BASE_MS)
+    deliver(db, "msg_stale", "user.created", stale)
+    taker = api_user("user_rctaker", email="shared@example.com", created_at=BASE_MS + 1, updated_at=BASE_MS + 2)
+    fake = FakeClerk([taker])
+
+    with serve(fake):
+        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "backfill")
+
+    assert code == 3
+    assert "conflict  users/user_rctaker: primary email still held by user_rcstale" in out
+    assert "shared@example.com" not in out
+    assert "user_rctaker" not in documents(db, PATHS.users)
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_webhooks_delivered_during_a_run_stay_correct(
+    db: firestore.Client, client: FlaskClient, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(60)
+    fake = FakeClerk(users)
+    newer = [{**user, "first_name": "Webhook", "updated_at": user["updated_at"] + 10_000} for user in users[::3]]
+    deleted = users[1]["id"]
+
+    def webhooks() -> None:
+        for data in newer:
+            body = json.dumps({"type": "user.updated", "object": "event", "timestamp": BASE_MS, "data": data})
+            client.post("/", data=body, headers=signed_headers(body))
+        body = json.dumps({"type": "user.deleted", "object": "event", "timestamp": BASE_MS, "data": {"id": deleted}})
+        client.post("/", data=body, headers=signed_headers(body))
+
+    with serve(fake):
+        sender = threading.Thread(target=webhooks)
+        sender.start()
+        code, out, err = run_cli(capsys, fake, tmp_path, emulator_host, "backfill", "--page-size", "7")
+        sender.join(60)
+
+    stored = documents(db, PATHS.users)
+    assert code == 0, out + err
+    assert not sender.is_alive()
+    assert all(stored[data["id"]]["first_name"] == "Webhook" for data in newer if data["id"] != deleted)
+    assert deleted not in stored  # the webhook's deletion holds: reconcile never resurrects
+    assert db.collection(PATHS.user_tombstones).document(deleted).get(timeout=10).exists
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_run_cut_off_by_its_budget_resumes_where_it_stopped(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(23)
+    fake = FakeClerk(users)
+    with serve(fake):
+        first_code, first_out, _ = run_cli(
+            capsys, fake, tmp_path, emulator_host, "reconcile", "--page-size", "5", "--budget", "0", "--json"
+        )
+        checkpoint = db.document(STATE).get(timeout=10).to_dict()
+        second_code, second_out, _ = run_cli(
+            capsys, fake, tmp_path, emulator_host, "reconcile", "--page-size", "5", "--json"
+        )
+
+    first, second = summary_of(first_out), summary_of(second_out)
+    offsets = [request.query["offset"] for request in fake.list_requests()]
+    assert (first_code, first["outcome"]) == (1, "partial")
+    assert counts(first, "users")["missing"] == 5
+    assert checkpoint is not None
+    assert (checkpoint["full"]["phase"], checkpoint["full"]["offset"]) == (0, 5)
+    assert (second_code, second["outcome"], second["resumed"]) == (0, "repaired", True)
+    assert counts(second, "users")["missing"] == 23  # the whole run's count
+    assert offsets[:3] == ["0", "5", "10"]  # the second run started at 5, not 0
+    assert len(documents(db, PATHS.users)) == 23
+    assert "full" not in (db.document(STATE).get(timeout=10).to_dict() or {})  # finished: checkpoint cleared
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_second_run_while_one_holds_the_lease_refuses(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db.document(STATE).set({"lease_until": datetime.now(UTC) + timedelta(minutes=3), "lease_owner": "other"})
+    fake = FakeClerk(clerk_users(2))
+
+    with serve(fake):
+        code, _, err = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+
+    assert code == 1
+    assert "another reconcile run holds the lease" in err
+    assert fake.requests == []
+    assert documents(db, PATHS.users) == {}
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_an_incremental_run_reads_only_users_changed_since_the_last_run(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    users = [
+        api_user(
+            f"user_inc{index:03d}",
+            email=f"inc{index}@example.com",
+            created_at=now - 10**9,
+            updated_at=now - 10**9 + index,
+        )
+        for index in range(30)
+    ]
+    fake = FakeClerk(users)
+    with serve(fake):
+        run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+        changed = [{**users[index], "first_name": "Changed", "updated_at": now + 60_000 + index} for index in (3, 17)]
+        fake.users = [*users[:3], changed[0], *users[4:17], changed[1], *users[18:]]
+        fake.requests.clear()
+        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile", "--mode", "incremental",
+                               "--page-size", "5", "--json")  # fmt: skip
+
+    summary = summary_of(out)
+    stored = documents(db, PATHS.users)
+    assert code == 0
+    assert counts(summary, "users")["outdated"] == 2
+    assert [stored[f"user_inc{index:03d}"]["first_name"] for index in (3, 17)] == ["Changed", "Changed"]
+    assert {request.query["order_by"] for request in fake.list_requests()} == {"-updated_at"}
+    assert len(fake.list_requests()) == 1  # the first page already reached users older than the last run
+    assert fake.list_requests("/v1/organizations") == []
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_wrong_secret_key_stops_with_clerks_answer_and_writes_nothing(
+    db: firestore.Client,
+    emulator_host: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLERK_SECRET_KEY", "sk_test_wrong")
+    fake = FakeClerk(clerk_users(3))
+
+    with serve(fake):
+        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+
+    assert code == 1
+    assert "Clerk refused GET /users?offset=0: 401" in out
+    assert without_state(snapshot_all(db)) == {}
+
+
+def test_reconcile_without_a_secret_key_explains_what_to_set(
+    emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CLERK_SECRET_KEY", raising=False)
+
+    code = cli.main(["reconcile", "--env-file", str(tmp_path / "absent.env"), "--emulator", emulator_host])
+
+    assert code == 1
+    assert "set CLERK_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_backfill_help_names_the_secret_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["backfill", "--help"])
+
+    assert "CLERK_SECRET_KEY" in capsys.readouterr().out
+
+
+def test_a_user_from_the_api_model_parses_like_the_raw_json() -> None:
+    raw = api_user("user_model", email="m@example.com", created_at=BASE_MS, updated_at=BASE_MS + 1)
+    dumped = models.User.model_validate(raw).model_dump(mode="json", by_alias=True)
+
+    def parsed(data: dict[str, Any]) -> Any:
+        body = json.dumps({"type": "user.updated", "object": "event", "timestamp": BASE_MS, "data": data}).encode()
+        return events.parse_event(body)
+
+    assert parsed(dumped) == parsed(raw)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("9999", 300.0), ("", None), ("soon", None)]
+)
+def test_retry_after_is_read_as_seconds(header: str, seconds: float | None) -> None:
+    assert reconcile.retry_after_seconds(header) == seconds
+
+
+def test_retry_after_http_date_is_the_time_until_then() -> None:
+    later = datetime.now(UTC) + timedelta(seconds=30)
+
+    seconds = reconcile.retry_after_seconds(format_datetime(later, usegmt=True))
+
+    assert seconds is not None
+    assert 25 <= seconds <= 31
+
+
+def test_every_kind_is_counted_in_the_text_summary() -> None:
+    report = reconcile.Report(mode=reconcile.Mode.FULL, dry_run=False, deletions=True)
+    report.tallies["memberships"].extra = 2
+
+    text = re.sub(r"\d+\.\d s", "T s", reconcile_summary(report))
+
+    assert "memberships" in text
+    assert "repaired; Firestore matches Clerk" in text
+
+
+def reconcile_summary(report: reconcile.Report) -> str:
+    from tools import reconcile as tool  # noqa: PLC0415
+
+    return tool.summary(report, "reconcile")

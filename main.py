@@ -103,3 +103,72 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
     if outcome is Outcome.CONFLICT:
         return web.Reply(409, str(outcome), f"{message}: primary email still owned by another user")
     return web.Reply(200, str(outcome), message, severity=severity)
+
+
+RECONCILE_BODY_BYTES = 1024
+
+
+@functions_framework.http
+def clerk_reconcile(request: flask.Request) -> ResponseReturnValue:
+    """One scheduled reconcile run (or the rest of a cut-off one), for Cloud Scheduler's OIDC-signed POST."""
+    return web.serve(
+        request,
+        _reconcile,
+        component="reconcile",
+        fields={"mode": None},
+        body_limit=RECONCILE_BODY_BYTES,
+        project=_project,
+    )
+
+
+def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
+    from clerk_sync import oidc, reconcile  # noqa: PLC0415 (the webhook never loads these)
+
+    try:
+        settings = config.settings()
+        scheduled = config.read_reconcile_settings()
+    except config.Misconfigured as problem:
+        fields["reason"] = problem.variable
+        return web.Reply(500, "misconfigured", str(problem))
+    if request.method != "POST":
+        return web.Reply(405, "method_not_allowed", f"{request.method} is not allowed", headers={"Allow": "POST"})
+    try:
+        oidc.verify_invoker(
+            request.headers.get("Authorization"),
+            audience=scheduled.audience,
+            invokers=scheduled.invokers,
+            certs_url=scheduled.certs_url,
+        )
+    except oidc.Refused as refused:
+        fields["reason"] = refused.reason
+        return web.Reply(refused.status, "refused", f"reconcile refused: {refused.reason}")
+    try:
+        mode = reconcile.Mode(request.args.get("mode", "incremental"))
+    except ValueError:
+        return web.Reply(400, "bad_request", "mode must be full or incremental")
+    fields["mode"] = str(mode)
+    api = reconcile.ClerkApi(scheduled.secret_key, scheduled.clerk_api_url)
+    try:
+        report = reconcile.run(
+            transaction.client(settings.project_id, settings.database),
+            settings,
+            api,
+            mode=mode,
+            budget_seconds=scheduled.budget_seconds,
+        )
+    except reconcile.ReconcileBusy:
+        return web.Reply(409, "busy", "another reconcile run holds the lease")
+    finally:
+        api.close()
+    summary = report.as_dict()
+    fields.update(
+        drift=report.drift,
+        conflicts=sum(len(tally.conflicts) for tally in report.tallies.values()),
+        skipped=sum(len(tally.skipped) for tally in report.tallies.values()),
+    )
+    if report.stopped:
+        fields["reason"] = report.stopped
+    status = 503 if report.stopped else 200
+    severity = "ERROR" if report.stopped else "WARNING" if report.drift or report.unresolved else "INFO"
+    message = f"reconcile {mode}: {report.outcome}, drift {report.drift}"
+    return web.Reply(status, report.outcome, message, body=summary, severity=severity)

@@ -19,7 +19,9 @@ __all__ = [
     "EMULATOR_PROJECT",
     "SECRET_VARIABLES",
     "Misconfigured",
+    "ReconcileSettings",
     "Settings",
+    "read_reconcile_settings",
     "read_settings",
     "read_signing_secret",
     "read_webhook_key",
@@ -163,3 +165,47 @@ def reset() -> None:
     """Forget what was read, so the next request reads the environment again (tests, tools)."""
     settings.cache_clear()
     webhook_key.cache_clear()
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """What the scheduled reconcile function needs besides the common settings."""
+
+    secret_key: str
+    clerk_api_url: str
+    audience: str
+    invokers: frozenset[str]
+    budget_seconds: float
+    certs_url: str
+
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+CLERK_API_URL = "https://api.clerk.com/v1"
+
+
+def read_reconcile_settings() -> ReconcileSettings:
+    """The scheduled function's settings; raises Misconfigured naming the first unusable one."""
+    secret_key = _text("CLERK_SECRET_KEY")
+    if not secret_key.startswith("sk_"):
+        raise Misconfigured("CLERK_SECRET_KEY", "must be the instance's Backend API key (sk_live_… or sk_test_…)")
+    audience = _text("RECONCILE_AUDIENCE")
+    if not audience.startswith("https://") and not audience.startswith("http://127.0.0.1"):
+        raise Misconfigured("RECONCILE_AUDIENCE", "must be the function's own URL (the OIDC token's audience)")
+    invokers = frozenset(name.strip() for name in _text("RECONCILE_INVOKERS").split(",") if name.strip())
+    if not invokers or not all("@" in name for name in invokers):
+        raise Misconfigured("RECONCILE_INVOKERS", "must list the service accounts allowed to call it (comma-separated)")
+    raw_budget = _text("RECONCILE_BUDGET_SECONDS")
+    try:
+        budget = float(raw_budget) if raw_budget else 1500.0
+    except ValueError:
+        raise Misconfigured("RECONCILE_BUDGET_SECONDS", "is not a number of seconds") from None
+    if not math.isfinite(budget) or budget <= 0:
+        raise Misconfigured("RECONCILE_BUDGET_SECONDS", "must be a positive number, below the function's timeout")
+    return ReconcileSettings(
+        secret_key=secret_key,
+        clerk_api_url=_text("CLERK_API_URL") or CLERK_API_URL,
+        audience=audience,
+        invokers=invokers,
+        budget_seconds=budget,
+        certs_url=_text("RECONCILE_CERTS_URL") or GOOGLE_CERTS_URL,
+    )

@@ -218,7 +218,7 @@ def _backoff(attempt: int) -> float:
 class ClerkApi:
     """Clerk's Backend API through the official client, with retries that honour 429 `Retry-After`."""
 
-    def __init__(self, secret_key: str, server_url: str, progress: Progress) -> None:
+    def __init__(self, secret_key: str, server_url: str, progress: Progress | None = None) -> None:
         # Imported here: the webhook never pays for the client (pydantic, httpx).
         import httpx  # noqa: PLC0415
         from clerk_backend_api import Clerk, models  # noqa: PLC0415
@@ -229,7 +229,7 @@ class ClerkApi:
         # Our own loop retries (it also honours 429, which the client's default policy does not).
         no_retries = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), retry_connection_errors=False)
         self._clerk = Clerk(bearer_auth=secret_key, server_url=server_url, retry_config=no_retries)
-        self.progress = progress
+        self.progress = progress or _Silent()
         self.requests = 0
 
     def close(self) -> None:

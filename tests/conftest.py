@@ -133,13 +133,15 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_path: Path, environment: dict[str, str], source: Path = ROOT / "main.py") -> Server:
+def start_server(
+    tmp_path: Path, environment: dict[str, str], source: Path = ROOT / "main.py", target: str = "clerk_webhook"
+) -> Server:
     """Start `functions-framework` in its own process group and wait until it accepts requests."""
     port = emulator.free_port()
     log_path = tmp_path / f"server-{port}.log"
     command = [
         str(Path(sys.executable).with_name("functions-framework")),
-        "--target=clerk_webhook",
+        f"--target={target}",
         f"--source={source}",
         "--host=127.0.0.1",
         f"--port={port}",

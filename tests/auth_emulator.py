@@ -52,7 +52,7 @@ def start(directory: Path, project: str) -> tuple[subprocess.Popen[bytes], str]:
     """Start the emulator in its own process group (cwd `directory`, where it writes its logs); raise
     with the log's tail if it does not become ready in time."""
     if not FIREBASE.exists():
-        raise RuntimeError(f"{FIREBASE} is missing: run `make node_modules` (npm ci) first")
+        raise RuntimeError(f"{FIREBASE} is missing: run `make node-modules` (npm ci) first")
     port = emulator.free_port()
     host = f"127.0.0.1:{port}"
     config = write_config(directory, port)

@@ -157,6 +157,26 @@ def test_v1_session_gets_the_same_claims_and_a_session_without_organization_none
     assert not {"org_id", "org_role", "org_slug"} & set(without_org)
 
 
+def test_refreshed_id_token_keeps_the_organization_of_the_exchange(
+    auth_emulator_host: str, token_server: Server
+) -> None:
+    # Why rules must not take org_id alone as membership: it lasts as long as the client refreshes.
+    user_id, org_id = new_clerk_user_id(), new_org_id()
+    status, answer = exchange(token_server, session_token(user_id, **v2_organization(org_id)))
+    assert status == 200, answer
+    status, signed_in = sign_in_with_custom_token(auth_emulator_host, answer["token"])
+    assert status == 200, signed_in
+
+    status, refreshed = post_json(
+        f"http://{auth_emulator_host}/securetoken.googleapis.com/v1/token?key=any",
+        {"grant_type": "refresh_token", "refresh_token": signed_in["refreshToken"]},
+    )
+
+    assert status == 200, refreshed
+    payload = jwt_payload(refreshed["id_token"])
+    assert (payload["user_id"], payload["org_id"], payload["org_role"]) == (user_id, org_id, "admin")
+
+
 def test_forged_session_mints_nothing_over_loopback(token_server: Server) -> None:
     status, answer = exchange(token_server, sign(session_claims(new_clerk_user_id()), OTHER_KEY))
 
@@ -246,6 +266,32 @@ def test_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_el
         "memberships": "not-synced-yet",
         "after_sign_out_error": "permission-denied",
     }
+
+
+def test_local_development_without_a_key_file_mints_tokens_only_the_auth_emulator_accepts(
+    auth_emulator_host: str, tmp_path: Path
+) -> None:
+    environment = {
+        **os.environ,
+        "CLERK_JWT_KEY": CLERK_PUBLIC_PEM,
+        "ALLOW_ANY_AUTHORIZED_PARTY": "true-local-only",
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+    }
+    for name in ("CLERK_AUTHORIZED_PARTIES", "GOOGLE_APPLICATION_CREDENTIALS", "K_SERVICE"):
+        environment.pop(name, None)
+    server = start_server(tmp_path, environment, target="firebase_token")
+    user_id = new_clerk_user_id()
+    try:
+        status, answer = exchange(server, session_token(user_id, azp="http://localhost:5173"), "http://localhost:5173")
+    finally:
+        stop_server(server)
+
+    assert status == 200, answer
+    header = json.loads(base64.urlsafe_b64decode(answer["token"].split(".")[0] + "=="))
+    assert header["alg"] == "none"  # unsigned: production Firebase would refuse it
+    status, signed_in = sign_in_with_custom_token(auth_emulator_host, answer["token"])
+    assert status == 200, signed_in
+    assert jwt_payload(signed_in["idToken"])["user_id"] == user_id
 
 
 def test_auth_emulator_refuses_a_token_that_is_not_a_custom_token(auth_emulator_host: str) -> None:

@@ -202,6 +202,10 @@ def _token_handle(request: flask.Request, fields: dict[str, Any]) -> TokenAnswer
         fields["reason"] = rejected.reason
         status = TOKEN_STATUS.get(rejected.reason, 401)
         return status, "rejected", f"session token rejected: {rejected.reason}", {"error": rejected.reason}, allowed
+    except tokens.KeysUnavailable:
+        fields["reason"] = "jwks_unavailable"
+        message = "Clerk's JWKS could not be fetched (network, or CLERK_SECRET_KEY)"
+        return 503, "unavailable", message, {"error": "unavailable"}, allowed
     fields["clerk_id"] = session.user_id
     try:
         custom_token = tokens.mint_custom_token(session)

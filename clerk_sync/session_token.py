@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
     from firebase_admin import App
+    from jwt import PyJWKClient
 
 __all__ = [
     "ANY_PARTY_VALUE",
     "MAX_CLAIMS_BYTES",
+    "KeysUnavailable",
     "MintFailed",
     "Misconfigured",
     "Organization",
@@ -42,6 +44,11 @@ __all__ = [
 ]
 
 KEY_VARIABLE = "CLERK_JWT_KEY"
+SECRET_KEY_VARIABLE = "CLERK_SECRET_KEY"  # noqa: S105 (a variable's name, not a secret)
+JWKS_URL_VARIABLE = "CLERK_JWKS_URL"
+DEFAULT_JWKS_URL = "https://api.clerk.com/v1/jwks"
+JWKS_TIMEOUT_SECONDS = 3.0  # a browser is waiting; Clerk's API answers in well under a second
+JWKS_CACHE_SECONDS = 3600.0  # Clerk rotates instance keys rarely; an unknown kid refetches anyway
 PARTIES_VARIABLE = "CLERK_AUTHORIZED_PARTIES"
 ANY_PARTY_VARIABLE = "ALLOW_ANY_AUTHORIZED_PARTY"
 # Deliberately not "true" or "*": whoever sets it has read that it is for local development only.
@@ -69,6 +76,7 @@ _ORG_ID = re.compile(r"org_[A-Za-z0-9]{1,60}")
 # Role keys after the `org:` prefix: `admin`, `member`, custom keys such as `billing_manager`.
 _ROLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ORIGIN = re.compile(r"https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+_LOOPBACK_HTTP = re.compile(r"http://(?:127\.0\.0\.1|localhost)(?::[0-9]{1,5})?/.*")
 _PEM = re.compile(r"-----BEGIN PUBLIC KEY-----(.*?)-----END PUBLIC KEY-----", re.DOTALL)
 _BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
 
@@ -92,6 +100,10 @@ class TokenRejected(Exception):
         self.reason = reason
 
 
+class KeysUnavailable(Exception):
+    """Clerk's JWKS could not be fetched (network, Clerk, or a wrong CLERK_SECRET_KEY): try again later."""
+
+
 class MintFailed(Exception):
     """firebase-admin could not sign: `no_credentials` (nothing to sign with) or `sign_failed` (IAM)."""
 
@@ -104,7 +116,8 @@ class MintFailed(Exception):
 class TokenSettings:
     """How session tokens are verified on this instance."""
 
-    public_key: RSAPublicKey
+    public_key: RSAPublicKey | None  # CLERK_JWT_KEY: networkless, preferred
+    jwks: PyJWKClient | None  # else Clerk's JWKS through CLERK_SECRET_KEY, fetched and cached
     authorized_parties: frozenset[str]  # empty only when any_authorized_party
     any_authorized_party: bool
     leeway_seconds: float
@@ -153,7 +166,11 @@ def _public_key() -> RSAPublicKey:
 
     raw = os.environ.get(KEY_VARIABLE, "").strip()
     if not raw:
-        raise Misconfigured(KEY_VARIABLE, "is not set: paste the PEM from Clerk Dashboard → API keys → JWKS Public Key")
+        raise Misconfigured(
+            KEY_VARIABLE,
+            "is not set: paste the PEM from Clerk Dashboard → API keys → JWKS Public Key "
+            f"(or set {SECRET_KEY_VARIABLE} to fetch Clerk's JWKS)",
+        )
     try:
         key = serialization.load_pem_public_key(_pem_text(raw).encode())
     except (ValueError, TypeError):
@@ -163,6 +180,31 @@ def _public_key() -> RSAPublicKey:
     if key.key_size < MIN_KEY_BITS:
         raise Misconfigured(KEY_VARIABLE, f"is a {key.key_size}-bit key; at least {MIN_KEY_BITS} bits are required")
     return key
+
+
+def _jwks_client() -> PyJWKClient:
+    import jwt  # noqa: PLC0415 (kept off the webhook's import path)
+
+    secret = os.environ.get(SECRET_KEY_VARIABLE, "").strip()
+    if not secret.startswith("sk_"):
+        raise Misconfigured(SECRET_KEY_VARIABLE, "must be the instance's secret key (sk_test_... or sk_live_...)")
+    url = os.environ.get(JWKS_URL_VARIABLE, "").strip() or DEFAULT_JWKS_URL
+    if not (url.startswith("https://") or _LOOPBACK_HTTP.fullmatch(url)):
+        raise Misconfigured(JWKS_URL_VARIABLE, "must be an https:// URL (plain http only on loopback, for tests)")
+    return jwt.PyJWKClient(
+        url,
+        cache_jwk_set=True,
+        lifespan=JWKS_CACHE_SECONDS,
+        headers={"Authorization": f"Bearer {secret}", "User-Agent": "clerk-firestore-sync"},
+        timeout=JWKS_TIMEOUT_SECONDS,
+    )
+
+
+def _verification_keys() -> tuple[RSAPublicKey | None, PyJWKClient | None]:
+    """The PEM key when CLERK_JWT_KEY is set (no network), else a JWKS client for CLERK_SECRET_KEY."""
+    if os.environ.get(KEY_VARIABLE, "").strip() or not os.environ.get(SECRET_KEY_VARIABLE, "").strip():
+        return _public_key(), None
+    return None, _jwks_client()
 
 
 def _authorized_parties() -> tuple[frozenset[str], bool]:
@@ -215,8 +257,10 @@ def _flag(name: str) -> bool:
 def read_settings() -> TokenSettings:
     """Read and validate the settings now; raises `Misconfigured` naming the first bad variable."""
     parties, any_party = _authorized_parties()
+    public_key, jwks = _verification_keys()
     return TokenSettings(
-        public_key=_public_key(),
+        public_key=public_key,
+        jwks=jwks,
         authorized_parties=parties,
         any_authorized_party=any_party,
         leeway_seconds=_leeway(),
@@ -240,15 +284,39 @@ def bearer_token(authorization: str | None) -> str:
     return match.group(1)
 
 
+def _jwks_key(token: str, jwks: PyJWKClient) -> Any:
+    """The instance key the token names (`kid`), from the cached JWKS; only RS256 tokens get that far."""
+    import jwt  # noqa: PLC0415
+
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise TokenRejected("malformed_token") from None
+    if header.get("alg") != "RS256":
+        raise TokenRejected("bad_algorithm")  # before any fetch: junk never costs a request to Clerk
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise TokenRejected("unknown_key")
+    try:
+        return jwks.get_signing_key(kid).key
+    except jwt.PyJWKClientConnectionError:
+        raise KeysUnavailable from None
+    except jwt.PyJWKClientError:
+        raise TokenRejected("unknown_key") from None
+    except jwt.PyJWKSetError:  # the endpoint answered, but with no usable keys
+        raise KeysUnavailable from None
+
+
 def _decoded_claims(token: str, config: TokenSettings) -> dict[str, Any]:
     import jwt  # noqa: PLC0415 (kept off the webhook's import path)
 
     if len(token) > MAX_TOKEN_CHARS:
         raise TokenRejected("malformed_token")
+    key: Any = config.public_key if config.jwks is None else _jwks_key(token, config.jwks)
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            config.public_key,
+            key,
             algorithms=["RS256"],
             leeway=config.leeway_seconds,
             options={"require": ["exp", "iat"]},
@@ -265,7 +333,7 @@ def _decoded_claims(token: str, config: TokenSettings) -> dict[str, Any]:
         raise TokenRejected("bad_subject") from None
     except jwt.DecodeError:
         raise TokenRejected("malformed_token") from None
-    except jwt.InvalidTokenError:  # a required claim missing, a malformed iat, an audience...
+    except jwt.PyJWTError:  # a required claim missing, a malformed iat, an audience, a JWKS key not RSA...
         raise TokenRejected("invalid_token") from None
     return claims
 
@@ -294,7 +362,8 @@ def _organization(claims: dict[str, Any]) -> Organization | None:
 
 
 def verify_session_token(token: str, config: TokenSettings) -> Session:
-    """Verify a Clerk session token (RS256, exp/nbf with leeway, azp, sub, sts); raises `TokenRejected`."""
+    """Verify a Clerk session token (RS256, exp/nbf with leeway, azp, sub, sts); raises `TokenRejected`,
+    or `KeysUnavailable` when the JWKS is needed and cannot be fetched."""
     claims = _decoded_claims(token, config)
     if not config.any_authorized_party:
         party = claims.get("azp")

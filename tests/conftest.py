@@ -180,7 +180,9 @@ def token_environment(token_service_account: Path) -> Iterator[None]:
 
     from clerk_sync import session_token  # noqa: PLC0415
 
-    for name in ("ALLOW_ANY_AUTHORIZED_PARTY", "ALLOW_PENDING_SESSIONS", "CLERK_TOKEN_LEEWAY_SECONDS"):
+    # CLERK_SECRET_KEY too: a developer's .env may hold it (backfill); these tests verify with the PEM.
+    optional = ("ALLOW_ANY_AUTHORIZED_PARTY", "ALLOW_PENDING_SESSIONS", "CLERK_TOKEN_LEEWAY_SECONDS")
+    for name in (*optional, "CLERK_SECRET_KEY", "CLERK_JWKS_URL"):
         os.environ.pop(name, None)
     os.environ.pop("FIREBASE_AUTH_EMULATOR_HOST", None)  # firebase-admin would mint unsigned tokens
     os.environ["CLERK_JWT_KEY"] = clerk_sessions.CLERK_PUBLIC_PEM

@@ -74,7 +74,8 @@ def jwks_server() -> Iterator[JwksServer]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server.block_on_close = False  # a hanging handler must not hold the test up once it has its answer
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1/jwks"
     os.environ.pop("CLERK_JWT_KEY")

@@ -126,6 +126,11 @@ TOKEN_CORS_MAX_AGE_SECONDS = 600
 @functions_framework.http
 def firebase_token(request: flask.Request) -> ResponseReturnValue:
     """Exchange a verified Clerk session token for a Firebase custom token; nothing escapes to the framework."""
+    # Imported here so this block keeps working whatever the top of main.py imports.
+    import time  # noqa: PLC0415
+
+    from clerk_sync import config, logs  # noqa: PLC0415
+
     started = time.perf_counter()
     fields: dict[str, Any] = {"component": "token", "clerk_id": None, "org_id": None}
     request.max_content_length = TOKEN_BODY_LIMIT + 1  # before anything could read the body
@@ -152,7 +157,7 @@ def firebase_token(request: flask.Request) -> ResponseReturnValue:
     severity = "INFO" if status < 400 else "WARNING" if status < 500 else "ERROR"
     try:
         project = config.settings().project_id
-    except ValueError:
+    except Exception:  # unreadable webhook settings: the trace field is only a convenience
         project = None
     logs.write_line(severity, message, **fields, **logs.trace_field(request.headers, project))
     body = "" if answer is None else flask.json.dumps(answer) + "\n"
@@ -170,7 +175,12 @@ def _token_read_small_body(request: flask.Request) -> bool:
         return "chunked" not in request.headers.get("Transfer-Encoding", "").lower()
     if length > TOKEN_BODY_LIMIT:
         return False
-    request.get_data()
+    from werkzeug.exceptions import BadRequest  # noqa: PLC0415
+
+    try:
+        request.get_data()
+    except BadRequest:  # fewer bytes than declared, then the client left: the body is ignored anyway
+        return False
     return True
 
 

@@ -358,6 +358,14 @@ def test_small_body_is_read_and_ignored_so_the_connection_stays_open(token_app: 
     assert "Connection" not in response.headers
 
 
+def test_body_shorter_than_declared_is_not_an_error(token_app: FlaskClient) -> None:
+    body = CountingStream(b"{}")
+
+    response = exchange(token_app, bearer("bad"), input_stream=body, environ_overrides={"CONTENT_LENGTH": "100"})
+
+    assert (response.status_code, error_of(response)) == (401, "malformed_token")
+
+
 def test_one_log_line_per_request_without_tokens_or_claims_beyond_ids(
     token_app: FlaskClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -115,6 +115,53 @@ bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): pr
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
+# --- firebase_token: Clerk session token -> Firebase custom token (docs/reading-from-your-app.md) ---
+
+# The Firebase Auth emulator and JS SDK the token tests use (package-lock.json pins them). Install
+# scripts are skipped: nothing the tests use needs them, and some would try to download binaries.
+NODE_INSTALLED := node_modules/.installed
+
+$(NODE_INSTALLED): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "the token tests need Node.js 20+ and npm on PATH" >&2; exit 1; }
+	npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+.PHONY: node-modules deploy-token grant-token-signing
+
+node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK) with npm ci
+test: $(NODE_INSTALLED)
+
+TOKEN_FUNCTION ?= clerk-firebase-token
+TOKEN_SERVICE_ACCOUNT ?= clerk-firebase-token@$(PROJECT).iam.gserviceaccount.com
+# The app's origins, comma-separated (becomes CLERK_AUTHORIZED_PARTIES), e.g. https://app.example.com
+AUTHORIZED_PARTIES ?=
+JWT_KEY_SECRET ?= clerk-jwt-key
+JWT_KEY_SECRET_VERSION ?= latest
+TOKEN_MAX_INSTANCES ?= 10
+# More variables for the token function, @-separated, e.g. TOKEN_ENV_VARS=ALLOW_PENDING_SESSIONS=true
+TOKEN_ENV_VARS ?=
+require-parties = $(if $(strip $(AUTHORIZED_PARTIES)),,$(error AUTHORIZED_PARTIES is not set: run `make $@ PROJECT=your-gcp-project-id AUTHORIZED_PARTIES=https://your.app.origin`))
+
+# `^@^` makes @ gcloud's separator, since CLERK_AUTHORIZED_PARTIES itself holds commas.
+deploy-token: ## deploy firebase_token as its own function (PROJECT=... AUTHORIZED_PARTIES=... required)
+	$(require-project)
+	$(require-parties)
+	gcloud functions deploy $(TOKEN_FUNCTION) --gen2 --runtime=python313 --region=$(REGION) \
+	  --source=. --ignore-file=.gcloudignore --entry-point=firebase_token \
+	  --trigger-http --allow-unauthenticated \
+	  --service-account=$(TOKEN_SERVICE_ACCOUNT) \
+	  --set-secrets=CLERK_JWT_KEY=$(JWT_KEY_SECRET):$(JWT_KEY_SECRET_VERSION) \
+	  --set-env-vars=^@^THREADS=$(CONCURRENCY)@GOOGLE_CLOUD_PROJECT=$(PROJECT)@CLERK_AUTHORIZED_PARTIES=$(AUTHORIZED_PARTIES)$(if $(TOKEN_ENV_VARS),@$(TOKEN_ENV_VARS)) \
+	  --memory=256Mi --cpu=1 --concurrency=$(CONCURRENCY) --timeout=10s --max-instances=$(TOKEN_MAX_INSTANCES) \
+	  --project=$(PROJECT)
+	@echo "Custom tokens are signed through IAM signBlob: once per project run make grant-token-signing PROJECT=$(PROJECT)"
+
+grant-token-signing: ## let the token function's service account sign tokens as itself (PROJECT=... required)
+	$(require-project)
+	gcloud iam service-accounts add-iam-policy-binding $(TOKEN_SERVICE_ACCOUNT) \
+	  --member=serviceAccount:$(TOKEN_SERVICE_ACCOUNT) --role=roles/iam.serviceAccountTokenCreator \
+	  --project=$(PROJECT)
+
 # Monitoring (docs/monitoring.md): log-based metrics and alert policies from monitoring/*.
 # `make -n monitoring PROJECT=my-project` prints every gcloud command without running anything.
 # NOTIFY=projects/P/notificationChannels/ID[,...] adds notification channels to every policy.

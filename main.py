@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,80 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
     severity = "ERROR" if report.stopped else "WARNING" if report.drift or report.unresolved else "INFO"
     message = f"reconcile {mode}: {report.outcome}, drift {report.drift}"
     return web.Reply(status, report.outcome, message, body=summary, severity=severity)
+
+
+TOKEN_BODY_BYTES = 1024  # the exchange needs no body: none is ever read
+TOKEN_STATUS = {"pending_session": 403, "origin_not_allowed": 403}
+TOKEN_CORS_MAX_AGE_SECONDS = 600
+
+
+@functions_framework.http
+def firebase_token(request: flask.Request) -> ResponseReturnValue:
+    """Exchange a verified Clerk session token for a Firebase custom token (docs/reading-from-your-app.md)."""
+    return web.serve(
+        request,
+        _token,
+        component="token",
+        fields={"clerk_id": None, "org_id": None},
+        body_limit=TOKEN_BODY_BYTES,
+        project=_project,
+        error_body={"error": "error"},
+    )
+
+
+def _token(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
+    from clerk_sync import session_token as tokens  # noqa: PLC0415 (the webhook never loads PyJWT, firebase-admin)
+
+    headers = {"Vary": "Origin", "Cache-Control": "no-store"}
+    if request.content_length is not None and request.content_length <= TOKEN_BODY_BYTES:
+        with contextlib.suppress(web.BodyRefused):
+            web.read_body(request, TOKEN_BODY_BYTES)  # read and ignored: the connection can be reused
+    if request.method not in {"POST", "OPTIONS"}:
+        headers["Allow"] = "POST, OPTIONS"
+        return web.Reply(405, "method_not_allowed", f"{request.method} is not allowed",
+                         body={"error": "method_not_allowed"}, headers=headers)  # fmt: skip
+    try:
+        settings = tokens.settings()
+    except tokens.Misconfigured as problem:
+        fields["reason"] = problem.variable
+        return web.Reply(500, "misconfigured", str(problem), body={"error": "misconfigured"}, headers=headers)
+    origin = request.headers.get("Origin")
+    if origin is not None and not settings.allows_origin(origin):
+        # A page of another origin: its preflight fails and its POST mints nothing.
+        fields["reason"] = "origin_not_allowed"
+        return web.Reply(403, "rejected", "origin not allowed", body={"error": "origin_not_allowed"}, headers=headers)
+    if origin is not None:
+        headers["Access-Control-Allow-Origin"] = origin
+    if request.method == "OPTIONS":
+        headers.update({
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": str(TOKEN_CORS_MAX_AGE_SECONDS),
+        })  # fmt: skip
+        return web.Reply(204, "preflight", "CORS preflight", body={}, headers=headers)
+    try:
+        session = tokens.verify_session_token(tokens.bearer_token(request.headers.get("Authorization")), settings)
+    except tokens.TokenRejected as rejected:
+        fields["reason"] = rejected.reason
+        status = TOKEN_STATUS.get(rejected.reason, 401)
+        if status == 401:
+            missing = rejected.reason == "missing_token"
+            headers["WWW-Authenticate"] = "Bearer" if missing else 'Bearer error="invalid_token"'
+        return web.Reply(status, "rejected", f"session token rejected: {rejected.reason}",
+                         body={"error": rejected.reason}, headers=headers)  # fmt: skip
+    except tokens.KeysUnavailable:
+        fields["reason"] = "jwks_unavailable"
+        return web.Reply(503, "unavailable", "Clerk's JWKS could not be fetched (network, or CLERK_SECRET_KEY)",
+                         body={"error": "unavailable"}, headers=headers)  # fmt: skip
+    fields["clerk_id"] = session.user_id
+    try:
+        custom_token = tokens.mint_custom_token(session)
+    except tokens.MintFailed as failed:
+        fields["reason"] = failed.reason
+        if failed.reason == "no_credentials":
+            message = "no credentials to sign with: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+            return web.Reply(500, "misconfigured", message, body={"error": "misconfigured"}, headers=headers)
+        message = "signBlob failed: grant the function's service account roles/iam.serviceAccountTokenCreator on itself"
+        return web.Reply(500, "sign_failed", message, body={"error": "sign_failed"}, headers=headers)
+    fields["org_id"] = session.organization.id if session.organization is not None else None
+    return web.Reply(200, "minted", "custom token minted", body={"token": custom_token}, headers=headers)

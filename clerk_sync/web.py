@@ -64,7 +64,8 @@ def read_body(request: flask.Request, limit: int) -> bytes:
 
 def _response(reply: Reply, request: flask.Request) -> flask.Response:
     """A streamed answer: functions-framework reads any unread body after a non-streamed one."""
-    text = flask.json.dumps(reply.body if reply.body is not None else {"outcome": reply.outcome}) + "\n"
+    body = reply.body if reply.body is not None else {"outcome": reply.outcome}
+    text = "" if reply.status == 204 else flask.json.dumps(body) + "\n"
     headers = {**reply.headers, "Content-Length": str(len(text.encode()))}
     if not request.environ.get(_BODY_READ):
         # The body (of any size) was not read: ask to close rather than drain it. gunicorn decides
@@ -81,6 +82,7 @@ def serve(
     fields: dict[str, Any],
     body_limit: int,
     project: Callable[[], str | None],
+    error_body: dict[str, Any] | None = None,
 ) -> flask.Response:
     """Run `handler`, log one line, answer; an exception becomes a generic 500 and a traceback on stderr."""
     started = time.perf_counter()
@@ -90,7 +92,7 @@ def serve(
         reply = handler(request, fields)
     except Exception as error:  # the framework would echo the exception text to the caller
         logs.write_traceback(error, error.__traceback__, **fields)
-        reply = Reply(500, "error", f"unexpected {type(error).__name__}; traceback on stderr")
+        reply = Reply(500, "error", f"unexpected {type(error).__name__}; traceback on stderr", body=error_body)
     fields.update(outcome=reply.outcome, status=reply.status)
     fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     severity = reply.severity or ("INFO" if reply.status < 400 else "WARNING" if reply.status < 500 else "ERROR")

@@ -181,3 +181,50 @@ def server(db: firestore.Client, emulator_host: str, tmp_path: Path) -> Iterator
         yield running
     finally:
         stop_server(running)
+
+
+# --- firebase_token (Clerk session token -> Firebase custom token) -----------------------------
+
+
+@pytest.fixture(scope="session")
+def token_service_account(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A service-account key file generated for this run: firebase-admin signs with it locally."""
+    import clerk_sessions  # noqa: PLC0415 (only the token tests need it)
+
+    return clerk_sessions.write_service_account(tmp_path_factory.mktemp("service-account"), clerk_sessions.new_key())
+
+
+@pytest.fixture
+def token_environment(token_service_account: Path) -> Iterator[None]:
+    """The exchange configured as deployed (test key, two origins, key file); fresh settings and app."""
+    import clerk_sessions  # noqa: PLC0415
+
+    from clerk_sync import session_token  # noqa: PLC0415
+
+    # CLERK_SECRET_KEY too: a developer's .env may hold it (backfill); these tests verify with the PEM.
+    optional = ("ALLOW_ANY_AUTHORIZED_PARTY", "ALLOW_PENDING_SESSIONS", "CLERK_TOKEN_LEEWAY_SECONDS")
+    for name in (*optional, "CLERK_SECRET_KEY", "CLERK_JWKS_URL"):
+        os.environ.pop(name, None)
+    os.environ.pop("FIREBASE_AUTH_EMULATOR_HOST", None)  # firebase-admin would mint unsigned tokens
+    os.environ["CLERK_JWT_KEY"] = clerk_sessions.CLERK_PUBLIC_PEM
+    os.environ["CLERK_AUTHORIZED_PARTIES"] = clerk_sessions.AUTHORIZED_PARTIES
+    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(token_service_account)
+    session_token.settings.cache_clear()
+    session_token.reset_app()
+    try:
+        yield
+    finally:
+        session_token.settings.cache_clear()
+        session_token.reset_app()
+
+
+@pytest.fixture(scope="session")
+def auth_emulator_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Firebase Auth emulator (firebase-tools from node_modules), started once, only when a test needs it."""
+    import auth_emulator  # noqa: PLC0415
+
+    process, host = auth_emulator.start(tmp_path_factory.mktemp("auth-emulator"), PROJECT)
+    try:
+        yield host
+    finally:
+        emulator.stop(process)

@@ -1,0 +1,219 @@
+"""What `make deploy-token` and `make grant-token-signing` would run, and that node_modules never ships."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+GCLOUD_TIMEOUT_SECONDS = 60
+MAKE_TIMEOUT_SECONDS = 30
+# Variables the Makefile reads with `?=`: a developer's shell must not change what the tests see.
+MAKE_VARIABLES = (
+    "PROJECT",
+    "REGION",
+    "CONCURRENCY",
+    "TOKEN_FUNCTION",
+    "TOKEN_SERVICE_ACCOUNT",
+    "AUTHORIZED_PARTIES",
+    "JWT_KEY_SECRET",
+    "JWT_KEY_SECRET_VERSION",
+    "TOKEN_MAX_INSTANCES",
+    "TOKEN_ENV_VARS",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+)
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SERVICE_ACCOUNT = "clerk-firebase-token@demo-x.iam.gserviceaccount.com"
+PARTIES = "https://app.example.com,http://localhost:3000"
+
+EXPECTED_DEPLOY_TOKEN = [
+    "gcloud",
+    "functions",
+    "deploy",
+    "clerk-firebase-token",
+    "--gen2",
+    "--runtime=python313",
+    "--region=us-central1",
+    "--source=.",
+    "--ignore-file=.gcloudignore",
+    "--entry-point=firebase_token",
+    "--trigger-http",
+    "--allow-unauthenticated",
+    f"--service-account={SERVICE_ACCOUNT}",
+    "--set-secrets=CLERK_JWT_KEY=clerk-jwt-key:latest",
+    f"--set-env-vars=^@^THREADS=8@GOOGLE_CLOUD_PROJECT=demo-x@CLERK_AUTHORIZED_PARTIES={PARTIES}",
+    "--memory=256Mi",
+    "--cpu=1",
+    "--concurrency=8",
+    "--timeout=10s",
+    "--max-instances=10",
+    "--project=demo-x",
+]
+EXPECTED_GRANT = [
+    "gcloud",
+    "iam",
+    "service-accounts",
+    "add-iam-policy-binding",
+    SERVICE_ACCOUNT,
+    f"--member=serviceAccount:{SERVICE_ACCOUNT}",
+    "--role=roles/iam.serviceAccountTokenCreator",
+    "--project=demo-x",
+]
+
+
+def make(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """`make --no-print-directory ARGS` in the repo, ignoring the caller's make variables."""
+    environment = {name: value for name, value in os.environ.items() if name not in MAKE_VARIABLES}
+    return subprocess.run(
+        ["make", "--no-print-directory", *arguments],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=MAKE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+
+def printed_commands(*arguments: str) -> list[list[str]]:
+    """Each shell command `make -n ARGS` prints, split into words."""
+    result = make("-n", *arguments)
+    assert result.returncode == 0, result.stderr
+    return [shlex.split(line) for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def gcloud_help(*command: str) -> str:
+    """`gcloud COMMAND --help`, offline, without colours."""
+    environment = {
+        **os.environ,
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
+        "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "true",
+    }
+    result = subprocess.run(
+        ["gcloud", *command, "--help"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=True,
+    )
+    return ANSI.sub("", result.stdout)
+
+
+def test_make_deploy_token_prints_the_exact_gcloud_command_and_the_signing_reminder() -> None:
+    deploy, reminder = printed_commands("deploy-token", "PROJECT=demo-x", f"AUTHORIZED_PARTIES={PARTIES}")
+
+    assert deploy == EXPECTED_DEPLOY_TOKEN
+    assert reminder == [
+        "echo",
+        "Custom tokens are signed through IAM signBlob: once per project run make grant-token-signing PROJECT=demo-x",
+    ]
+
+
+def test_make_deploy_token_appends_extra_variables_and_follows_concurrency() -> None:
+    deploy, _ = printed_commands(
+        "deploy-token",
+        "PROJECT=demo-x",
+        "AUTHORIZED_PARTIES=https://app.example.com",
+        "CONCURRENCY=4",
+        "TOKEN_ENV_VARS=ALLOW_PENDING_SESSIONS=true",
+    )
+
+    assert "--concurrency=4" in deploy
+    assert (
+        "--set-env-vars=^@^THREADS=4@GOOGLE_CLOUD_PROJECT=demo-x@CLERK_AUTHORIZED_PARTIES=https://app.example.com"
+        "@ALLOW_PENDING_SESSIONS=true"
+    ) in deploy
+
+
+def test_make_grant_token_signing_prints_the_token_creator_binding_on_itself() -> None:
+    assert printed_commands("grant-token-signing", "PROJECT=demo-x") == [EXPECTED_GRANT]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "missing"),
+    [
+        (["deploy-token", f"AUTHORIZED_PARTIES={PARTIES}"], "PROJECT"),
+        (["deploy-token", "PROJECT=demo-x"], "AUTHORIZED_PARTIES"),
+        (["grant-token-signing"], "PROJECT"),
+    ],
+)
+def test_make_refuses_token_targets_without_their_settings(arguments: list[str], missing: str) -> None:
+    result = make("-n", *arguments)
+
+    assert result.returncode != 0
+    assert f"{missing} is not set: run `make {arguments[0]} PROJECT=your-gcp-project-id" in result.stderr
+    assert "gcloud" not in result.stdout
+
+
+def test_token_commands_name_only_flags_gcloud_knows() -> None:
+    for expected, command in (
+        (EXPECTED_DEPLOY_TOKEN, ("functions", "deploy")),
+        (EXPECTED_GRANT, ("iam", "service-accounts", "add-iam-policy-binding")),
+    ):
+        documented = gcloud_help(*command)
+        flags = {word.split("=")[0] for word in expected if word.startswith("--")}
+
+        unknown = sorted(
+            flag for flag in flags if flag not in documented and flag.replace("--", "--[no-]") not in documented
+        )
+
+        assert unknown == [], command
+
+
+def test_gcloud_parses_the_env_vars_with_the_commas_of_the_parties_intact() -> None:
+    deploy, _ = printed_commands("deploy-token", "PROJECT=demo-x", f"AUTHORIZED_PARTIES={PARTIES}")
+    value = next(word for word in deploy if word.startswith("--set-env-vars=")).split("=", 1)[1]
+    info = subprocess.run(
+        ["gcloud", "info", "--format=value(installation.sdk_root,basic.python_location)"],
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=True,
+    )
+    sdk_root, python = info.stdout.split()
+    probe = "import json, sys\nfrom googlecloudsdk.calliope import arg_parsers\n"
+    probe += "print(json.dumps(arg_parsers.ArgDict()(sys.argv[1])))"
+
+    # gcloud's own dictionary-flag parser, run by gcloud's own Python.
+    parsed = subprocess.run(
+        [python, "-c", probe, value],
+        env={**os.environ, "PYTHONPATH": f"{sdk_root}/lib{os.pathsep}{sdk_root}/lib/third_party"},
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert parsed.returncode == 0, parsed.stderr
+    assert json.loads(parsed.stdout) == {
+        "THREADS": "8",
+        "GOOGLE_CLOUD_PROJECT": "demo-x",
+        "CLERK_AUTHORIZED_PARTIES": PARTIES,
+    }
+
+
+def test_node_modules_and_package_files_are_never_uploaded() -> None:
+    assert (ROOT / "node_modules" / ".bin" / "firebase").exists()  # the check means something only if present
+    result = subprocess.run(
+        ["gcloud", "meta", "list-files-for-upload", "."],
+        cwd=ROOT,
+        env={**os.environ, "CLOUDSDK_CORE_DISABLE_PROMPTS": "1", "CLOUDSDK_GCLOUDIGNORE_ENABLED": "true"},
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=True,
+    )
+    uploaded = {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+    assert "clerk_sync/session_token.py" in uploaded
+    assert not {name for name in uploaded if name.startswith(("node_modules/", "tests/", "docs/"))}
+    assert not uploaded & {"package.json", "package-lock.json"}

@@ -1,0 +1,305 @@
+"""A Clerk session becomes a Firebase sign-in that firestore.rules honour, through real parts only.
+
+A Clerk-shaped RS256 session token → firebase_token served by a real functions-framework process →
+the Firebase Auth emulator's signInWithCustomToken → an ID token → the Firestore emulator, where the
+webhook function wrote the users' documents and the project's firestore.rules decide. The same path
+runs once more through the Firebase JS SDK in Node (tests/js/read_from_app.mjs), as an app would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import emulator
+import pytest
+from auth_emulator import post_json, sign_in_with_custom_token
+from clerk_events import new_message_id, signed_headers, user_event
+from clerk_sessions import (
+    APP_ORIGIN,
+    AUTHORIZED_PARTIES,
+    CLERK_PUBLIC_PEM,
+    OTHER_KEY,
+    new_clerk_user_id,
+    new_org_id,
+    session_claims,
+    session_token,
+    sign,
+    v1_organization,
+    v2_organization,
+)
+from conftest import PROJECT, ROOT, Server, start_server, stop_server
+from flask.testing import FlaskClient
+from loopback import send, send_streamed
+
+RULES = (ROOT / "firestore.rules").read_text()
+DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
+REQUEST_TIMEOUT_SECONDS = 10.0
+NODE_TIMEOUT_SECONDS = 60
+HUGE_CONTENT_LENGTH = 50 * 1024 * 1024
+EARLY_ANSWER_TIMEOUT_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory, token_service_account: Path) -> Iterator[Server]:
+    """firebase_token served by functions-framework (gunicorn) on loopback, configured as deployed."""
+    environment = {
+        **os.environ,
+        "CLERK_JWT_KEY": CLERK_PUBLIC_PEM.strip().replace("\n", "\\n"),  # as pasted into an env var
+        "CLERK_AUTHORIZED_PARTIES": AUTHORIZED_PARTIES,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(token_service_account),
+        "THREADS": "4",
+    }
+    for name in ("ALLOW_ANY_AUTHORIZED_PARTY", "ALLOW_PENDING_SESSIONS", "FIREBASE_AUTH_EMULATOR_HOST"):
+        environment.pop(name, None)
+    running = start_server(tmp_path_factory.mktemp("token-server"), environment, target="firebase_token")
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+@pytest.fixture
+def rules_host(emulator_host: str) -> str:
+    """The Firestore emulator with the project's own firestore.rules loaded."""
+    emulator.load_rules(emulator_host, PROJECT, RULES)
+    return emulator_host
+
+
+def deliver_user(client: FlaskClient, user_id: str) -> None:
+    """The webhook function stores the user, as Clerk's user.created would make it."""
+    body = user_event("user.created", user_id, emails=[f"{user_id.lower()}@example.com"])
+    response = client.post("/", data=body, headers=signed_headers(body, message_id=new_message_id()))
+    assert response.status_code == 200, response.get_json()
+
+
+def exchange(server: Server, clerk_token: str, origin: str | None = APP_ORIGIN) -> tuple[int, dict[str, Any]]:
+    """POST the Clerk session token to the running function."""
+    headers = {"Authorization": f"Bearer {clerk_token}"}
+    if origin is not None:
+        headers["Origin"] = origin
+    reply = send(server.url, None, headers, timeout=REQUEST_TIMEOUT_SECONDS)
+    return reply.status, reply.json()
+
+
+def jwt_payload(token: str) -> dict[str, Any]:
+    """The payload of a JWT, unverified (the emulator's ID tokens are unsigned)."""
+    segment = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    return decoded
+
+
+def firestore_get(host: str, path: str, id_token: str | None) -> tuple[int, dict[str, Any]]:
+    """A client's REST read of one document, with the ID token as its credentials."""
+    headers = {"Authorization": f"Bearer {id_token}"} if id_token else {}
+    request = urllib.request.Request(f"http://{host}/v1/{DOCUMENTS}/{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read() or b"{}")
+
+
+def signed_in_id_token(auth_host: str, server: Server, clerk_token: str) -> str:
+    """Exchange, then sign in to the Auth emulator with the custom token; the Firebase ID token."""
+    status, answer = exchange(server, clerk_token)
+    assert status == 200, answer
+    status, signed_in = sign_in_with_custom_token(auth_host, answer["token"])
+    assert status == 200, signed_in
+    return str(signed_in["idToken"])
+
+
+def test_clerk_session_signs_in_to_firebase_and_reads_only_its_own_user_document(
+    auth_emulator_host: str, token_server: Server, rules_host: str, client: FlaskClient
+) -> None:
+    owner, other, org_id = new_clerk_user_id(), new_clerk_user_id(), new_org_id()
+    deliver_user(client, owner)
+    deliver_user(client, other)
+    clerk_token = session_token(owner, **v2_organization(org_id, role="admin", slug="acme"))
+
+    id_token = signed_in_id_token(auth_emulator_host, token_server, clerk_token)
+
+    payload = jwt_payload(id_token)
+    assert payload["user_id"] == payload["sub"] == owner
+    assert payload["firebase"]["sign_in_provider"] == "custom"
+    assert (payload["org_id"], payload["org_role"], payload["org_slug"]) == (org_id, "admin", "acme")
+    status, document = firestore_get(rules_host, f"users/{owner}", id_token)
+    assert status == 200, document
+    assert document["fields"]["clerk_id"]["stringValue"] == owner
+    status, denied = firestore_get(rules_host, f"users/{other}", id_token)
+    assert (status, denied["error"]["status"]) == (403, "PERMISSION_DENIED")
+    status, signed_out = firestore_get(rules_host, f"users/{owner}", None)
+    assert (status, signed_out["error"]["status"]) == (403, "PERMISSION_DENIED")
+
+
+def test_v1_session_gets_the_same_claims_and_a_session_without_organization_none(
+    auth_emulator_host: str, token_server: Server
+) -> None:
+    user_id, org_id = new_clerk_user_id(), new_org_id()
+
+    with_org = jwt_payload(
+        signed_in_id_token(auth_emulator_host, token_server, session_token(user_id, **v1_organization(org_id)))
+    )
+    without_org = jwt_payload(signed_in_id_token(auth_emulator_host, token_server, session_token(user_id)))
+
+    assert (with_org["org_id"], with_org["org_role"], with_org["org_slug"]) == (org_id, "admin", "acme")
+    assert without_org["user_id"] == user_id
+    assert not {"org_id", "org_role", "org_slug"} & set(without_org)
+
+
+def test_refreshed_id_token_keeps_the_organization_of_the_exchange(
+    auth_emulator_host: str, token_server: Server
+) -> None:
+    # Why rules must not take org_id alone as membership: it lasts as long as the client refreshes.
+    user_id, org_id = new_clerk_user_id(), new_org_id()
+    status, answer = exchange(token_server, session_token(user_id, **v2_organization(org_id)))
+    assert status == 200, answer
+    status, signed_in = sign_in_with_custom_token(auth_emulator_host, answer["token"])
+    assert status == 200, signed_in
+
+    status, refreshed = post_json(
+        f"http://{auth_emulator_host}/securetoken.googleapis.com/v1/token?key=any",
+        {"grant_type": "refresh_token", "refresh_token": signed_in["refreshToken"]},
+    )
+
+    assert status == 200, refreshed
+    payload = jwt_payload(refreshed["id_token"])
+    assert (payload["user_id"], payload["org_id"], payload["org_role"]) == (user_id, org_id, "admin")
+
+
+def test_forged_session_mints_nothing_over_loopback(token_server: Server) -> None:
+    status, answer = exchange(token_server, sign(session_claims(new_clerk_user_id()), OTHER_KEY))
+
+    assert (status, answer) == (401, {"error": "bad_signature"})
+
+
+def test_huge_declared_body_is_answered_without_waiting_for_it(token_server: Server) -> None:
+    headers = {"Authorization": f"Bearer {session_token(new_clerk_user_id())}", "Origin": APP_ORIGIN}
+    started = time.monotonic()
+
+    reply, sent = send_streamed(
+        token_server.url,
+        [b"tiny"],
+        headers,
+        content_length=HUGE_CONTENT_LENGTH,
+        timeout=EARLY_ANSWER_TIMEOUT_SECONDS,
+    )
+
+    # Answered at once, before the 50 MiB could arrive. (gunicorn 27 drops the Connection header an
+    # app sets and discards the rest of the body itself; the streamed answer is what avoids the wait.)
+    assert reply.status == 200
+    assert set(reply.json()) == {"token"}
+    assert sent == 4
+    assert time.monotonic() - started < EARLY_ANSWER_TIMEOUT_SECONDS
+
+
+def test_server_writes_one_log_line_per_exchange_without_the_tokens(token_server: Server) -> None:
+    user_id = new_clerk_user_id()
+    clerk_token = session_token(user_id)
+    before = len(token_server.log().splitlines())
+
+    status, answer = exchange(token_server, clerk_token)
+    time.sleep(0.2)  # the line is flushed before the answer; allow the log file a moment
+
+    new_lines = token_server.log().splitlines()[before:]
+    entries = [json.loads(line) for line in new_lines if line.startswith("{")]
+    assert status == 200
+    assert [(entry["clerk_id"], entry["outcome"]) for entry in entries] == [(user_id, "minted")]
+    text = "\n".join(new_lines)
+    assert clerk_token not in text
+    assert answer["token"] not in text
+
+
+def test_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_else(
+    auth_emulator_host: str, token_server: Server, rules_host: str, client: FlaskClient, tmp_path: Path
+) -> None:
+    node = shutil.which("node")
+    assert node is not None, "the app-side test needs Node.js on PATH"
+    owner, other, org_id = new_clerk_user_id(), new_clerk_user_id(), new_org_id()
+    deliver_user(client, owner)
+    deliver_user(client, other)
+    environment = {
+        **os.environ,
+        "PROJECT_ID": PROJECT,
+        "AUTH_EMULATOR_HOST": auth_emulator_host,
+        "FIRESTORE_EMULATOR_HOST": rules_host,
+        "TOKEN_URL": token_server.url,
+        "APP_ORIGIN": APP_ORIGIN,
+        "CLERK_SESSION_TOKEN": session_token(owner, **v2_organization(org_id, role="member", slug="acme")),
+        "FORGED_SESSION_TOKEN": sign(session_claims(owner), OTHER_KEY),
+        "OTHER_UID": other,
+    }
+
+    result = subprocess.run(
+        [node, str(ROOT / "tests" / "js" / "read_from_app.mjs")],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {
+        "allow_origin": APP_ORIGIN,
+        "forged_exchange_error": "token exchange answered 401 bad_signature",
+        "uid": owner,
+        "claims": {"org_id": org_id, "org_role": "member", "org_slug": "acme"},
+        "sign_in_provider": "custom",
+        "own_exists": True,
+        "own_clerk_id": owner,
+        "other_error": "permission-denied",
+        "snapshot_clerk_id": owner,
+        "snapshot_from_cache": False,
+        "memberships": "not-synced-yet",
+        "after_sign_out_error": "permission-denied",
+    }
+
+
+def test_local_development_without_a_key_file_mints_tokens_only_the_auth_emulator_accepts(
+    auth_emulator_host: str, tmp_path: Path
+) -> None:
+    environment = {
+        **os.environ,
+        "CLERK_JWT_KEY": CLERK_PUBLIC_PEM,
+        "ALLOW_ANY_AUTHORIZED_PARTY": "true-local-only",
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+    }
+    for name in ("CLERK_AUTHORIZED_PARTIES", "GOOGLE_APPLICATION_CREDENTIALS", "K_SERVICE"):
+        environment.pop(name, None)
+    server = start_server(tmp_path, environment, target="firebase_token")
+    user_id = new_clerk_user_id()
+    try:
+        status, answer = exchange(server, session_token(user_id, azp="http://localhost:5173"), "http://localhost:5173")
+    finally:
+        stop_server(server)
+
+    assert status == 200, answer
+    header = json.loads(base64.urlsafe_b64decode(answer["token"].split(".")[0] + "=="))
+    assert header["alg"] == "none"  # unsigned: production Firebase would refuse it
+    status, signed_in = sign_in_with_custom_token(auth_emulator_host, answer["token"])
+    assert status == 200, signed_in
+    assert jwt_payload(signed_in["idToken"])["user_id"] == user_id
+
+
+def test_auth_emulator_refuses_a_token_that_is_not_a_custom_token(auth_emulator_host: str) -> None:
+    # The emulator does not check signatures: the signature checks above are ours, this is its own.
+    status, answer = post_json(
+        f"http://{auth_emulator_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithCustomToken?key=any",
+        {"token": session_token(new_clerk_user_id()), "returnSecureToken": True},
+    )
+
+    assert status == 400
+    assert "INVALID_CUSTOM_TOKEN" in answer["error"]["message"]

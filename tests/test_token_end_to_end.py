@@ -23,7 +23,7 @@ from typing import Any
 import emulator
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
-from clerk_events import new_message_id, signed_headers, user_event
+from clerk_events import membership_event, new_message_id, organization_event, signed_headers, user_event
 from clerk_sessions import (
     APP_ORIGIN,
     AUTHORIZED_PARTIES,
@@ -75,11 +75,15 @@ def rules_host(emulator_host: str) -> str:
     return emulator_host
 
 
-def deliver_user(client: FlaskClient, user_id: str) -> None:
-    """The webhook function stores the user, as Clerk's user.created would make it."""
-    body = user_event("user.created", user_id, emails=[f"{user_id.lower()}@example.com"])
+def deliver(client: FlaskClient, body: str) -> None:
+    """The webhook function applies one signed event."""
     response = client.post("/", data=body, headers=signed_headers(body, message_id=new_message_id()))
     assert response.status_code == 200, response.get_json()
+
+
+def deliver_user(client: FlaskClient, user_id: str) -> None:
+    """The webhook function stores the user, as Clerk's user.created would make it."""
+    deliver(client, user_event("user.created", user_id, emails=[f"{user_id.lower()}@example.com"]))
 
 
 def exchange(server: Server, clerk_token: str, origin: str | None = APP_ORIGIN) -> tuple[int, dict[str, Any]]:
@@ -122,9 +126,15 @@ def signed_in_id_token(auth_host: str, server: Server, clerk_token: str) -> str:
 def test_clerk_session_signs_in_to_firebase_and_reads_only_its_own_user_document(
     auth_emulator_host: str, token_server: Server, rules_host: str, client: FlaskClient
 ) -> None:
-    owner, other, org_id = new_clerk_user_id(), new_clerk_user_id(), new_org_id()
+    owner, other, org_id, other_org = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
     deliver_user(client, owner)
     deliver_user(client, other)
+    for organization_id, member in ((org_id, owner), (other_org, other)):
+        deliver(client, organization_event("organization.created", organization_id, name=f"Org {member[-4:]}"))
+        deliver(
+            client,
+            membership_event("organizationMembership.created", f"orgmem_{member[-10:]}", organization_id, member),
+        )
     clerk_token = session_token(owner, **v2_organization(org_id, role="admin", slug="acme"))
 
     id_token = signed_in_id_token(auth_emulator_host, token_server, clerk_token)
@@ -225,9 +235,15 @@ def test_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_el
 ) -> None:
     node = shutil.which("node")
     assert node is not None, "the app-side test needs Node.js on PATH"
-    owner, other, org_id = new_clerk_user_id(), new_clerk_user_id(), new_org_id()
+    owner, other, org_id, other_org = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
     deliver_user(client, owner)
     deliver_user(client, other)
+    for organization_id, member in ((org_id, owner), (other_org, other)):
+        deliver(client, organization_event("organization.created", organization_id, name=f"Org {member[-4:]}"))
+        deliver(
+            client,
+            membership_event("organizationMembership.created", f"orgmem_{member[-10:]}", organization_id, member),
+        )
     environment = {
         **os.environ,
         "PROJECT_ID": PROJECT,
@@ -238,6 +254,7 @@ def test_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_el
         "CLERK_SESSION_TOKEN": session_token(owner, **v2_organization(org_id, role="member", slug="acme")),
         "FORGED_SESSION_TOKEN": sign(session_claims(owner), OTHER_KEY),
         "OTHER_UID": other,
+        "OTHER_ORG_ID": other_org,
     }
 
     result = subprocess.run(
@@ -263,7 +280,10 @@ def test_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_el
         "other_error": "permission-denied",
         "snapshot_clerk_id": owner,
         "snapshot_from_cache": False,
-        "memberships": "not-synced-yet",
+        "memberships": [{"organization_id": org_id, "role": "org:member"}],
+        "organization_name": f"Org {owner[-4:]}",
+        "other_organization_error": "permission-denied",
+        "all_memberships_error": "permission-denied",
         "after_sign_out_error": "permission-denied",
     }
 

@@ -4,7 +4,18 @@
 // one JSON line on stdout. Exits 2 if anything takes longer than DEADLINE_MS.
 import { deleteApp, initializeApp } from "firebase/app";
 import { connectAuthEmulator, getAuth, signInWithCustomToken, signOut } from "firebase/auth";
-import { connectFirestoreEmulator, doc, getDoc, getFirestore, onSnapshot, terminate } from "firebase/firestore";
+import {
+  collectionGroup,
+  connectFirestoreEmulator,
+  doc,
+  getDoc,
+  getDocs,
+  getFirestore,
+  onSnapshot,
+  query,
+  terminate,
+  where,
+} from "firebase/firestore";
 
 const DEADLINE_MS = 45_000;
 const SNAPSHOT_TIMEOUT_MS = 15_000;
@@ -73,9 +84,13 @@ const own = await getDoc(doc(db, "users", user.uid));
 const otherError = await errorCode(getDoc(doc(db, "users", env.OTHER_UID)));
 const live = await firstServerSnapshot(doc(db, "users", user.uid));
 
-// Memberships (organizations/{org}/memberships/{uid}) are not synced yet: the organizations work will
-// add a read of the active organization's membership document here, with its own rules.
-const memberships = "not-synced-yet";
+// The signed-in user's memberships across organizations: a collection-group query on user_id (the
+// rules allow exactly this one), then each organization's document, which members may read.
+const mine = await getDocs(query(collectionGroup(db, "memberships"), where("user_id", "==", user.uid)));
+const memberships = mine.docs.map((member) => ({ organization_id: member.get("organization_id"), role: member.get("role") }));
+const organization = await getDoc(doc(db, "organizations", claims.org_id));
+const otherOrganizationError = await errorCode(getDoc(doc(db, "organizations", env.OTHER_ORG_ID)));
+const everyonesError = await errorCode(getDocs(collectionGroup(db, "memberships")));
 
 await signOut(auth);
 const afterSignOutError = await errorCode(getDoc(doc(db, "users", user.uid)));
@@ -93,6 +108,9 @@ console.log(
     snapshot_clerk_id: live.get("clerk_id") ?? null,
     snapshot_from_cache: live.metadata.fromCache,
     memberships,
+    organization_name: organization.get("name") ?? null,
+    other_organization_error: otherOrganizationError,
+    all_memberships_error: everyonesError,
     after_sign_out_error: afterSignOutError,
   }),
 );

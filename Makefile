@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: help venv dev test lint format bench soak deploy clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 $(INSTALLED): requirements.txt requirements-dev.txt
 	@test -x $(PY) || { python=$$(scripts/find-python) && echo "creating $(VENV) with $$python" && "$$python" -m venv $(VENV); }
@@ -189,3 +189,47 @@ monitoring: ## log-based metrics and alert policies from monitoring/ (PROJECT=..
 	$(require-project)
 	$(foreach file,$(MONITORING_METRICS),$(call apply-metric,$(file))$(newline))
 	$(foreach file,$(MONITORING_POLICIES),$(call apply-policy,$(file))$(newline))
+
+# --- clerk_reconcile: drift repaired on a schedule (docs/operations.md) ---
+# Never reachable without authentication: Cloud Run checks Cloud Scheduler's OIDC token, and the
+# function checks it again (audience, invoker). `make -n deploy-reconcile schedule PROJECT=p` prints all.
+RECONCILE_FUNCTION ?= clerk-reconcile
+RECONCILE_SERVICE_ACCOUNT ?= clerk-reconcile@$(PROJECT).iam.gserviceaccount.com
+SCHEDULER_SERVICE_ACCOUNT ?= clerk-scheduler@$(PROJECT).iam.gserviceaccount.com
+CLERK_SECRET_KEY_SECRET ?= clerk-secret-key
+RECONCILE_URL ?= https://$(REGION)-$(PROJECT).cloudfunctions.net/$(RECONCILE_FUNCTION)
+# A run stops itself (checkpointed) after RECONCILE_BUDGET seconds, well before the 30-minute timeout.
+RECONCILE_BUDGET ?= 1500
+# More variables, @-separated (the separator is @ here), e.g. RECONCILE_ENV_VARS=FIRESTORE_DATABASE=clerk
+RECONCILE_ENV_VARS ?=
+INCREMENTAL_SCHEDULE ?= 17 * * * *
+FULL_SCHEDULE ?= 43 3 * * *
+TIME_ZONE ?= Etc/UTC
+
+.PHONY: deploy-reconcile schedule
+
+deploy-reconcile: ## deploy clerk_reconcile, callable only by the scheduler's service account (PROJECT=... required)
+	$(require-project)
+	gcloud functions deploy $(RECONCILE_FUNCTION) --gen2 --runtime=python313 --region=$(REGION) \
+	  --source=. --ignore-file=.gcloudignore --entry-point=clerk_reconcile \
+	  --trigger-http --no-allow-unauthenticated \
+	  --service-account=$(RECONCILE_SERVICE_ACCOUNT) \
+	  --set-secrets=CLERK_SECRET_KEY=$(CLERK_SECRET_KEY_SECRET):latest \
+	  --set-env-vars=^@^GOOGLE_CLOUD_PROJECT=$(PROJECT)@RECONCILE_AUDIENCE=$(RECONCILE_URL)@RECONCILE_INVOKERS=$(SCHEDULER_SERVICE_ACCOUNT)@RECONCILE_BUDGET_SECONDS=$(RECONCILE_BUDGET)$(if $(RECONCILE_ENV_VARS),@$(RECONCILE_ENV_VARS)) \
+	  --memory=512Mi --cpu=1 --concurrency=1 --timeout=1800s --max-instances=1 \
+	  --project=$(PROJECT)
+	gcloud functions add-invoker-policy-binding $(RECONCILE_FUNCTION) --region=$(REGION) \
+	  --member=serviceAccount:$(SCHEDULER_SERVICE_ACCOUNT) --project=$(PROJECT)
+
+# create, or update what exists: running `make schedule` again applies changed schedules.
+schedule-job = if gcloud scheduler jobs describe $(1) --location=$(REGION) --project=$(PROJECT) >/dev/null 2>&1; \
+  then verb=update; else verb=create; fi; \
+  gcloud scheduler jobs $$verb http $(1) --location=$(REGION) --schedule='$(2)' --time-zone=$(TIME_ZONE) \
+  --uri='$(RECONCILE_URL)?mode=$(3)' --http-method=POST \
+  --oidc-service-account-email=$(SCHEDULER_SERVICE_ACCOUNT) --oidc-token-audience=$(RECONCILE_URL) \
+  --attempt-deadline=1800s --project=$(PROJECT)
+
+schedule: ## Cloud Scheduler jobs: incremental hourly, full daily (PROJECT=... required)
+	$(require-project)
+	$(call schedule-job,clerk-reconcile-incremental,$(INCREMENTAL_SCHEDULE),incremental)
+	$(call schedule-job,clerk-reconcile-full,$(FULL_SCHEDULE),full)

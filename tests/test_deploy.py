@@ -145,8 +145,17 @@ def test_upload_set_holds_no_tool_and_no_module_imports_tool_dependencies() -> N
 
     assert not [name for name in uploaded if name.startswith("tools/") or name.endswith("__main__.py")]
     assert "clerk_sync/transaction.py" in imported
-    forbidden = {"svix", "argparse", "subprocess", "tools", "clerk_backend_api"}
+    forbidden = {"svix", "argparse", "subprocess", "tools"}
     assert {name: found & forbidden for name, found in imported.items() if found & forbidden} == {}
+    # The heavy clients load only inside the function that needs them, never when a module is imported.
+    heavy = {"clerk_backend_api", "firebase_admin", "jwt", "httpx"}
+    at_import = {
+        name: {alias.name.split(".")[0] for node in ast.parse((ROOT / name).read_text()).body
+               if isinstance(node, ast.Import | ast.ImportFrom)
+               for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])} & heavy
+        for name in imported
+    }  # fmt: skip
+    assert {name: found for name, found in at_import.items() if found} == {}
 
 
 def test_package_has_no_subpackages_the_allow_list_would_drop() -> None:
@@ -356,7 +365,7 @@ def test_rules_for_a_named_database_and_nested_collections(tmp_path: Path) -> No
     assert "match /users/" not in rules
 
 
-@pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl", "indexes"])
+@pytest.mark.parametrize("target", ["deploy", "deploy-rules", "ttl", "indexes", "deploy-reconcile", "schedule"])
 def test_make_refuses_to_deploy_without_a_project(target: str) -> None:
     result = make("-n", target)
 
@@ -371,3 +380,71 @@ def test_firebase_json_names_the_rules_file_and_an_emulator_port() -> None:
 
     assert (ROOT / config["firestore"]["rules"]).resolve() == (ROOT / "firestore.rules").resolve()
     assert isinstance(config["emulators"]["firestore"]["port"], int)
+
+
+def test_make_deploy_reconcile_is_never_reachable_without_authentication() -> None:
+    deploy, invoker = commands("deploy-reconcile", "PROJECT=demo-x")
+
+    assert deploy[:4] == ["gcloud", "functions", "deploy", "clerk-reconcile"]
+    assert "--no-allow-unauthenticated" in deploy
+    assert "--allow-unauthenticated" not in deploy
+    assert "--entry-point=clerk_reconcile" in deploy
+    assert "--set-secrets=CLERK_SECRET_KEY=clerk-secret-key:latest" in deploy
+    variables = dict(
+        item.split("=", 1) for item in next(word for word in deploy if word.startswith("--set-env-vars=^@^"))
+        .removeprefix("--set-env-vars=^@^").split("@", 3)[:3]
+    )  # fmt: skip
+    assert variables["RECONCILE_AUDIENCE"] == "https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile"
+    assert "--max-instances=1" in deploy
+    assert "--timeout=1800s" in deploy
+    assert invoker == shlex.split(
+        "gcloud functions add-invoker-policy-binding clerk-reconcile --region=us-central1 "
+        "--member=serviceAccount:clerk-scheduler@demo-x.iam.gserviceaccount.com --project=demo-x"
+    )
+
+
+def test_make_schedule_creates_or_updates_an_hourly_incremental_and_a_daily_full_job() -> None:
+    result = make("-n", "schedule", "PROJECT=demo-x")
+
+    assert result.returncode == 0, result.stderr
+    jobs = [line for line in result.stdout.splitlines() if "gcloud scheduler jobs $verb http" in line]
+    assert len(jobs) == 2
+    for job, mode, schedule in zip(jobs, ("incremental", "full"), ("17 * * * *", "43 3 * * *"), strict=True):
+        assert f"clerk-reconcile-{mode} " in job
+        assert f"--uri='https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile?mode={mode}'" in job
+        assert f"--schedule='{schedule}'" in job
+        assert "--oidc-service-account-email=clerk-scheduler@demo-x.iam.gserviceaccount.com" in job
+        assert "--oidc-token-audience=https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile" in job
+        subprocess.run(["bash", "-n", "-c", job], check=True, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [
+        (["functions", "deploy"], "deploy-reconcile"),
+        (["functions", "add-invoker-policy-binding"], "deploy-reconcile"),
+        (["scheduler", "jobs", "create", "http"], "schedule"),
+        (["scheduler", "jobs", "update", "http"], "schedule"),
+    ],
+)
+def test_reconcile_targets_name_only_flags_gcloud_knows(command: list[str], target: str) -> None:
+    printed = make("-n", target, "PROJECT=demo-x").stdout
+    flags = set(re.findall(r"(--[a-z0-9-]+)(?==)", printed)) | set(re.findall(r"(--[a-z0-9-]+)(?=\s|$)", printed))
+    documented = ANSI.sub(
+        "",
+        subprocess.run(
+            ["gcloud", *command, "--help"],
+            env=gcloud_environment(),
+            capture_output=True,
+            text=True,
+            timeout=GCLOUD_TIMEOUT_SECONDS,
+            check=True,
+        ).stdout,
+    )
+    relevant = {flag for flag in flags if flag in documented or flag.replace("--", "--[no-]") in documented}
+    used_by_command = {
+        "deploy": {"--gen2", "--entry-point", "--no-allow-unauthenticated", "--set-secrets", "--timeout"},
+        "add-invoker-policy-binding": {"--member", "--region"},
+        "http": {"--oidc-token-audience", "--oidc-service-account-email", "--attempt-deadline", "--uri"},
+    }[command[-1]]
+    assert used_by_command <= relevant

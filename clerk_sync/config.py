@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from clerk_sync import paths, signature
 
@@ -21,6 +22,7 @@ __all__ = [
     "Misconfigured",
     "ReconcileSettings",
     "Settings",
+    "load_env_file",
     "read_reconcile_settings",
     "read_settings",
     "read_signing_secret",
@@ -63,6 +65,17 @@ class Settings:
     def event_ttl(self) -> timedelta:
         """How long an event's idempotency record is kept before the TTL policy may drop it."""
         return timedelta(days=self.event_ttl_days)
+
+
+def load_env_file(path: Path) -> None:
+    """Local runs only: `.env` fills what the environment leaves unset (or empty); set variables win."""
+    from dotenv import dotenv_values  # noqa: PLC0415 (never on Cloud Functions)
+
+    if not path.is_file():
+        return
+    for name, value in dotenv_values(path).items():
+        if value is not None and not os.environ.get(name, "").strip():
+            os.environ[name] = value
 
 
 def _text(name: str) -> str:

@@ -344,6 +344,24 @@ def test_python_m_clerk_sync_send_reaches_the_server(server: Server, db: firesto
     assert stored(db, user_id) is not None
 
 
+def test_an_empty_secret_variable_in_the_environment_does_not_hide_the_one_in_env(
+    server: Server, db: firestore.Client, tmp_path: Path
+) -> None:
+    user_id = new_user_id()
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"CLERK_WEBHOOK_SIGNING_SECRET={os.environ['CLERK_WEBHOOK_SIGNING_SECRET']}\n")
+    environment = {**os.environ, "CLERK_WEBHOOK_SIGNING_SECRET": "", "WEBHOOK_SECRET": ""}
+
+    finished = subprocess.run(
+        ["python3", "-m", "clerk_sync", "send", "user.created", "--user-id", user_id, "--url", server.url,
+         "--env-file", str(env_file)],
+        cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert finished.returncode == 0, finished.stderr
+    assert stored(db, user_id) is not None
+
+
 def test_the_function_never_imports_the_tools_or_their_dependencies() -> None:
     probe = (
         "import sys; import main; "

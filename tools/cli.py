@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dotenv import load_dotenv
-
 from clerk_sync import config
 from tools.common import (
     DEFAULT_EMULATOR_PORT,
@@ -39,7 +37,7 @@ Command = Callable[[argparse.Namespace], int]
 def load_env_file(path: Path) -> None:
     """Read `.env` like the function does locally: real environment variables win."""
     if path.is_file():
-        load_dotenv(path, override=False)
+        config.load_env_file(path)
 
 
 def _port(name: str, default: int) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TextIO
 
-from dotenv import dotenv_values, load_dotenv
+from dotenv import dotenv_values
 
 from clerk_sync import config
 from tools.common import (
@@ -347,7 +347,8 @@ def shown(path: Path) -> str:
 
 
 def _tool(command: str) -> str:
-    return f"{shown(Path(sys.executable))} -m clerk_sync {command}"
+    """The command as a person types it: `python3 -m clerk_sync` finds the project's .venv itself."""
+    return f"python3 -m clerk_sync {command}"
 
 
 def banner(function_url: str, function_port: int, emulator_host: str, children: list[Child], secret_from: str) -> str:
@@ -367,12 +368,14 @@ Offline, in another terminal:
   {_tool("send user.created" + url_flag)}
   {_tool("users" + emulator_flag)}
   {_tool("user USER_ID" + emulator_flag)}
+  {_tool("send organization.created" + url_flag)}
+  {_tool("organizations" + emulator_flag)}
 
 Real Clerk events (needs network):
   1. ngrok http {function_port}
   2. Clerk dashboard -> Webhooks -> Add Endpoint -> Endpoint URL: the https URL ngrok prints + "/"
-     (e.g. https://1a2b-203-0-113-7.ngrok-free.app/); subscribe to user.created, user.updated,
-     user.deleted. This loop prints the exact URL as soon as ngrok runs.
+     (e.g. https://1a2b-203-0-113-7.ngrok-free.app/); subscribe to user.*, organization.* and
+     organizationMembership.* events. This loop prints the exact URL as soon as ngrok runs.
   3. Copy the endpoint's Signing Secret into .env as CLERK_WEBHOOK_SIGNING_SECRET, restart make dev
      (until then Clerk's deliveries are answered 401 bad_signature).
 {rule}
@@ -382,7 +385,7 @@ Real Clerk events (needs network):
 def preflight(env_file: Path, function_port: int, emulator_port: int, out: TextIO) -> list[str]:
     """Everything that would stop the loop, found before anything starts; empty when all is well."""
     ensure_env_file(env_file, out)
-    load_dotenv(env_file, override=False)
+    config.load_env_file(env_file)
     problems = []
     try:
         config.read_webhook_key()

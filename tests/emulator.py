@@ -74,7 +74,8 @@ def wipe(host: str, project: str) -> None:
     """Delete every document of `project` in the emulator (between tests)."""
     url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
     request = urllib.request.Request(url, method="DELETE")
-    with urllib.request.urlopen(request, timeout=10) as response:
+    # Generous but bounded: a fresh emulator's first wipe is slow on a busy two-core machine.
+    with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status == 200
 
 

@@ -19,20 +19,19 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
 
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
 from clerk_sync import events, transaction, versions
+from clerk_sync.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable, backoff, retry_after_seconds
 from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome, StoreUnavailable
@@ -52,12 +51,6 @@ __all__ = [
 ]
 
 KINDS = ("users", "organizations", "memberships")
-PAGE_SIZE = 500
-MAX_ATTEMPTS = 8
-BACKOFF_BASE_SECONDS = 0.5
-BACKOFF_CAP_SECONDS = 30.0
-MAX_RETRY_AFTER_SECONDS = 300.0
-REQUEST_TIMEOUT_MS = 30_000
 STORE_ATTEMPTS = 3
 READ_TIMEOUT_SECONDS = 30.0
 LEASE_SECONDS = 300.0
@@ -195,149 +188,6 @@ class Report:
         }
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` as seconds (delta-seconds or an HTTP date), capped; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
-def _backoff(attempt: int) -> float:
-    """Exponential with jitter: 0.5 s, 1 s, 2 s … capped, so many clients never retry in step."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
-    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not security)
-
-
-class ClerkApi:
-    """Clerk's Backend API through the official client, with retries that honour 429 `Retry-After`."""
-
-    def __init__(self, secret_key: str, server_url: str, progress: Progress | None = None) -> None:
-        # Imported here: the webhook never pays for the client (pydantic, httpx).
-        import httpx  # noqa: PLC0415
-        from clerk_backend_api import Clerk, models  # noqa: PLC0415
-        from clerk_backend_api.utils import BackoffStrategy, RetryConfig  # noqa: PLC0415
-
-        self._models = models
-        self._transport_errors = (httpx.TransportError, models.NoResponseError)
-        # Our own loop retries (it also honours 429, which the client's default policy does not).
-        no_retries = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), retry_connection_errors=False)
-        self._clerk = Clerk(bearer_auth=secret_key, server_url=server_url, retry_config=no_retries)
-        self.progress = progress or _Silent()
-        self.requests = 0
-
-    def close(self) -> None:
-        """Release the HTTP connections."""
-        self._clerk.__exit__(None, None, None)  # type: ignore[no-untyped-call]
-
-    def _call(self, what: str, call: Callable[[], T], *, missing_is_none: bool = False) -> T | None:
-        """One request with bounded retries; None for a 404 when `missing_is_none`."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            self.requests += 1
-            try:
-                return call()
-            except self._models.ResponseValidationError as error:
-                raise ReconcileStopped(f"Clerk's answer to {what} did not fit the client's model: {error}") from None
-            except self._models.ClerkBaseError as error:
-                status = error.status_code
-                if status == 404 and missing_is_none:
-                    return None
-                if status == 429:
-                    wait, why = retry_after_seconds(error.headers.get("retry-after")) or _backoff(attempt), "429"
-                elif status >= 500:
-                    wait, why = _backoff(attempt), str(status)
-                else:
-                    detail = " ".join(error.body.split())[:300]
-                    raise ReconcileStopped(f"Clerk refused {what}: {status} {detail}") from None
-            except self._transport_errors as error:
-                wait, why = _backoff(attempt), type(error).__name__
-            if attempt == MAX_ATTEMPTS:
-                raise ReconcileStopped(f"{what} still failing after {MAX_ATTEMPTS} attempts ({why})")
-            self.progress.note(f"{what}: {why}, retrying in {wait:.1f} s (attempt {attempt + 1} of {MAX_ATTEMPTS})")
-            time.sleep(wait)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _dump(item: Any) -> dict[str, Any]:
-        dumped: dict[str, Any] = item.model_dump(mode="json", by_alias=True)
-        return dumped
-
-    def listing(self, kind: str, offset: int, order_by: str, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
-        """One page of users, organizations or memberships, as the webhooks carry them."""
-        clerk, what = self._clerk, f"GET /{kind}?offset={offset}"
-        if kind == "users":
-            page: Any = self._call(
-                what,
-                lambda: clerk.users.list(
-                    request={"limit": limit, "offset": offset, "order_by": order_by}, timeout_ms=REQUEST_TIMEOUT_MS
-                ),
-            )
-            return [self._dump(user) for user in page or []]
-        if kind == "organizations":
-            page = self._call(
-                what,
-                lambda: clerk.organizations.list(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
-                ),
-            )
-        else:
-            what = f"GET /organization_memberships?offset={offset}"
-            page = self._call(
-                what,
-                lambda: clerk.users.get_instance_organization_memberships(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
-                ),
-            )
-        return [self._dump(item) for item in (page.data if page is not None else [])]
-
-    def total(self, kind: str) -> int | None:
-        """How many users Clerk has, for the progress bar (other kinds: unknown up front)."""
-        if kind != "users":
-            return None
-        clerk = self._clerk
-        try:
-            count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=REQUEST_TIMEOUT_MS))
-        except ReconcileStopped:
-            return None
-        return int(count.total_count) if count is not None else None
-
-    def fetch(self, kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
-        """The object as Clerk has it now, or None when Clerk confirms it is gone (404)."""
-        clerk = self._clerk
-        if kind == "users":
-            user_id = str(stored["clerk_id"])
-            found: Any = self._call(
-                f"GET /users/{user_id}",
-                lambda: clerk.users.get(user_id=user_id, timeout_ms=REQUEST_TIMEOUT_MS),
-                missing_is_none=True,
-            )
-            return None if found is None else self._dump(found)
-        if kind == "organizations":
-            organization_id = str(stored["clerk_id"])
-            found = self._call(
-                f"GET /organizations/{organization_id}",
-                lambda: clerk.organizations.get(organization_id=organization_id, timeout_ms=REQUEST_TIMEOUT_MS),
-                missing_is_none=True,
-            )
-            return None if found is None else self._dump(found)
-        organization_id, user_id = str(stored["organization_id"]), str(stored["user_id"])
-        listed: Any = self._call(
-            f"GET /organizations/{organization_id}/memberships?user_id={user_id}",
-            lambda: clerk.organization_memberships.list(
-                organization_id=organization_id, user_id=[user_id], limit=10, timeout_ms=REQUEST_TIMEOUT_MS
-            ),
-            missing_is_none=True,
-        )
-        members = [self._dump(item) for item in (listed.data if listed is not None else [])]
-        return next((member for member in members if member["public_user_data"]["user_id"] == user_id), None)
-
-
 # --- what each kind looks like ------------------------------------------------------------------------------------
 
 UPSERT_TYPE = {
@@ -451,7 +301,7 @@ class _Run:
             except (StoreUnavailable, api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
                 if attempt == STORE_ATTEMPTS:
                     raise ReconcileStopped(f"Firestore failed {what}: {type(error).__name__}") from None
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
     def apply(self, change: events.Change, message_id: str) -> Outcome:
@@ -708,7 +558,7 @@ def run(
             if finished and not dry_run:
                 _finish(state_run, state, mode, started)
             report.partial = not finished
-        except ReconcileStopped as stopped:
+        except (ReconcileStopped, ClerkUnavailable) as stopped:
             report.stopped = str(stopped)
         except KeyboardInterrupt:
             report.stopped = "interrupted"

@@ -116,7 +116,7 @@ def reconcile(
 ) -> int:
     """Run, print the summary (or JSON), return the exit code: 0 matched, 3 something remains, 1 stopped."""
     progress = TerminalProgress(err, label)
-    api = ClerkApi(secret_key, server_url, progress)
+    api = ClerkApi(secret_key, server_url, progress.note)
     try:
         report = run(
             db,

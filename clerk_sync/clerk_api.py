@@ -1,0 +1,173 @@
+"""Clerk's Backend API through the official client (`clerk-backend-api`), for reconcile.
+
+Bounded retries that the client's own policy lacks: a 429 waits as long as `Retry-After` says, 5xx
+answers and network errors back off with jitter, everything else stops with Clerk's message. The
+client (pydantic, httpx) is imported when a `ClerkApi` is made, so the webhook never loads it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+__all__ = ["PAGE_SIZE", "ClerkApi", "ClerkUnavailable", "backoff", "retry_after_seconds"]
+
+PAGE_SIZE = 500
+MAX_ATTEMPTS = 8
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 30.0
+MAX_RETRY_AFTER_SECONDS = 300.0
+REQUEST_TIMEOUT_MS = 30_000
+
+T = TypeVar("T")
+
+
+class ClerkUnavailable(Exception):
+    """Clerk kept failing, or refused the request (the message says which, never the key)."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date), capped; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential with jitter: 0.5 s, 1 s, 2 s … capped, so many clients never retry in step."""
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (attempt - 1))
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not security)
+
+
+class ClerkApi:
+    """Clerk's Backend API through the official client, with retries that honour 429 `Retry-After`."""
+
+    def __init__(self, secret_key: str, server_url: str, note: Callable[[str], None] | None = None) -> None:
+        # Imported here: the webhook never pays for the client (pydantic, httpx).
+        import httpx  # noqa: PLC0415
+        from clerk_backend_api import Clerk, models  # noqa: PLC0415
+        from clerk_backend_api.utils import BackoffStrategy, RetryConfig  # noqa: PLC0415
+
+        self._models = models
+        self._transport_errors = (httpx.TransportError, models.NoResponseError)
+        # Our own loop retries (it also honours 429, which the client's default policy does not).
+        no_retries = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), retry_connection_errors=False)
+        self._clerk = Clerk(bearer_auth=secret_key, server_url=server_url, retry_config=no_retries)
+        self.note = note or (lambda _text: None)
+        self.requests = 0
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self._clerk.__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+    def _call(self, what: str, call: Callable[[], T], *, missing_is_none: bool = False) -> T | None:
+        """One request with bounded retries; None for a 404 when `missing_is_none`."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            self.requests += 1
+            try:
+                return call()
+            except self._models.ResponseValidationError as error:
+                raise ClerkUnavailable(f"Clerk's answer to {what} did not fit the client's model: {error}") from None
+            except self._models.ClerkBaseError as error:
+                status = error.status_code
+                if status == 404 and missing_is_none:
+                    return None
+                if status == 429:
+                    wait, why = retry_after_seconds(error.headers.get("retry-after")) or backoff(attempt), "429"
+                elif status >= 500:
+                    wait, why = backoff(attempt), str(status)
+                else:
+                    detail = " ".join(error.body.split())[:300]
+                    raise ClerkUnavailable(f"Clerk refused {what}: {status} {detail}") from None
+            except self._transport_errors as error:
+                wait, why = backoff(attempt), type(error).__name__
+            if attempt == MAX_ATTEMPTS:
+                raise ClerkUnavailable(f"{what} still failing after {MAX_ATTEMPTS} attempts ({why})")
+            self.note(f"{what}: {why}, retrying in {wait:.1f} s (attempt {attempt + 1} of {MAX_ATTEMPTS})")
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _dump(item: Any) -> dict[str, Any]:
+        dumped: dict[str, Any] = item.model_dump(mode="json", by_alias=True)
+        return dumped
+
+    def listing(self, kind: str, offset: int, order_by: str, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """One page of users, organizations or memberships, as the webhooks carry them."""
+        clerk, what = self._clerk, f"GET /{kind}?offset={offset}"
+        if kind == "users":
+            page: Any = self._call(
+                what,
+                lambda: clerk.users.list(
+                    request={"limit": limit, "offset": offset, "order_by": order_by}, timeout_ms=REQUEST_TIMEOUT_MS
+                ),
+            )
+            return [self._dump(user) for user in page or []]
+        if kind == "organizations":
+            page = self._call(
+                what,
+                lambda: clerk.organizations.list(
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                ),
+            )
+        else:
+            what = f"GET /organization_memberships?offset={offset}"
+            page = self._call(
+                what,
+                lambda: clerk.users.get_instance_organization_memberships(
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                ),
+            )
+        return [self._dump(item) for item in (page.data if page is not None else [])]
+
+    def total(self, kind: str) -> int | None:
+        """How many users Clerk has, for the progress bar (other kinds: unknown up front)."""
+        if kind != "users":
+            return None
+        clerk = self._clerk
+        try:
+            count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=REQUEST_TIMEOUT_MS))
+        except ClerkUnavailable:
+            return None
+        return int(count.total_count) if count is not None else None
+
+    def fetch(self, kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
+        """The object as Clerk has it now, or None when Clerk confirms it is gone (404)."""
+        clerk = self._clerk
+        if kind == "users":
+            user_id = str(stored["clerk_id"])
+            found: Any = self._call(
+                f"GET /users/{user_id}",
+                lambda: clerk.users.get(user_id=user_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                missing_is_none=True,
+            )
+            return None if found is None else self._dump(found)
+        if kind == "organizations":
+            organization_id = str(stored["clerk_id"])
+            found = self._call(
+                f"GET /organizations/{organization_id}",
+                lambda: clerk.organizations.get(organization_id=organization_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                missing_is_none=True,
+            )
+            return None if found is None else self._dump(found)
+        organization_id, user_id = str(stored["organization_id"]), str(stored["user_id"])
+        listed: Any = self._call(
+            f"GET /organizations/{organization_id}/memberships?user_id={user_id}",
+            lambda: clerk.organization_memberships.list(
+                organization_id=organization_id, user_id=[user_id], limit=10, timeout_ms=REQUEST_TIMEOUT_MS
+            ),
+            missing_is_none=True,
+        )
+        members = [self._dump(item) for item in (listed.data if listed is not None else [])]
+        return next((member for member in members if member["public_user_data"]["user_id"] == user_id), None)

@@ -112,8 +112,8 @@ bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): pr
 	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
 	done
 
-clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+clean: ## remove the virtualenv, node_modules, rendered rules and caches
+	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # --- firebase_token: Clerk session token -> Firebase custom token (docs/reading-from-your-app.md) ---
 

@@ -107,8 +107,8 @@ indexes: ## metadata maps unindexed; memberships queryable by user_id across org
 	  '$(FIRESTORE_ADMIN_API)/projects/$(PROJECT)/databases/$(FIRESTORE_DATABASE)/collectionGroups/memberships/fields/user_id?updateMask=indexConfig' \
 	  -d '$(USER_ID_INDEX)'
 
-bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, memory): print tables, keep bench/results/
-	@for script in cold_start latency round_trips memory; do \
+bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory): print tables, keep bench/results/
+	@for script in cold_start latency round_trips round_trip_delay memory; do \
 	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
 	done
 

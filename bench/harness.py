@@ -347,11 +347,17 @@ def verdict(met: bool) -> str:
 
 
 def save(name: str, info: dict[str, str], tables: Sequence[Table], numbers: dict[str, object]) -> None:
-    """Print the tables and keep them (and the raw numbers) under bench/results/ (gitignored)."""
+    """Print the tables and keep them (and the raw numbers) under bench/results/ (gitignored).
+
+    The load average at the end goes with them: other work on the machine moves the numbers.
+    """
+    info = {**info, "load at end": "load average {:.2f} {:.2f} {:.2f} (1, 5, 15 min)".format(*os.getloadavg())}
     for table in tables:
         print(table.text())
         print()
+    print(f"{'load at end':>9}: {info['load at end']}")
+    print()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": info, **numbers}, indent=2) + "\n")
     markdown = "\n\n".join(f"**{table.title}**\n\n{table.markdown()}" for table in tables)
-    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown + f"\n\n{info['load at end']} at the end.\n")

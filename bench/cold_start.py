@@ -29,8 +29,10 @@ IMPORTS = {
     "main (the whole function module)": "main",
     "functions_framework": "functions_framework",
     "google.cloud.firestore": "google.cloud.firestore",
-    "standardwebhooks.webhooks (verifier used)": "standardwebhooks.webhooks",
-    "svix.webhooks (verifier not used)": "svix.webhooks",
+    "clerk_sync.signature (the verifier: hmac over the raw body)": "clerk_sync.signature",
+    "svix.webhooks (not used by the function)": "svix.webhooks",
+    "firebase_admin + jwt (firebase_token only, never the webhook)": "firebase_admin.auth, jwt",
+    "clerk_backend_api (clerk_reconcile only, never the webhook)": "clerk_backend_api",
 }
 
 

@@ -76,8 +76,9 @@ PACKAGES = (
     "google-cloud-firestore",
     "grpcio",
     "protobuf",
-    "standardwebhooks",
     "svix",
+    "firebase-admin",
+    "clerk-backend-api",
 )
 
 

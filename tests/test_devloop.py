@@ -525,3 +525,24 @@ def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:
     assert shown == "WARNING 401 signature rejected: bad_signature  reason=bad_signature (1.5 ms)"
     assert devloop.readable("[INFO] Booting worker") == "[INFO] Booting worker"
     assert devloop.emulator_line("INFO: Detected HTTP/2 connection.") is None
+
+
+def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("CLERK_WEBHOOK_SIGNING_SECRET=sk_test_pastedTheApiKeyByMistake0000\n")
+    function_port, emulator_port = two_free_ports()
+
+    finished = subprocess.run(
+        dev_command(env_file, function_port, emulator_port),
+        cwd=ROOT,
+        env=environment_without_secret(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "CLERK_WEBHOOK_SIGNING_SECRET is not a valid whsec_ signing secret" in finished.stderr
+    assert "sk_test_" not in finished.stderr + finished.stdout
+    assert not devloop.port_taken(emulator_port)

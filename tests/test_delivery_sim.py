@@ -109,6 +109,78 @@ def test_final_state_check_notices_each_kind_of_divergence(server: Server, db: f
     assert "email claims differ" in problems()
     db.collection(PATHS.claims).document("stray@example.com").delete()
 
+    # Organizations and memberships: a member left behind by a deleted organization, by a deleted
+    # user and by its own delete, a deleted organization back, a stale role, a missing tombstone.
+    last_member_state = {
+        event.member.membership_id: event
+        for event in history.stored_events
+        if event.kind == "membership" and not event.is_deletion
+    }
+
+    def ended(by: str) -> delivery_sim.SimEvent:
+        """The last state of a membership that ended with its organization, its user or its own delete."""
+        return next(
+            event
+            for event in last_member_state.values()
+            if (event.member.organization_id in history.deleted_organizations) == (by == "organization")
+            and (event.member.user_id in history.deleted) == (by == "user")
+            and (event.member.membership_id in history.deleted_memberships) == (by == "membership")
+        )
+
+    expected_members = history.expected_memberships()
+    for tombstone in ("organization", "user", "membership"):
+        event = ended(tombstone)
+        path = delivery_sim.member_path(event.member.organization_id, event.member.user_id)
+        document = delivery_sim.expected_document(event.body)
+        db.document(path).set({**document, "synced_at": firestore.SERVER_TIMESTAMP})
+        found = problems()
+        assert f"{path} is left behind under its {tombstone} tombstone" in found, found
+        if path in expected_members:  # the user joined again: the old membership overwrote the new one
+            assert f"{path} differs from its last Clerk state in" in found, found
+            db.document(path).set({**expected_members[path], "synced_at": firestore.SERVER_TIMESTAMP})
+        else:
+            assert f"memberships missing [], extra ['{path}']" in found, found
+            db.document(path).delete()
+
+    deleted_org = sorted(history.deleted_organizations)[0]
+    organization_state = next(
+        event for event in reversed(history.stored_events) if event.clerk_id == deleted_org and not event.is_deletion
+    )
+    resurrected = delivery_sim.expected_document(organization_state.body)
+    db.collection(PATHS.organizations).document(deleted_org).set(
+        {**resurrected, "synced_at": firestore.SERVER_TIMESTAMP}
+    )
+    assert f"organizations/{deleted_org} exists next to its tombstone" in problems()
+    assert f"organizations missing [], extra ['{PATHS.organizations}/{deleted_org}']" in problems()
+    db.collection(PATHS.organizations).document(deleted_org).delete()
+
+    # A stale upsert won: the member holds an earlier version of its membership, with its old role.
+    stale, member_at = next(
+        (delivery_sim.expected_document(event.body), path)
+        for path, member in expected_members.items()
+        for event in history.stored_events
+        if event.kind == "membership"
+        and event.clerk_id == member["membership_id"]
+        and delivery_sim.expected_document(event.body)["role"] != member["role"]
+    )
+    db.document(member_at).set({**stale, "synced_at": firestore.SERVER_TIMESTAMP})
+    found = problems()
+    assert f"{member_at} differs from its last Clerk state in [" in found, found
+    assert "'role'" in found.split(f"{member_at} differs from its last Clerk state in")[1].splitlines()[0]
+    db.document(member_at).set({**expected_members[member_at], "synced_at": firestore.SERVER_TIMESTAMP})
+
+    membership_id = next(iter(history.deleted_memberships))
+    tombstones = db.collection(PATHS.membership_tombstones)
+    saved_tombstone = tombstones.document(membership_id).get(timeout=10).to_dict() or {}
+    tombstones.document(membership_id).delete()
+    assert f"membership tombstones missing ['{membership_id}'], extra []" in problems()
+    tombstones.document(membership_id).set(saved_tombstone)
+
+    organization_id, organization = next(iter(history.expected_organizations().items()))
+    db.collection(PATHS.organizations).document(organization_id).update({"name": "Mallory Inc"})
+    assert f"organizations/{organization_id} differs from its last Clerk state in ['name']" in problems()
+    db.collection(PATHS.organizations).document(organization_id).update({"name": organization["name"]})
+
     assert problems() == ""
     log_text = log_text.replace(dropped_line, "")
     assert "log lines do not match" in problems()
@@ -124,6 +196,7 @@ def test_same_seed_writes_the_same_history() -> None:
 
     assert [event.body for event in first.events] == [event.body for event in again.events]
     assert [event.body for event in first.events] != [event.body for event in other.events]
+    assert first.final_memberships == again.final_memberships
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 1234, 99991])
@@ -131,23 +204,88 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
     history = delivery_sim.generate(seed, **QUICK)
 
     holder: dict[str, str] = {}  # normalised address -> live user holding it now
-    last_updated: dict[str, int] = {}
-    deleted: set[str] = set()
+    last_updated: dict[str, int] = {}  # user, organization or membership id -> its last updated_at
+    deleted: set[str] = set()  # users, organizations and memberships
+    deleted_users: set[str] = set()
+    deleted_organizations: set[str] = set()
     final: dict[str, str] = {}
+    live_organizations: set[str] = set()
+    members: dict[tuple[str, str], str] = {}  # (organization, user) -> live membership id
+    joined_at: dict[str, int] = {}  # membership id -> created_at
+    member_of: dict[str, tuple[str, str]] = {}  # membership id -> (organization, user)
+    final_organizations: dict[str, str] = {}
+    final_memberships: dict[str, str] = {}
+    announced: dict[str, tuple[str, str]] = {}
     for event in history.events:
         envelope = json.loads(event.body)
         data = envelope["data"]
-        if event.user_id is None:
+        kind = event.kind
+        if kind is None:
             assert envelope["type"] in delivery_sim.IGNORED_TYPES
             continue
+        assert data["id"] == event.clerk_id
+        assert data["id"] not in deleted, f"seed {seed}: event after deletion"
+        if kind == "organization":
+            assert data["id"] in live_organizations or envelope["type"] == "organization.created"
+            if envelope["type"] == "organization.deleted":
+                assert set(data) == {"object", "id", "slug", "deleted"}
+                deleted.add(data["id"])
+                deleted_organizations.add(data["id"])
+                live_organizations.discard(data["id"])
+                final_organizations.pop(data["id"])
+                for pair in [pair for pair in members if pair[0] == data["id"]]:
+                    final_memberships.pop(delivery_sim.member_path(*pair))
+                    del members[pair]  # no delete comes for the rest: they end with the organization
+                continue
+            assert (envelope["type"] == "organization.created") == (data["id"] not in last_updated)
+            assert data["updated_at"] > last_updated.get(data["id"], 0)
+            assert "private_metadata" in data
+            assert data["members_count"] == sum(organization == data["id"] for organization, _ in members)
+            last_updated[data["id"]] = data["updated_at"]
+            live_organizations.add(data["id"])
+            final_organizations[data["id"]] = event.body
+            continue
+        if kind == "membership":
+            organization_id, user_id = data["organization"]["id"], data["public_user_data"]["user_id"]
+            pair = (organization_id, user_id)
+            assert organization_id in live_organizations, f"seed {seed}: membership event of a dead organization"
+            assert user_id in last_updated, f"seed {seed}: member {user_id} never created"
+            assert user_id not in deleted, f"seed {seed}: member {user_id} deleted"
+            assert data["organization"]["updated_at"] == last_updated[organization_id], "org not as it is now"
+            assert set(data) >= {"role", "role_name", "permissions", "public_metadata", "private_metadata"}
+            if envelope["type"] == "organizationMembership.created":
+                assert data["id"] not in member_of, f"seed {seed}: a membership id came back"
+                assert pair not in members, f"seed {seed}: {user_id} joined {organization_id} twice"
+                before = [last_updated[mid] for mid, earlier in member_of.items() if earlier == pair]
+                assert data["created_at"] == data["updated_at"] > max(before, default=0), f"seed {seed}: re-join"
+                members[pair] = data["id"]
+                joined_at[data["id"]] = data["created_at"]
+                member_of[data["id"]] = pair
+            assert members.get(pair) == data["id"], f"seed {seed}: event for a membership that is not live"
+            assert data["created_at"] == joined_at[data["id"]]
+            if envelope["type"] == "organizationMembership.deleted":
+                # Clerk's quirk: the delete may carry an older updated_at than the last update's.
+                assert data["updated_at"] <= last_updated[data["id"]] < envelope["timestamp"]
+                deleted.add(data["id"])
+                del members[pair]
+                final_memberships.pop(delivery_sim.member_path(*pair))
+                announced[data["id"]] = pair
+                continue
+            assert data["updated_at"] > last_updated.get(data["id"], 0)
+            assert envelope["timestamp"] == data["updated_at"]
+            last_updated[data["id"]] = data["updated_at"]
+            final_memberships[delivery_sim.member_path(*pair)] = event.body
+            continue
         user_id = data["id"]
-        assert user_id == event.user_id
-        assert user_id not in deleted, f"seed {seed}: event after deletion"
         if envelope["type"] == "user.deleted":
             assert set(data) == {"deleted", "id", "object"}
             deleted.add(user_id)
+            deleted_users.add(user_id)
             final.pop(user_id)
             holder = {key: owner for key, owner in holder.items() if owner != user_id}
+            for pair in [pair for pair in members if pair[1] == user_id]:
+                final_memberships.pop(delivery_sim.member_path(*pair))
+                del members[pair]  # no delete comes for them: they end with the user
             continue
         assert (envelope["type"] == "user.created") == (user_id not in last_updated)
         assert data["updated_at"] > last_updated.get(user_id, 0)
@@ -163,11 +301,17 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
         final[user_id] = event.body
 
     assert final == history.final_bodies
-    assert deleted == history.deleted
+    assert deleted_users == history.deleted
+    assert deleted_organizations == history.deleted_organizations
+    assert final_organizations == history.final_organizations
+    assert final_memberships == history.final_memberships
+    assert announced == history.deleted_memberships
+    assert {delivery_sim.member_path(*pair) for pair in members} == set(final_memberships)
 
 
-def test_generated_history_tells_every_story() -> None:
-    history = delivery_sim.generate(5, **QUICK)
+@pytest.mark.parametrize(("seed", "size"), [(5, QUICK), (6, {"users": 6, "events_target": 30})])
+def test_generated_history_tells_every_story(seed: int, size: dict[str, int]) -> None:
+    history = delivery_sim.generate(seed, **size)
 
     primary_owners: defaultdict[str, set[str]] = defaultdict(set)
     for event in history.user_events:
@@ -180,11 +324,21 @@ def test_generated_history_tells_every_story() -> None:
     documents = history.expected_documents()
 
     assert moved, "no address became the primary email of a second user"
-    for story in ("move_email", "primary_change", "drop_email", "delete", "reuse_after_delete", "metadata"):
+    for story in (
+        *("move_email", "primary_change", "drop_email", "delete", "reuse_after_delete"),
+        *("organization_create", "organization_rename", "organization_metadata", "join", "role_change"),
+        *("leave", "delete_with_older_updated_at", "rejoin", "organization_delete"),
+        *("organization_delete_member_silently", "organization_delete_member_announced", "delete_member_silently"),
+    ):
         assert history.stories[story] > 0, story
-    assert any(doc["email"] is None and doc["phone_number"] for doc in documents.values())
-    assert history.ignored_events
-    assert 0.8 * QUICK["events_target"] <= len(history.user_events) < QUICK["events_target"]
+    assert history.final_organizations
+    assert history.final_memberships
+    if size is QUICK:
+        assert history.stories["metadata"] > 0
+        assert any(doc["email"] is None and doc["phone_number"] for doc in documents.values())
+        assert history.ignored_events
+        assert 0.8 * QUICK["events_target"] <= len(history.stored_events) < QUICK["events_target"] + 10
+        assert len(history.events) - len(history.user_events) >= QUICK["events_target"] // 4
 
 
 def test_delivery_plan_sends_every_event_with_some_duplicates_out_of_order() -> None:

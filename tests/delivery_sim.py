@@ -1,10 +1,11 @@
 """Plays Clerk and Svix against the real function: a seeded, legal Clerk history, delivered messily.
 
 `generate` writes a random but legal Clerk history of users, organizations and memberships:
-every address belongs to at most one live user at any moment, `updated_at` only grows per object,
-a member who leaves and joins again gets a new membership id, nothing happens to a user or an
-organization after its deletion, and their memberships stop with them (Clerk sends no membership
-delete for them, or only for some). `deliver` then sends it the way Svix does: every
+every address belongs to at most one live user at any moment, `updated_at` only grows per object
+(two versions may share one, as two writes in the same millisecond do), a member who leaves and
+joins again gets a new membership id, nothing happens to a user or an organization after its
+deletion, and their memberships stop with them (Clerk sends no membership delete for them, or only
+for some). `deliver` then sends it the way Svix does: every
 event at least once, some twice with the same svix id, shuffled within a window, from a thread
 pool, retrying every non-2xx after a compressed backoff with a fresh timestamp and signature. The
 `*_problems` functions compare Firestore with the final Clerk state; every message they produce
@@ -330,6 +331,22 @@ class History:
         """Member path -> document, for each live membership of a live organization and a live user."""
         return {path: expected_document(body) for path, body in self.final_memberships.items()}
 
+    def deciding_ties(self) -> Counter[str]:
+        """Per kind, how many final states share their `updated_at` with another version (a tie decides)."""
+        versions_at = Counter((event.clerk_id, event.clerk_ms) for event in self.stored_events if not event.is_deletion)
+        by_body = {event.body: event for event in self.stored_events}
+        finals = {
+            "user": self.final_bodies.values(),
+            "organization": self.final_organizations.values(),
+            "membership": self.final_memberships.values(),
+        }
+        return Counter(
+            {
+                kind: sum(versions_at[(by_body[body].clerk_id, by_body[body].clerk_ms)] > 1 for body in bodies)
+                for kind, bodies in finals.items()
+            }
+        )
+
     def expected_claims(self) -> dict[str, tuple[str, str]]:
         """Claim document id -> (normalised primary email, owner) for the final state."""
         claims: dict[str, tuple[str, str]] = {}
@@ -489,6 +506,7 @@ class _Generator:
             "seats": self.rng.randint(1, 500),
             "tags": self.rng.sample(["beta", "admin", "ops", "eu", "us"], self.rng.randint(0, 3)),
             "limits": {"projects": self.rng.randint(0, 9), "ratio": round(self.rng.random(), 3)},
+            "revision": next(self.counter),  # every edit changes the synced content
         }
         user.unsafe_metadata = {"theme": self.rng.choice(["dark", "light"]), "onboarded": self.rng.random() < 0.5}
         user.private_metadata = {"stripe_customer": "cus_" + "".join(self.rng.choices(string.ascii_letters, k=10))}
@@ -543,6 +561,12 @@ class _Generator:
         self.stories["sign_in_or_flags"] += 1
         self.emit_user(user)
 
+    def tie_user(self, user: _User) -> None:
+        """A rename and a metadata edit in the same millisecond: two versions, one `updated_at`."""
+        self.rename(user)
+        self.edit_metadata(user, same_ms=True)
+        self.stories["user_tie"] += 1
+
     def ignored(self) -> None:
         event_type = self.rng.choice(IGNORED_TYPES)
         someone = self.rng.choice(self.live()).user_id if self.users else "user_unknown"
@@ -585,6 +609,7 @@ class _Generator:
             "plan": self.rng.choice(["free", "team", "enterprise"]),
             "features": self.rng.sample(["sso", "audit", "seats", "beta"], self.rng.randint(0, 3)),
             "region": self.rng.choice(["eu", "us", None]),
+            "revision": next(self.counter),
         }
         organization.private_metadata = {"billing": "cus_" + "".join(self.rng.choices(string.ascii_letters, k=8))}
         if self.rng.random() < 0.3:
@@ -595,6 +620,12 @@ class _Generator:
             organization.has_image = True
         self.stories["organization_metadata"] += 1
         self.emit_organization(organization, same_ms=same_ms)
+
+    def tie_organization(self, organization: _Organization) -> None:
+        """A rename and a metadata edit of one organization in the same millisecond."""
+        self.rename_organization(organization)
+        self.edit_organization_metadata(organization, same_ms=True)
+        self.stories["organization_tie"] += 1
 
     def join(self, organization: _Organization, user: _User, *, role: str = "org:member") -> _Membership:
         """A new membership (a new id, even for a user who was a member before)."""
@@ -615,10 +646,17 @@ class _Generator:
         membership.public_metadata = {
             "team": self.rng.choice(["design", "ops", "sales", "eng"]),
             "seat": self.rng.randint(1, 99),
+            "revision": next(self.counter),
         }
         membership.private_metadata = {"cost_center": self.rng.randint(100, 999)}
         self.stories["membership_metadata"] += 1
         self.emit_membership(membership, same_ms=same_ms)
+
+    def tie_membership(self, membership: _Membership) -> None:
+        """A role change and a metadata edit of one membership in the same millisecond."""
+        self.change_role(membership)
+        self.edit_membership_metadata(membership, same_ms=True)
+        self.stories["membership_tie"] += 1
 
     def leave(self, membership: _Membership, *, older: bool | None = None, story: str = "leave") -> None:
         """`organizationMembership.deleted`, whose `updated_at` is sometimes older than the last update's."""
@@ -697,10 +735,14 @@ class _Generator:
             self.change_role(self.rng.choice(members))
         elif roll < 0.78 and members:
             self.edit_membership_metadata(self.rng.choice(members))
-        elif roll < 0.91 and members:
+        elif roll < 0.88 and members:
             self.leave(self.rng.choice(members))
+        elif 0.88 <= roll < 0.90 and members:
+            self.tie_membership(self.rng.choice(members))
+        elif 0.90 <= roll < 0.92:
+            self.tie_organization(organization)
         elif (
-            roll < 0.94
+            0.92 <= roll < 0.95
             and len(self.organizations) > 1
             and len(self.deleted_organizations) < max(1, organizations_target // 4)
         ):
@@ -826,6 +868,16 @@ class _Generator:
         self.delete(user)
         return True
 
+    def story_ties(self) -> bool:
+        """Two versions with one `updated_at`, for a user, an organization and a membership."""
+        members = self.memberships()
+        if not self.users or not members:
+            return False
+        self.tie_user(self.rng.choice(self.live()))
+        self.tie_organization(self.rng.choice(list(self.organizations.values())))
+        self.tie_membership(self.rng.choice(members))
+        return True
+
     def random_step(self, users_target: int, created: int, organizations_target: int) -> None:
         roll = self.rng.random()
         if not self.users or (created < users_target and roll < 0.25):
@@ -850,6 +902,8 @@ class _Generator:
             self.drop_email(user, self.rng.choice(user.emails)[0])
         elif roll < 0.74 and len(self.users) > 3 and len(self.deleted) < max(2, users_target // 5):
             self.delete(user)
+        elif 0.74 <= roll < 0.76:  # not for rolls whose step above did not fit this user
+            self.tie_user(user)
         else:
             self.sign_in_or_flags(user)
 
@@ -872,7 +926,9 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
     """A legal Clerk history of about `events_target` events for about `users` users.
 
     About `organizations` organizations (default a fifth of `users`, at least 2). Every history
-    tells each story below at least once, however short.
+    tells each story below at least once, however short. Pairs of versions sharing one `updated_at`
+    come at random, and once more at the very end, where nothing supersedes them and so the
+    function's tie-break (the larger digest) decides the final state.
     """
     organizations = max(2, users // 5) if organizations is None else organizations
     generator = _Generator(seed)
@@ -900,6 +956,7 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
             generator.random_step(users, created, organizations)
         if len(generator.events) > 2 * events_target + 100:
             raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {stories}")
+    assert generator.story_ties(), f"SIM_SEED={seed}: no membership left for the final ties"
     return generator.history()
 
 

@@ -7,15 +7,28 @@ replays the same history and delivery plan (thread timing still varies from run 
 from __future__ import annotations
 
 import json
+import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import delivery_sim
+import emulator
 import pytest
-from conftest import PATHS, Server
+from clerk_events import (
+    BASE_MS,
+    membership_event,
+    new_membership_id,
+    new_message_id,
+    new_organization_id,
+    new_user_id,
+    organization_event,
+    user_event,
+)
+from conftest import PATHS, Server, start_server, stop_server
 from google.cloud import firestore
 
-from clerk_sync import ids
+from clerk_sync import ids, versions
 from clerk_sync.users import normalise_email
 
 QUICK = {"users": 40, "events_target": 400}
@@ -47,7 +60,10 @@ def run_simulation(
         checkpoint=checkpoint,
         checkpoint_every=40,
     )
-    print(f"SIM_SEED={seed}: {report.summary()}; stories {dict(history.stories)}")
+    print(
+        f"SIM_SEED={seed}: {report.summary()}; stories {dict(sorted(history.stories.items()))}; "
+        f"final states decided by a tie {dict(history.deciding_ties())}"
+    )
 
     assert not report.undelivered, f"SIM_SEED={seed}: {len(report.undelivered)} undelivered; {report.summary()}"
     assert report.checkpoints >= events_target // 40
@@ -67,6 +83,84 @@ def test_messy_delivery_of_a_quick_history_converges_to_clerks_final_state(
 @pytest.mark.soak
 def test_messy_delivery_of_a_long_history_converges_to_clerks_final_state(server: Server, db: firestore.Client) -> None:
     run_simulation(server, db, **SOAK, concurrency=16, window=32)
+
+
+# Two versions with one `updated_at` (issue 8, item 6): Clerk's order between them is unknowable,
+# so the function keeps the larger digest, whichever arrives first and however often.
+
+
+def same_millisecond_versions(kind: str) -> tuple[str, str, str, str]:
+    """A new object's two versions sharing one `updated_at`: (kind, document path, version A, B)."""
+    at = BASE_MS + 5_000
+    if kind == "user":
+        user_id = new_user_id()
+        emails = [f"{user_id}@example.com"]
+        renamed = user_event("user.updated", user_id, emails=emails, first_name="Renamed", updated_at=at)
+        edited = user_event("user.updated", user_id, emails=emails, public_metadata={"plan": "pro"}, updated_at=at)
+        return "user.updated", f"{PATHS.users}/{user_id}", renamed, edited
+    if kind == "organization":
+        org_id = new_organization_id()
+        renamed = organization_event("organization.updated", org_id, name="Acme Renamed", updated_at=at)
+        edited = organization_event("organization.updated", org_id, public_metadata={"plan": "team"}, updated_at=at)
+        return "organization.updated", f"{PATHS.organizations}/{org_id}", renamed, edited
+    membership_id, org_id, user_id = new_membership_id(), new_organization_id(), new_user_id()
+    promoted = membership_event(
+        "organizationMembership.updated", membership_id, org_id, user_id, role="org:admin", updated_at=at
+    )
+    tagged = membership_event(
+        "organizationMembership.updated", membership_id, org_id, user_id, public_metadata={"team": "ops"}, updated_at=at
+    )
+    return "organizationMembership.updated", delivery_sim.member_path(org_id, user_id), promoted, tagged
+
+
+def test_versions_sharing_updated_at_end_in_the_larger_digest_in_either_order_through_a_503_and_retries(
+    server: Server, db: firestore.Client, tmp_path: Path
+) -> None:
+    # An instance whose Firestore is unreachable answers a real 503 (Cloud Functions can route a
+    # delivery to a sick instance); Svix then retries the same svix id, here on the healthy one.
+    unreachable = f"127.0.0.1:{emulator.free_port()}"
+    sick = start_server(
+        tmp_path,
+        {**os.environ, "FIRESTORE_EMULATOR_HOST": unreachable, "FIRESTORE_DEADLINE_SECONDS": "1", "THREADS": "2"},
+    )
+    try:
+        for kind in ("user", "organization", "membership"):
+            for first_is_a in (True, False):
+                for first_answer in ("503", "lost"):
+                    event_type, path, version_a, version_b = same_millisecond_versions(kind)
+                    first, second = (version_a, version_b) if first_is_a else (version_b, version_a)
+                    case = f"{kind}, {'A' if first_is_a else 'B'} first, its first answer {first_answer}"
+                    at = json.loads(first)["data"]["updated_at"]
+                    sent = [
+                        delivery_sim.SimEvent(
+                            new_message_id(), event_type, json.loads(body)["data"]["id"], body, order, at
+                        )
+                        for order, body in enumerate([first, second])
+                    ]
+                    expected = {body: delivery_sim.expected_document(body) for body in (first, second)}
+                    assert expected[first]["updated_at"] == expected[second]["updated_at"], case
+                    assert expected[first] != expected[second], case
+                    winner = max((first, second), key=lambda body: expected[body][versions.DIGEST_FIELD])
+
+                    answers = [
+                        delivery_sim.post(sick.url if first_answer == "503" else server.url, sent[0]),
+                        delivery_sim.post(server.url, sent[1]),
+                        delivery_sim.post(server.url, sent[0]),  # Svix's retry: same svix id, new signature
+                    ]
+
+                    seen = [(answer.status, answer.outcome) for answer in answers]
+                    if first_answer == "503":
+                        # Nothing was written by the 503: the retry is the first's only real arrival.
+                        outcome = "applied" if winner == first else "stale"
+                        assert seen == [(503, "unavailable"), (200, "applied"), (200, outcome)], case
+                    else:
+                        outcome = "applied" if winner == second else "stale"
+                        assert seen == [(200, "applied"), (200, outcome), (200, "duplicate")], case
+                    stored = db.document(path).get(timeout=10).to_dict() or {}
+                    assert stored.pop("synced_at", None) is not None, case
+                    assert stored == expected[winner], case
+    finally:
+        stop_server(sick)
 
 
 # The simulator itself: its histories must be legal and its checks must bite, or a passing run
@@ -208,14 +302,30 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
     deleted: set[str] = set()  # users, organizations and memberships
     deleted_users: set[str] = set()
     deleted_organizations: set[str] = set()
-    final: dict[str, str] = {}
+    final: dict[str, tuple[int, str, str]] = {}  # final (updated_at, digest, body) of each live object
     live_organizations: set[str] = set()
     members: dict[tuple[str, str], str] = {}  # (organization, user) -> live membership id
     joined_at: dict[str, int] = {}  # membership id -> created_at
     member_of: dict[str, tuple[str, str]] = {}  # membership id -> (organization, user)
-    final_organizations: dict[str, str] = {}
-    final_memberships: dict[str, str] = {}
+    final_organizations: dict[str, tuple[int, str, str]] = {}
+    final_memberships: dict[str, tuple[int, str, str]] = {}
     announced: dict[str, tuple[str, str]] = {}
+    last_digest: dict[str, str] = {}
+    ties: Counter[str] = Counter()
+
+    def keep(finals: dict[str, tuple[int, str, str]], key: str, event: delivery_sim.SimEvent, updated_at: int) -> None:
+        """`updated_at` never goes back; a version that shares it has other content (a tie). The final
+        state is the last version, of a tie the larger digest: the function's rule is the expectation."""
+        clerk_id, digest = str(event.clerk_id), str(event.digest)
+        if clerk_id in last_updated:
+            assert updated_at >= last_updated[clerk_id], f"seed {seed}: {clerk_id}'s updated_at went back"
+            if updated_at == last_updated[clerk_id]:
+                assert digest != last_digest[clerk_id], f"seed {seed}: {clerk_id}: one version sent twice"
+                ties[str(event.kind)] += 1
+        last_updated[clerk_id], last_digest[clerk_id] = updated_at, digest
+        if key not in finals or (updated_at, digest) > finals[key][:2]:
+            finals[key] = (updated_at, digest, event.body)
+
     for event in history.events:
         envelope = json.loads(event.body)
         data = envelope["data"]
@@ -238,12 +348,10 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
                     del members[pair]  # no delete comes for the rest: they end with the organization
                 continue
             assert (envelope["type"] == "organization.created") == (data["id"] not in last_updated)
-            assert data["updated_at"] > last_updated.get(data["id"], 0)
             assert "private_metadata" in data
             assert data["members_count"] == sum(organization == data["id"] for organization, _ in members)
-            last_updated[data["id"]] = data["updated_at"]
+            keep(final_organizations, data["id"], event, data["updated_at"])
             live_organizations.add(data["id"])
-            final_organizations[data["id"]] = event.body
             continue
         if kind == "membership":
             organization_id, user_id = data["organization"]["id"], data["public_user_data"]["user_id"]
@@ -256,6 +364,7 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
             if envelope["type"] == "organizationMembership.created":
                 assert data["id"] not in member_of, f"seed {seed}: a membership id came back"
                 assert pair not in members, f"seed {seed}: {user_id} joined {organization_id} twice"
+                assert data["id"] not in last_updated
                 before = [last_updated[mid] for mid, earlier in member_of.items() if earlier == pair]
                 assert data["created_at"] == data["updated_at"] > max(before, default=0), f"seed {seed}: re-join"
                 members[pair] = data["id"]
@@ -271,10 +380,8 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
                 final_memberships.pop(delivery_sim.member_path(*pair))
                 announced[data["id"]] = pair
                 continue
-            assert data["updated_at"] > last_updated.get(data["id"], 0)
             assert envelope["timestamp"] == data["updated_at"]
-            last_updated[data["id"]] = data["updated_at"]
-            final_memberships[delivery_sim.member_path(*pair)] = event.body
+            keep(final_memberships, delivery_sim.member_path(*pair), event, data["updated_at"])
             continue
         user_id = data["id"]
         if envelope["type"] == "user.deleted":
@@ -288,9 +395,8 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
                 del members[pair]  # no delete comes for them: they end with the user
             continue
         assert (envelope["type"] == "user.created") == (user_id not in last_updated)
-        assert data["updated_at"] > last_updated.get(user_id, 0)
         assert envelope["timestamp"] == data["updated_at"]
-        last_updated[user_id] = data["updated_at"]
+        keep(final, user_id, event, data["updated_at"])
         entry_ids = {entry["id"] for entry in data["email_addresses"]}
         assert data["primary_email_address_id"] in entry_ids | {None}
         addresses = {normalise_email(entry["email_address"]) for entry in data["email_addresses"]}
@@ -298,15 +404,15 @@ def test_generated_history_obeys_clerks_rules(seed: int) -> None:
         for key in addresses:
             assert key not in holder, f"seed {seed}: {user_id} took an address another user still holds"
             holder[str(key)] = user_id
-        final[user_id] = event.body
 
-    assert final == history.final_bodies
+    assert {user_id: body for user_id, (*_, body) in final.items()} == history.final_bodies
     assert deleted_users == history.deleted
     assert deleted_organizations == history.deleted_organizations
-    assert final_organizations == history.final_organizations
-    assert final_memberships == history.final_memberships
+    assert {org_id: body for org_id, (*_, body) in final_organizations.items()} == history.final_organizations
+    assert {path: body for path, (*_, body) in final_memberships.items()} == history.final_memberships
     assert announced == history.deleted_memberships
     assert {delivery_sim.member_path(*pair) for pair in members} == set(final_memberships)
+    assert set(ties) == {"user", "organization", "membership"}, f"seed {seed}: ties {ties}"
 
 
 @pytest.mark.parametrize(("seed", "size"), [(5, QUICK), (6, {"users": 6, "events_target": 30})])
@@ -329,8 +435,12 @@ def test_generated_history_tells_every_story(seed: int, size: dict[str, int]) ->
         *("organization_create", "organization_rename", "organization_metadata", "join", "role_change"),
         *("leave", "delete_with_older_updated_at", "rejoin", "organization_delete"),
         *("organization_delete_member_silently", "organization_delete_member_announced", "delete_member_silently"),
+        *("user_tie", "organization_tie", "membership_tie"),
     ):
         assert history.stories[story] > 0, story
+    # The final ties come last, so at least one final state per kind is decided by a tie.
+    deciding = history.deciding_ties()
+    assert min(deciding[kind] for kind in ("user", "organization", "membership")) >= 1, deciding
     assert history.final_organizations
     assert history.final_memberships
     if size is QUICK:

@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -303,6 +303,7 @@ class History:
     final_memberships: dict[str, str] = field(default_factory=dict)  # member path -> body
     deleted_organizations: set[str] = field(default_factory=set)
     deleted_memberships: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (org, user), announced
+    stragglers: set[str] = field(default_factory=set)  # svix ids that must arrive after their successors
 
     @property
     def stored_events(self) -> list[SimEvent]:
@@ -385,6 +386,8 @@ class _Generator:
         self.deleted_organizations: set[str] = set()
         self.deleted_memberships: dict[str, tuple[str, str]] = {}
         self.left: list[tuple[str, str]] = []  # (organization, user) pairs whose membership ended
+        self.stragglers: set[str] = set()
+        self.quiet: set[str] = set()  # membership ids nothing may touch after their race
 
     def tick(self) -> int:
         self.clock += self.rng.randint(1, 4000)
@@ -399,6 +402,10 @@ class _Generator:
         event = SimEvent(svix_id, event_type, clerk_id, body, len(self.events), clerk_ms)
         self.events.append(event)
         return event
+
+    def straggle(self) -> None:
+        """The event just emitted reaches the function late, after the ones that follow it (a Svix retry)."""
+        self.stragglers.add(self.events[-1].svix_id)
 
     @staticmethod
     def keep_final(finals: dict[str, SimEvent], key: str, event: SimEvent) -> None:
@@ -682,9 +689,9 @@ class _Generator:
                 found.append((organization, user))
         return found
 
-    def rejoin(self, organization: _Organization, user: _User) -> None:
+    def rejoin(self, organization: _Organization, user: _User) -> _Membership:
         self.stories["rejoin"] += 1
-        self.join(organization, user, role=self.rng.choice(list(ROLES)))
+        return self.join(organization, user, role=self.rng.choice(list(ROLES)))
 
     @staticmethod
     def has_room(organization: _Organization) -> bool:
@@ -756,6 +763,7 @@ class _Generator:
         """A drops its primary address; later B takes it as primary (the 409 path)."""
         owners = [user for user in self.with_emails() if user.primary_email]
         if not owners or len(self.users) < 2:
+            self.create("email")  # a short history may have no one to take the address from yet
             return False
         owner = self.rng.choice(owners)
         assert owner.primary_email is not None
@@ -778,6 +786,7 @@ class _Generator:
         """A user with an email is deleted; a new user signs up with that address."""
         owners = [user for user in self.with_emails() if user.primary_email]
         if not owners:
+            self.create("email")
             return False
         owner = self.rng.choice(owners)
         assert owner.primary_email is not None
@@ -798,18 +807,22 @@ class _Generator:
 
     def story_primary_change(self) -> bool:
         candidates = self.with_emails(2)
+        if not candidates and self.with_emails(1):
+            self.add_email(self.rng.choice(self.with_emails(1)), make_primary=False)
+            return False
         if not candidates:
+            self.create("email")
             return False
         self.change_primary(self.rng.choice(candidates))
         return True
 
-    def organization_with_members(self, minimum: int) -> _Organization | None:
-        """An organization with at least `minimum` members, made so if none has them yet."""
+    def organization_with_members(self, minimum: int) -> _Organization:
+        """An organization with at least `minimum` members, made so (with new users) if none has them yet."""
         candidates = [org for org in self.organizations.values() if len(org.members) >= minimum]
         if candidates:
             return self.rng.choice(candidates)
-        if len(self.users) < minimum + 1:
-            return None
+        while len(self.users) < minimum + 1:
+            self.create("email")
         organization = self.create_organization(self.rng.choice(self.live()))
         while len(organization.members) < minimum:
             outsiders = [user for user in self.live() if user.user_id not in organization.members]
@@ -827,8 +840,8 @@ class _Generator:
 
     def story_join_and_role_change(self) -> bool:
         organization = self.organization_with_members(1)
-        outsiders = [user for user in self.live() if organization and user.user_id not in organization.members]
-        if organization is None or not outsiders or not self.has_room(organization):
+        outsiders = [user for user in self.live() if user.user_id not in organization.members]
+        if not outsiders or not self.has_room(organization):
             return False
         membership = self.join(organization, self.rng.choice(outsiders))
         self.change_role(membership)
@@ -837,8 +850,6 @@ class _Generator:
     def story_leave_and_rejoin(self) -> bool:
         """A member whose role changed leaves (the delete carries an older `updated_at`), then re-joins."""
         organization = self.organization_with_members(2)
-        if organization is None:
-            return False
         membership = self.rng.choice(list(organization.members.values()))
         self.change_role(membership)
         self.leave(membership, older=True)
@@ -848,15 +859,15 @@ class _Generator:
     def story_delete_organization_with_members(self) -> bool:
         """An organization with members is deleted: one member's delete is announced, one's is not."""
         organization = self.organization_with_members(2)
-        if organization is None:
-            return False
-        self.delete_organization(organization, announced=lambda position: position == 1 or self.rng.random() < 0.3)
+        self.delete_organization(
+            organization, announced=lambda position: position == 1 or (position > 1 and self.rng.random() < 0.3)
+        )
         return True
 
     def story_delete_user_in_organizations(self) -> bool:
         """A user in two organizations is deleted; no membership delete comes for them."""
-        if len(self.users) < 5:
-            return False
+        while len(self.users) < 4:  # a short history keeps a few users alive for the rest
+            self.create("email")
         user = self.rng.choice(self.live())
         for _ in range(2):
             outsider_of = [org for org in self.organizations.values() if user.user_id not in org.members]
@@ -868,9 +879,48 @@ class _Generator:
         self.delete(user)
         return True
 
+    # -- the finale: races whose late event nothing after them can mend, then ties --
+
+    def race_organization_deletion(self) -> bool:
+        """A member's role change and a rename arrive after the organization's deletion (all its members silent)."""
+        organization = self.organization_with_members(2)
+        self.change_role(self.rng.choice(list(organization.members.values())))
+        self.straggle()
+        self.rename_organization(organization)
+        self.straggle()
+        self.delete_organization(organization, announced=lambda _position: False)
+        self.stories["race_upserts_after_organization_deletion"] += 1
+        return True
+
+    def race_user_deletion(self) -> bool:
+        """A user's membership edit and rename arrive after the user's deletion."""
+        members = [member for member in self.memberships() if member.membership_id not in self.quiet]
+        if not members:
+            organization = self.organization_with_members(1)
+            members = list(organization.members.values())
+        membership = self.rng.choice(members)
+        self.edit_membership_metadata(membership)
+        self.straggle()
+        self.rename(membership.user)
+        self.straggle()
+        self.delete(membership.user)
+        self.stories["race_upserts_after_user_deletion"] += 1
+        return True
+
+    def race_rejoin(self) -> bool:
+        """A member leaves and joins again; the old membership's delete arrives after the new one's create."""
+        organization = self.organization_with_members(2)
+        membership = self.rng.choice(list(organization.members.values()))
+        self.change_role(membership)
+        self.leave(membership)
+        self.straggle()
+        self.quiet.add(self.rejoin(organization, membership.user).membership_id)
+        self.stories["race_old_delete_after_rejoin"] += 1
+        return True
+
     def story_ties(self) -> bool:
         """Two versions with one `updated_at`, for a user, an organization and a membership."""
-        members = self.memberships()
+        members = [member for member in self.memberships() if member.membership_id not in self.quiet]
         if not self.users or not members:
             return False
         self.tie_user(self.rng.choice(self.live()))
@@ -919,6 +969,7 @@ class _Generator:
             final_memberships={key: event.body for key, event in self.final_memberships.items()},
             deleted_organizations=self.deleted_organizations,
             deleted_memberships=self.deleted_memberships,
+            stragglers=self.stragglers,
         )
 
 
@@ -927,13 +978,22 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
 
     About `organizations` organizations (default a fifth of `users`, at least 2). Every history
     tells each story below at least once, however short. Pairs of versions sharing one `updated_at`
-    come at random, and once more at the very end, where nothing supersedes them and so the
-    function's tie-break (the larger digest) decides the final state.
+    come at random too. The history ends in a finale nothing after it can mend: races whose late
+    event (`History.stragglers`, which `plan` delivers late) meets a deletion or a re-join, then
+    one more tie per kind, where the function's tie-break (the larger digest) decides the final
+    state.
     """
     organizations = max(2, users // 5) if organizations is None else organizations
     generator = _Generator(seed)
     for kind in ["email"] * 3 + ["phone", "username"]:
         generator.create(kind)
+    finale = (
+        generator.race_organization_deletion,
+        generator.race_user_deletion,
+        generator.race_rejoin,
+        generator.story_ties,
+    )
+    main_target = events_target - 16 if events_target >= 120 else events_target  # the finale is about 16
     stories: list[Callable[[], bool]] = [
         generator.story_move,
         generator.story_primary_change,
@@ -946,8 +1006,8 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
         generator.story_delete_user_in_organizations,
     ]
     generator.rng.shuffle(stories)
-    story_at = sorted(generator.rng.randrange(5, max(6, events_target - 10)) for _ in stories)
-    while len(generator.events) < events_target or stories:
+    story_at = sorted(generator.rng.randrange(5, max(6, main_target - 10)) for _ in stories)
+    while len(generator.events) < main_target or stories:
         if stories and len(generator.events) >= story_at[0] and stories[0]():
             stories.pop(0)
             story_at.pop(0)
@@ -955,8 +1015,10 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
             created = sum(count for name, count in generator.stories.items() if name.startswith("create_"))
             generator.random_step(users, created, organizations)
         if len(generator.events) > 2 * events_target + 100:
-            raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {stories}")
-    assert generator.story_ties(), f"SIM_SEED={seed}: no membership left for the final ties"
+            names = [story.__name__ for story in stories]
+            raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {names}")
+    for story in finale:
+        assert story(), f"SIM_SEED={seed}: {story.__name__} found nothing to work with"
     return generator.history()
 
 
@@ -1022,6 +1084,7 @@ class Delivery:
     attempts: int = 0
     last: Attempt | None = None
     due: float = 0.0
+    straggler: bool = False  # goes out only once nothing sent before it is still in flight
 
 
 @dataclass
@@ -1072,14 +1135,26 @@ def post(url: str, event: SimEvent, timeout: float = SVIX_TIMEOUT_SECONDS) -> At
 
 
 def plan(
-    sim_events: Iterable[SimEvent], rng: random.Random, *, duplicate_share: float, window: float
+    sim_events: Iterable[SimEvent],
+    rng: random.Random,
+    *,
+    duplicate_share: float,
+    window: float,
+    stragglers: Collection[str] = frozenset(),
 ) -> list[Delivery]:
-    """Arrival order: each event within `window` places of its turn; some get a second copy later."""
+    """Arrival order: each event within `window` places of its turn; some get a second copy later.
+
+    A straggler (by svix id) arrives, every copy of it, after every other event up to `window`
+    places after it, and `deliver` sends it only once the requests before it have been answered:
+    it comes in as one whose first attempt failed does, after Svix's retry delay.
+    """
     arrivals: list[tuple[float, Delivery]] = []
     for event in sim_events:
-        arrivals.append((event.order + rng.uniform(0, window), Delivery(event, 0)))
+        late = event.svix_id in stragglers
+        delay = 2 * window if late else 0
+        arrivals.append((event.order + delay + rng.uniform(0, window), Delivery(event, 0, straggler=late)))
         if rng.random() < duplicate_share:
-            arrivals.append((event.order + rng.uniform(0, 3 * window), Delivery(event, 1)))
+            arrivals.append((event.order + delay + rng.uniform(0, 3 * window), Delivery(event, 1, straggler=late)))
     arrivals.sort(key=lambda pair: pair[0])
     return [delivery for _, delivery in arrivals]
 
@@ -1117,7 +1192,7 @@ def deliver(
             while len(in_flight) < concurrency:
                 if retries and retries[0][0] <= now:
                     delivery = heapq.heappop(retries)[2]
-                elif arrivals:
+                elif arrivals and not (arrivals[0].straggler and in_flight):
                     delivery = arrivals.popleft()
                 else:
                     break

@@ -388,6 +388,7 @@ class _Generator:
         self.left: list[tuple[str, str]] = []  # (organization, user) pairs whose membership ended
         self.stragglers: set[str] = set()
         self.quiet: set[str] = set()  # membership ids nothing may touch after their race
+        self.bulk: _Organization | None = None
 
     def tick(self) -> int:
         self.clock += self.rng.randint(1, 4000)
@@ -621,7 +622,7 @@ class _Generator:
         organization.private_metadata = {"billing": "cus_" + "".join(self.rng.choices(string.ascii_letters, k=8))}
         if self.rng.random() < 0.3:
             limits = [limit for limit in MEMBERSHIP_LIMITS if limit >= len(organization.members)]
-            organization.max_allowed_memberships = self.rng.choice(limits)
+            organization.max_allowed_memberships = self.rng.choice(limits or [organization.max_allowed_memberships])
         if self.rng.random() < 0.2:
             organization.image_url = f"https://img.clerk.com/{organization.organization_id}/{next(self.counter)}"
             organization.has_image = True
@@ -879,7 +880,28 @@ class _Generator:
         self.delete(user)
         return True
 
+    def story_bulk_import(self, members: int) -> bool:
+        """An organization gets `members` members at once (new users where too few exist), as a bulk import does."""
+        organization = self.create_organization(self.rng.choice(self.live()))
+        organization.max_allowed_memberships = members + 100
+        self.edit_organization_metadata(organization)
+        while len(self.users) < members + 1:
+            self.create(self.rng.choices(["email", "phone", "username"], weights=[8, 2, 1])[0])
+        outsiders = [user for user in self.live() if user.user_id not in organization.members]
+        for user in self.rng.sample(outsiders, members - len(organization.members)):
+            self.join(organization, user)
+        self.bulk = organization
+        self.stories["bulk_import"] += 1
+        return True
+
     # -- the finale: races whose late event nothing after them can mend, then ties --
+
+    def delete_bulk_organization(self) -> bool:
+        """The bulk-imported organization is deleted, its members unannounced: a sweep of many batches."""
+        if self.bulk is not None and self.bulk.organization_id in self.organizations:
+            self.stories["bulk_delete_members"] += len(self.bulk.members)
+            self.delete_organization(self.bulk, announced=lambda _position: False)
+        return True
 
     def race_organization_deletion(self) -> bool:
         """A member's role change and a rename arrive after the organization's deletion (all its members silent)."""
@@ -973,10 +995,13 @@ class _Generator:
         )
 
 
-def generate(seed: int, *, users: int, events_target: int, organizations: int | None = None) -> History:
+def generate(
+    seed: int, *, users: int, events_target: int, organizations: int | None = None, bulk_members: int = 0
+) -> History:
     """A legal Clerk history of about `events_target` events for about `users` users.
 
-    About `organizations` organizations (default a fifth of `users`, at least 2). Every history
+    About `organizations` organizations (default a fifth of `users`, at least 2); with
+    `bulk_members`, one more that many members join at once, deleted in the finale. Every history
     tells each story below at least once, however short. Pairs of versions sharing one `updated_at`
     come at random too. The history ends in a finale nothing after it can mend: races whose late
     event (`History.stragglers`, which `plan` delivers late) meets a deletion or a re-join, then
@@ -988,6 +1013,7 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
     for kind in ["email"] * 3 + ["phone", "username"]:
         generator.create(kind)
     finale = (
+        generator.delete_bulk_organization,
         generator.race_organization_deletion,
         generator.race_user_deletion,
         generator.race_rejoin,
@@ -1005,6 +1031,8 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
         generator.story_delete_organization_with_members,
         generator.story_delete_user_in_organizations,
     ]
+    if bulk_members:
+        stories.append(functools.partial(generator.story_bulk_import, bulk_members))
     generator.rng.shuffle(stories)
     story_at = sorted(generator.rng.randrange(5, max(6, main_target - 10)) for _ in stories)
     while len(generator.events) < main_target or stories:
@@ -1015,7 +1043,7 @@ def generate(seed: int, *, users: int, events_target: int, organizations: int | 
             created = sum(count for name, count in generator.stories.items() if name.startswith("create_"))
             generator.random_step(users, created, organizations)
         if len(generator.events) > 2 * events_target + 100:
-            names = [story.__name__ for story in stories]
+            names = [getattr(story, "__name__", repr(story)) for story in stories]
             raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {names}")
     for story in finale:
         assert story(), f"SIM_SEED={seed}: {story.__name__} found nothing to work with"

@@ -1,37 +1,43 @@
-"""Plays Clerk and Svix against the real function: a seeded, legal user history, delivered messily.
+"""Plays Clerk and Svix against the real function: a seeded, legal Clerk history, delivered messily.
 
-`generate` writes a random but legal Clerk history (every address belongs to at most one live user
-at any moment, `updated_at` only grows per user, nothing happens to a user after its deletion).
-`deliver` then sends it the way Svix does: every event at least once, some twice with the same
-svix id, shuffled within a window, from a thread pool, retrying every non-2xx after a compressed
-backoff with a fresh timestamp and signature. The `*_problems` functions compare Firestore with
-the final Clerk state; every message they produce names the seed, so `SIM_SEED=N` replays it.
+`generate` writes a random but legal Clerk history of users, organizations and memberships:
+every address belongs to at most one live user at any moment, `updated_at` only grows per object
+(two versions may share one, as two writes in the same millisecond do), a member who leaves and
+joins again gets a new membership id, nothing happens to a user or an organization after its
+deletion, and their memberships stop with them (Clerk sends no membership delete for them, or only
+for some). `deliver` then sends it the way Svix does: every
+event at least once, some twice with the same svix id, shuffled within a window, from a thread
+pool, retrying every non-2xx after a compressed backoff with a fresh timestamp and signature. The
+`*_problems` functions compare Firestore with the final Clerk state; every message they produce
+names the seed, so `SIM_SEED=N` replays it.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import http.client
 import itertools
 import json
 import os
 import random
+import re
 import string
 import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clerk_events import BASE_MS, email_entry, envelope, signed_headers
+from clerk_events import BASE_MS, email_entry, envelope, membership_data, organization_data, signed_headers
 from conftest import PATHS
 from google.cloud import firestore
 
-from clerk_sync import events, ids, users, versions
+from clerk_sync import events, ids, memberships, organizations, paths, users, versions
 from clerk_sync.users import normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
@@ -40,6 +46,25 @@ IGNORED_TYPES = ("session.created", "session.ended", "email.created", "organizat
 FIRST_NAMES = ("Alice", "Bob", "Chidi", "Dana", "Émile", "Fatima", "Göran", "Hiro", "Inés", "Jun", "Zoë", "李")
 LAST_NAMES = ("Anders", "Brown", "Okafor", "Nguyen", "Müller", "Haddad", "Sato", "García", None)
 DOMAINS = ("example.com", "Example.ORG", "mail.example.net", "example.co.uk")
+ORGANIZATION_NAMES = ("Acme", "Globex", "Initech", "Hooli", "Umbrella", "Ünicorn", "Café & Co", "東京 Labs", "Wayne")
+ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "org:admin": (
+        "Admin",
+        (
+            "org:sys_profile:manage",
+            "org:sys_profile:delete",
+            "org:sys_memberships:read",
+            "org:sys_memberships:manage",
+            "org:sys_domains:read",
+            "org:sys_domains:manage",
+        ),
+    ),
+    "org:member": ("Member", ("org:sys_memberships:read",)),
+    "org:billing": ("Billing manager", ("org:sys_memberships:read", "org:sys_billing:read", "org:sys_billing:manage")),
+}
+MEMBERSHIP_LIMITS = (5, 10, 25, 100)
+KINDS = {"user": "user", "organization": "organization", "organizationMembership": "membership"}
+UPSERTS = (users.UserUpsert, organizations.OrganizationUpsert, memberships.MembershipUpsert)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Direct proxies off: every request of the simulator goes to loopback only.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -51,20 +76,67 @@ def seed_from_environment() -> int:
     return int(raw) if raw else random.SystemRandom().randrange(1, 10**6)
 
 
+def member_path(organization_id: str, user_id: str) -> str:
+    """Where the function keeps one member of one organization."""
+    return f"{PATHS.memberships(organization_id)}/{user_id}"
+
+
 # ----------------------------------------------------------------------------------------------
 # Clerk: the history
 
 
 @dataclass(frozen=True)
 class SimEvent:
-    """One Clerk event as Svix sends it; the svix id stays the same on every retry."""
+    """One Clerk event as Svix sends it; the svix id stays the same on every retry.
+
+    `clerk_id` is the id the function records the event under (user, organization or membership
+    id), None for the types it ignores. `clerk_ms` is the version's `updated_at` for an upsert and
+    the envelope's timestamp for a deletion.
+    """
 
     svix_id: str
     event_type: str
-    user_id: str | None
+    clerk_id: str | None
     body: str
     order: int
     clerk_ms: int
+
+    @property
+    def user_id(self) -> str | None:
+        """The field's older name (tests/test_faults.py reads it as "stored, not ignored")."""
+        return self.clerk_id
+
+    @property
+    def kind(self) -> str | None:
+        """`user`, `organization`, `membership`, or None for a type the function ignores."""
+        return KINDS.get(self.event_type.split(".")[0]) if self.clerk_id is not None else None
+
+    @property
+    def is_deletion(self) -> bool:
+        return self.event_type.endswith(".deleted")
+
+    @functools.cached_property
+    def parsed(self) -> events.Event:
+        """The event as the function parses it."""
+        return events.parse_event(self.body.encode())
+
+    @property
+    def digest(self) -> str | None:
+        """An upsert's `sync_digest`, computed by the function's own parser."""
+        parsed = self.parsed
+        return parsed.digest if isinstance(parsed, UPSERTS) else None
+
+    @property
+    def member(self) -> memberships.Membership:
+        """A membership event's ids (membership, organization, user)."""
+        parsed = self.parsed
+        assert isinstance(parsed, memberships.MembershipUpsert | memberships.MembershipDeletion), self.event_type
+        return parsed.membership
+
+    @property
+    def version(self) -> tuple[int, str]:
+        """How the function orders two upserts of one object: `updated_at`, then the larger digest."""
+        return self.clerk_ms, self.digest or ""
 
 
 @dataclass
@@ -120,36 +192,161 @@ class _User:
             "last_sign_in_at": self.last_sign_in_at,
         }
 
+    def public_user_data(self) -> dict[str, Any]:
+        """The user as a membership carries it now: identified by primary email, phone or username."""
+        identifier = (
+            dict(self.emails).get(self.primary_email or "")
+            or dict(self.phones).get(self.primary_phone or "")
+            or self.username
+            or ""
+        )
+        return {
+            "user_id": self.user_id,
+            "identifier": identifier,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "image_url": f"https://img.clerk.com/{self.user_id}",
+            "has_image": False,
+            "profile_image_url": "https://www.gravatar.com/avatar?d=mp",
+            "username": self.username,
+        }
+
+
+@dataclass
+class _Organization:
+    organization_id: str
+    created_at: int
+    created_by: str
+    name: str
+    slug: str
+    updated_at: int = 0
+    image_url: str = "https://img.clerk.com/default-organization"
+    has_image: bool = False
+    max_allowed_memberships: int = 25
+    public_metadata: dict[str, Any] = field(default_factory=dict)
+    private_metadata: dict[str, Any] = field(default_factory=dict)
+    members: dict[str, _Membership] = field(default_factory=dict)  # live memberships by user id
+
+    def data(self) -> dict[str, Any]:
+        """The full Clerk Organization object for this state."""
+        return organization_data(
+            self.organization_id,
+            name=self.name,
+            slug=self.slug,
+            updated_at=self.updated_at,
+            image_url=self.image_url,
+            has_image=self.has_image,
+            members_count=len(self.members),
+            max_allowed_memberships=self.max_allowed_memberships,
+            public_metadata=self.public_metadata,
+            private_metadata=self.private_metadata,
+            created_by=self.created_by,
+            created_at=self.created_at,
+            missing_member_with_elevated_permissions=False,
+            role_set_key=None,
+        )
+
+
+@dataclass
+class _Membership:
+    membership_id: str
+    organization: _Organization
+    user: _User
+    created_at: int
+    updated_at: int
+    role: str = "org:member"
+    public_metadata: dict[str, Any] = field(default_factory=dict)
+    private_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def data(self, updated_at: int | None = None) -> dict[str, Any]:
+        """The full OrganizationMembership object, with the organization and the user as they are now."""
+        role_name, permissions = ROLES[self.role]
+        return membership_data(
+            self.membership_id,
+            self.organization.organization_id,
+            self.user.user_id,
+            role=self.role,
+            role_name=role_name,
+            permissions=list(permissions),
+            updated_at=self.updated_at if updated_at is None else updated_at,
+            created_at=self.created_at,
+            public_metadata=self.public_metadata,
+            private_metadata=self.private_metadata,
+            organization=self.organization.data(),
+            public_user_data=self.user.public_user_data(),
+        )
+
+
+def expected_document(body: str) -> dict[str, Any]:
+    """The document the function builds from an upsert's body, with its digest."""
+    parsed = events.parse_event(body.encode())
+    assert isinstance(parsed, UPSERTS)
+    return {**parsed.document, versions.DIGEST_FIELD: parsed.digest}
+
 
 @dataclass
 class History:
-    """A Clerk history and the final Clerk state it leads to."""
+    """A Clerk history and the final Clerk state it leads to.
+
+    A final state is the last version of each live object; when versions share the last
+    `updated_at`, Clerk's order between them is unknowable, so the one the function keeps (the
+    larger `sync_digest`) is the expected one.
+    """
 
     seed: int
     events: list[SimEvent]
-    final_bodies: dict[str, str]
-    deleted: set[str]
+    final_bodies: dict[str, str]  # live user id -> its final state's body
+    deleted: set[str]  # deleted user ids
     stories: Counter[str]
     addresses: set[str]
+    final_organizations: dict[str, str] = field(default_factory=dict)  # live organization id -> body
+    final_memberships: dict[str, str] = field(default_factory=dict)  # member path -> body
+    deleted_organizations: set[str] = field(default_factory=set)
+    deleted_memberships: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (org, user), announced
+    stragglers: set[str] = field(default_factory=set)  # svix ids that must arrive after their successors
+
+    @property
+    def stored_events(self) -> list[SimEvent]:
+        """The events the function stores (upserts and deletions of every kind)."""
+        return [event for event in self.events if event.clerk_id is not None]
 
     @property
     def user_events(self) -> list[SimEvent]:
-        """The events the store writes (upserts and deletions)."""
-        return [event for event in self.events if event.user_id is not None]
+        """The user events (`user.*`)."""
+        return [event for event in self.events if event.kind == "user"]
 
     @property
     def ignored_events(self) -> list[SimEvent]:
         """Events of other types: acknowledged, never stored."""
-        return [event for event in self.events if event.user_id is None]
+        return [event for event in self.events if event.clerk_id is None]
 
     def expected_documents(self) -> dict[str, dict[str, Any]]:
-        """Each live user's document as the function builds it from that user's last state."""
-        documents: dict[str, dict[str, Any]] = {}
-        for user_id, body in self.final_bodies.items():
-            parsed = events.parse_event(body.encode())
-            assert isinstance(parsed, users.UserUpsert)
-            documents[user_id] = {**parsed.document, versions.DIGEST_FIELD: parsed.digest}
-        return documents
+        """Each live user's document as the function builds it from that user's final state."""
+        return {user_id: expected_document(body) for user_id, body in self.final_bodies.items()}
+
+    def expected_organizations(self) -> dict[str, dict[str, Any]]:
+        """Each live organization's document from its final state."""
+        return {org_id: expected_document(body) for org_id, body in self.final_organizations.items()}
+
+    def expected_memberships(self) -> dict[str, dict[str, Any]]:
+        """Member path -> document, for each live membership of a live organization and a live user."""
+        return {path: expected_document(body) for path, body in self.final_memberships.items()}
+
+    def deciding_ties(self) -> Counter[str]:
+        """Per kind, how many final states share their `updated_at` with another version (a tie decides)."""
+        versions_at = Counter((event.clerk_id, event.clerk_ms) for event in self.stored_events if not event.is_deletion)
+        by_body = {event.body: event for event in self.stored_events}
+        finals = {
+            "user": self.final_bodies.values(),
+            "organization": self.final_organizations.values(),
+            "membership": self.final_memberships.values(),
+        }
+        return Counter(
+            {
+                kind: sum(versions_at[(by_body[body].clerk_id, by_body[body].clerk_ms)] > 1 for body in bodies)
+                for kind, bodies in finals.items()
+            }
+        )
 
     def expected_claims(self) -> dict[str, tuple[str, str]]:
         """Claim document id -> (normalised primary email, owner) for the final state."""
@@ -160,6 +357,10 @@ class History:
                 assert key is not None
                 claims[ids.document_id(key)] = (key, user_id)
         return claims
+
+
+def _slug(name: str, number: int) -> str:
+    return f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-') or 'org'}-{number}"
 
 
 class _Generator:
@@ -174,10 +375,20 @@ class _Generator:
         self.in_use: set[str] = set()  # normalised addresses held by a live user (Clerk's rule)
         self.freed: list[str] = []  # addresses someone dropped: free to move to another user
         self.events: list[SimEvent] = []
-        self.final_bodies: dict[str, str] = {}
+        self.final_users: dict[str, SimEvent] = {}
         self.deleted: set[str] = set()
         self.stories: Counter[str] = Counter()
         self.addresses: set[str] = set()
+        self.organizations: dict[str, _Organization] = {}  # live ones
+        self.organizations_created = 0
+        self.final_organizations: dict[str, SimEvent] = {}
+        self.final_memberships: dict[str, SimEvent] = {}  # member path -> last version
+        self.deleted_organizations: set[str] = set()
+        self.deleted_memberships: dict[str, tuple[str, str]] = {}
+        self.left: list[tuple[str, str]] = []  # (organization, user) pairs whose membership ended
+        self.stragglers: set[str] = set()
+        self.quiet: set[str] = set()  # membership ids nothing may touch after their race
+        self.bulk: _Organization | None = None
 
     def tick(self) -> int:
         self.clock += self.rng.randint(1, 4000)
@@ -186,15 +397,47 @@ class _Generator:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}_s{self.seed}n{next(self.counter):05d}"
 
-    def emit(self, event_type: str, data: dict[str, Any], user_id: str | None, clerk_ms: int) -> None:
+    def emit(self, event_type: str, data: dict[str, Any], clerk_id: str | None, clerk_ms: int) -> SimEvent:
         body = json.dumps(envelope(event_type, data, timestamp=clerk_ms))
         svix_id = f"msg_{self.seed}x{len(self.events):06d}"
-        self.events.append(SimEvent(svix_id, event_type, user_id, body, len(self.events), clerk_ms))
+        event = SimEvent(svix_id, event_type, clerk_id, body, len(self.events), clerk_ms)
+        self.events.append(event)
+        return event
 
-    def emit_user(self, user: _User, event_type: str = "user.updated") -> None:
-        user.updated_at = self.tick()
-        self.emit(event_type, user.data(), user.user_id, user.updated_at)
-        self.final_bodies[user.user_id] = self.events[-1].body
+    def straggle(self) -> None:
+        """The event just emitted reaches the function late, after the ones that follow it (a Svix retry)."""
+        self.stragglers.add(self.events[-1].svix_id)
+
+    @staticmethod
+    def keep_final(finals: dict[str, SimEvent], key: str, event: SimEvent) -> None:
+        """The later version is final; of two with the same `updated_at`, the function keeps the larger digest."""
+        current = finals.get(key)
+        if current is None or event.version > current.version:
+            finals[key] = event
+
+    def emit_user(self, user: _User, event_type: str = "user.updated", *, same_ms: bool = False) -> None:
+        """`same_ms`: this version shares the previous one's `updated_at` (two writes in one millisecond)."""
+        if not same_ms:
+            user.updated_at = self.tick()
+        event = self.emit(event_type, user.data(), user.user_id, user.updated_at)
+        self.keep_final(self.final_users, user.user_id, event)
+
+    def emit_organization(
+        self, organization: _Organization, event_type: str = "organization.updated", *, same_ms: bool = False
+    ) -> None:
+        if not same_ms:
+            organization.updated_at = self.tick()
+        event = self.emit(event_type, organization.data(), organization.organization_id, organization.updated_at)
+        self.keep_final(self.final_organizations, organization.organization_id, event)
+
+    def emit_membership(
+        self, membership: _Membership, event_type: str = "organizationMembership.updated", *, same_ms: bool = False
+    ) -> None:
+        if not same_ms:
+            membership.updated_at = self.tick()
+        event = self.emit(event_type, membership.data(), membership.membership_id, membership.updated_at)
+        key = member_path(membership.organization.organization_id, membership.user.user_id)
+        self.keep_final(self.final_memberships, key, event)
 
     # -- addresses --
 
@@ -226,7 +469,7 @@ class _Generator:
         self.in_use.discard(key)
         self.freed.append(address)
 
-    # -- actions --
+    # -- user actions --
 
     def create(self, kind: str) -> _User:
         user = _User(user_id=self.next_id("user"), created_at=self.clock)
@@ -259,23 +502,24 @@ class _Generator:
     def with_emails(self, minimum: int = 1) -> list[_User]:
         return [user for user in self.users.values() if len(user.emails) >= minimum]
 
-    def rename(self, user: _User) -> None:
-        user.first_name = self.rng.choice(FIRST_NAMES)
+    def rename(self, user: _User, *, same_ms: bool = False) -> None:
+        user.first_name = self.rng.choice([name for name in FIRST_NAMES if name != user.first_name])
         user.last_name = self.rng.choice(LAST_NAMES)
         self.stories["rename"] += 1
-        self.emit_user(user)
+        self.emit_user(user, same_ms=same_ms)
 
-    def edit_metadata(self, user: _User) -> None:
+    def edit_metadata(self, user: _User, *, same_ms: bool = False) -> None:
         user.public_metadata = {
             "plan": self.rng.choice(["free", "pro", "team"]),
             "seats": self.rng.randint(1, 500),
             "tags": self.rng.sample(["beta", "admin", "ops", "eu", "us"], self.rng.randint(0, 3)),
             "limits": {"projects": self.rng.randint(0, 9), "ratio": round(self.rng.random(), 3)},
+            "revision": next(self.counter),  # every edit changes the synced content
         }
         user.unsafe_metadata = {"theme": self.rng.choice(["dark", "light"]), "onboarded": self.rng.random() < 0.5}
         user.private_metadata = {"stripe_customer": "cus_" + "".join(self.rng.choices(string.ascii_letters, k=10))}
         self.stories["metadata"] += 1
-        self.emit_user(user)
+        self.emit_user(user, same_ms=same_ms)
 
     def add_email(self, user: _User, *, make_primary: bool) -> None:
         address, moved = self.take_address(prefer_freed=0.7)
@@ -303,11 +547,16 @@ class _Generator:
         self.emit_user(user)
 
     def delete(self, user: _User) -> None:
+        """The user goes, and with them every membership, without a membership delete (Clerk sends none)."""
         for _, address in user.emails:
             self.release(address)
         del self.users[user.user_id]
-        self.final_bodies.pop(user.user_id, None)
+        self.final_users.pop(user.user_id, None)
         self.deleted.add(user.user_id)
+        for organization in self.organizations.values():
+            if organization.members.pop(user.user_id, None) is not None:
+                del self.final_memberships[member_path(organization.organization_id, user.user_id)]
+                self.stories["delete_member_silently"] += 1
         self.stories["delete"] += 1
         clerk_ms = self.tick()
         self.emit("user.deleted", {"deleted": True, "id": user.user_id, "object": "user"}, user.user_id, clerk_ms)
@@ -320,6 +569,12 @@ class _Generator:
         self.stories["sign_in_or_flags"] += 1
         self.emit_user(user)
 
+    def tie_user(self, user: _User) -> None:
+        """A rename and a metadata edit in the same millisecond: two versions, one `updated_at`."""
+        self.rename(user)
+        self.edit_metadata(user, same_ms=True)
+        self.stories["user_tie"] += 1
+
     def ignored(self) -> None:
         event_type = self.rng.choice(IGNORED_TYPES)
         someone = self.rng.choice(self.live()).user_id if self.users else "user_unknown"
@@ -327,12 +582,189 @@ class _Generator:
         self.stories["ignored"] += 1
         self.emit(event_type, data, None, self.tick())
 
+    # -- organization and membership actions --
+
+    def create_organization(self, creator: _User) -> _Organization:
+        """Clerk creates the organization, then its creator's admin membership."""
+        number = next(self.counter)
+        name = f"{self.rng.choice(ORGANIZATION_NAMES)} {number}"
+        organization = _Organization(
+            organization_id=self.next_id("org"),
+            created_at=self.tick(),
+            created_by=creator.user_id,
+            name=name,
+            slug=_slug(name, number),
+            max_allowed_memberships=self.rng.choice(MEMBERSHIP_LIMITS),
+        )
+        organization.updated_at = organization.created_at
+        self.organizations[organization.organization_id] = organization
+        self.organizations_created += 1
+        self.stories["organization_create"] += 1
+        self.emit_organization(organization, "organization.created", same_ms=True)
+        self.join(organization, creator, role="org:admin")
+        return organization
+
+    def rename_organization(self, organization: _Organization, *, same_ms: bool = False) -> None:
+        number = next(self.counter)
+        organization.name = f"{self.rng.choice(ORGANIZATION_NAMES)} {number}"
+        if self.rng.random() < 0.5:
+            organization.slug = _slug(organization.name, number)
+        self.stories["organization_rename"] += 1
+        self.emit_organization(organization, same_ms=same_ms)
+
+    def edit_organization_metadata(self, organization: _Organization, *, same_ms: bool = False) -> None:
+        organization.public_metadata = {
+            "plan": self.rng.choice(["free", "team", "enterprise"]),
+            "features": self.rng.sample(["sso", "audit", "seats", "beta"], self.rng.randint(0, 3)),
+            "region": self.rng.choice(["eu", "us", None]),
+            "revision": next(self.counter),
+        }
+        organization.private_metadata = {"billing": "cus_" + "".join(self.rng.choices(string.ascii_letters, k=8))}
+        if self.rng.random() < 0.3:
+            limits = [limit for limit in MEMBERSHIP_LIMITS if limit >= len(organization.members)]
+            organization.max_allowed_memberships = self.rng.choice(limits or [organization.max_allowed_memberships])
+        if self.rng.random() < 0.2:
+            organization.image_url = f"https://img.clerk.com/{organization.organization_id}/{next(self.counter)}"
+            organization.has_image = True
+        self.stories["organization_metadata"] += 1
+        self.emit_organization(organization, same_ms=same_ms)
+
+    def tie_organization(self, organization: _Organization) -> None:
+        """A rename and a metadata edit of one organization in the same millisecond."""
+        self.rename_organization(organization)
+        self.edit_organization_metadata(organization, same_ms=True)
+        self.stories["organization_tie"] += 1
+
+    def join(self, organization: _Organization, user: _User, *, role: str = "org:member") -> _Membership:
+        """A new membership (a new id, even for a user who was a member before)."""
+        assert user.user_id not in organization.members
+        joined_at = self.tick()
+        membership = _Membership(self.next_id("orgmem"), organization, user, joined_at, joined_at, role)
+        organization.members[user.user_id] = membership
+        self.stories["join"] += 1
+        self.emit_membership(membership, "organizationMembership.created", same_ms=True)
+        return membership
+
+    def change_role(self, membership: _Membership, *, same_ms: bool = False) -> None:
+        membership.role = self.rng.choice([role for role in ROLES if role != membership.role])
+        self.stories["role_change"] += 1
+        self.emit_membership(membership, same_ms=same_ms)
+
+    def edit_membership_metadata(self, membership: _Membership, *, same_ms: bool = False) -> None:
+        membership.public_metadata = {
+            "team": self.rng.choice(["design", "ops", "sales", "eng"]),
+            "seat": self.rng.randint(1, 99),
+            "revision": next(self.counter),
+        }
+        membership.private_metadata = {"cost_center": self.rng.randint(100, 999)}
+        self.stories["membership_metadata"] += 1
+        self.emit_membership(membership, same_ms=same_ms)
+
+    def tie_membership(self, membership: _Membership) -> None:
+        """A role change and a metadata edit of one membership in the same millisecond."""
+        self.change_role(membership)
+        self.edit_membership_metadata(membership, same_ms=True)
+        self.stories["membership_tie"] += 1
+
+    def leave(self, membership: _Membership, *, older: bool | None = None, story: str = "leave") -> None:
+        """`organizationMembership.deleted`, whose `updated_at` is sometimes older than the last update's."""
+        organization, user_id = membership.organization, membership.user.user_id
+        del organization.members[user_id]
+        del self.final_memberships[member_path(organization.organization_id, user_id)]
+        self.deleted_memberships[membership.membership_id] = (organization.organization_id, user_id)
+        self.left.append((organization.organization_id, user_id))
+        if older is None:
+            older = self.rng.random() < 0.4
+        older = older and membership.updated_at > membership.created_at
+        updated_at = self.rng.randint(membership.created_at, membership.updated_at - 1) if older else None
+        self.stories[story] += 1
+        self.stories["delete_with_older_updated_at"] += older
+        data = membership.data(updated_at=updated_at)
+        self.emit("organizationMembership.deleted", data, membership.membership_id, self.tick())
+
+    def rejoin_candidates(self) -> list[tuple[_Organization, _User]]:
+        found = []
+        for organization_id, user_id in self.left:
+            organization, user = self.organizations.get(organization_id), self.users.get(user_id)
+            if organization and user and user_id not in organization.members and self.has_room(organization):
+                found.append((organization, user))
+        return found
+
+    def rejoin(self, organization: _Organization, user: _User) -> _Membership:
+        self.stories["rejoin"] += 1
+        return self.join(organization, user, role=self.rng.choice(list(ROLES)))
+
+    @staticmethod
+    def has_room(organization: _Organization) -> bool:
+        return len(organization.members) < organization.max_allowed_memberships
+
+    def delete_organization(self, organization: _Organization, announced: Callable[[int], bool] | None = None) -> None:
+        """Clerk deletes the organization; a delete for some of its memberships comes first, or none.
+
+        `announced(position)` says whether the member at that position gets its own delete.
+        """
+        for position, membership in enumerate(list(organization.members.values())):
+            if announced(position) if announced else self.rng.random() < 0.3:
+                self.leave(membership, story="organization_delete_member_announced")
+            else:
+                self.stories["organization_delete_member_silently"] += 1
+        organization_id = organization.organization_id
+        for user_id in list(organization.members):
+            del self.final_memberships[member_path(organization_id, user_id)]
+        organization.members.clear()
+        del self.organizations[organization_id]
+        self.final_organizations.pop(organization_id, None)
+        self.deleted_organizations.add(organization_id)
+        self.stories["organization_delete"] += 1
+        data = {"object": "organization", "id": organization_id, "slug": organization.slug, "deleted": True}
+        self.emit("organization.deleted", data, organization_id, self.tick())
+
+    def memberships(self) -> list[_Membership]:
+        return [member for organization in self.organizations.values() for member in organization.members.values()]
+
+    def organization_step(self, organizations_target: int) -> None:
+        """One random thing happens to an organization or its members."""
+        if not self.organizations or (self.organizations_created < organizations_target and self.rng.random() < 0.12):
+            self.create_organization(self.rng.choice(self.live()))
+            return
+        organization = self.rng.choice(list(self.organizations.values()))
+        members = list(organization.members.values())
+        outsiders = [user for user in self.live() if user.user_id not in organization.members]
+        roll = self.rng.random()
+        if roll < 0.10:
+            self.rename_organization(organization)
+        elif roll < 0.18:
+            self.edit_organization_metadata(organization)
+        elif roll < 0.45 and outsiders and self.has_room(organization):
+            self.join(organization, self.rng.choice(outsiders))
+        elif roll < 0.55 and self.rejoin_candidates():
+            self.rejoin(*self.rng.choice(self.rejoin_candidates()))
+        elif roll < 0.70 and members:
+            self.change_role(self.rng.choice(members))
+        elif roll < 0.78 and members:
+            self.edit_membership_metadata(self.rng.choice(members))
+        elif roll < 0.88 and members:
+            self.leave(self.rng.choice(members))
+        elif 0.88 <= roll < 0.90 and members:
+            self.tie_membership(self.rng.choice(members))
+        elif 0.90 <= roll < 0.92:
+            self.tie_organization(organization)
+        elif (
+            0.92 <= roll < 0.95
+            and len(self.organizations) > 1
+            and len(self.deleted_organizations) < max(1, organizations_target // 4)
+        ):
+            self.delete_organization(organization)
+        else:
+            self.edit_organization_metadata(organization)
+
     # -- stories that every history tells at least once --
 
     def story_move(self) -> bool:
         """A drops its primary address; later B takes it as primary (the 409 path)."""
         owners = [user for user in self.with_emails() if user.primary_email]
         if not owners or len(self.users) < 2:
+            self.create("email")  # a short history may have no one to take the address from yet
             return False
         owner = self.rng.choice(owners)
         assert owner.primary_email is not None
@@ -355,6 +787,7 @@ class _Generator:
         """A user with an email is deleted; a new user signs up with that address."""
         owners = [user for user in self.with_emails() if user.primary_email]
         if not owners:
+            self.create("email")
             return False
         owner = self.rng.choice(owners)
         assert owner.primary_email is not None
@@ -375,15 +808,155 @@ class _Generator:
 
     def story_primary_change(self) -> bool:
         candidates = self.with_emails(2)
+        if not candidates and self.with_emails(1):
+            self.add_email(self.rng.choice(self.with_emails(1)), make_primary=False)
+            return False
         if not candidates:
+            self.create("email")
             return False
         self.change_primary(self.rng.choice(candidates))
         return True
 
-    def random_step(self, users_target: int, created: int) -> None:
+    def organization_with_members(self, minimum: int) -> _Organization:
+        """An organization with at least `minimum` members, made so (with new users) if none has them yet."""
+        candidates = [org for org in self.organizations.values() if len(org.members) >= minimum]
+        if candidates:
+            return self.rng.choice(candidates)
+        while len(self.users) < minimum + 1:
+            self.create("email")
+        organization = self.create_organization(self.rng.choice(self.live()))
+        while len(organization.members) < minimum:
+            outsiders = [user for user in self.live() if user.user_id not in organization.members]
+            self.join(organization, self.rng.choice(outsiders))
+        return organization
+
+    def story_organization(self) -> bool:
+        """An organization is created (with its admin), renamed and its metadata edited."""
+        if not self.users:
+            return False
+        organization = self.create_organization(self.rng.choice(self.live()))
+        self.rename_organization(organization)
+        self.edit_organization_metadata(organization)
+        return True
+
+    def story_join_and_role_change(self) -> bool:
+        organization = self.organization_with_members(1)
+        outsiders = [user for user in self.live() if user.user_id not in organization.members]
+        if not outsiders or not self.has_room(organization):
+            return False
+        membership = self.join(organization, self.rng.choice(outsiders))
+        self.change_role(membership)
+        return True
+
+    def story_leave_and_rejoin(self) -> bool:
+        """A member whose role changed leaves (the delete carries an older `updated_at`), then re-joins."""
+        organization = self.organization_with_members(2)
+        membership = self.rng.choice(list(organization.members.values()))
+        self.change_role(membership)
+        self.leave(membership, older=True)
+        self.rejoin(organization, membership.user)
+        return True
+
+    def story_delete_organization_with_members(self) -> bool:
+        """An organization with members is deleted: one member's delete is announced, one's is not."""
+        organization = self.organization_with_members(2)
+        self.delete_organization(
+            organization, announced=lambda position: position == 1 or (position > 1 and self.rng.random() < 0.3)
+        )
+        return True
+
+    def story_delete_user_in_organizations(self) -> bool:
+        """A user in two organizations is deleted; no membership delete comes for them."""
+        while len(self.users) < 4:  # a short history keeps a few users alive for the rest
+            self.create("email")
+        user = self.rng.choice(self.live())
+        for _ in range(2):
+            outsider_of = [org for org in self.organizations.values() if user.user_id not in org.members]
+            organization = self.rng.choice(outsider_of) if outsider_of else None
+            if organization is None or not self.has_room(organization):
+                organization = self.create_organization(self.rng.choice(self.live()))
+            if user.user_id not in organization.members:
+                self.join(organization, user)
+        self.delete(user)
+        return True
+
+    def story_bulk_import(self, members: int) -> bool:
+        """An organization gets `members` members at once (new users where too few exist), as a bulk import does."""
+        organization = self.create_organization(self.rng.choice(self.live()))
+        organization.max_allowed_memberships = members + 100
+        self.edit_organization_metadata(organization)
+        while len(self.users) < members + 1:
+            self.create(self.rng.choices(["email", "phone", "username"], weights=[8, 2, 1])[0])
+        outsiders = [user for user in self.live() if user.user_id not in organization.members]
+        for user in self.rng.sample(outsiders, members - len(organization.members)):
+            self.join(organization, user)
+        self.bulk = organization
+        self.stories["bulk_import"] += 1
+        return True
+
+    # -- the finale: races whose late event nothing after them can mend, then ties --
+
+    def delete_bulk_organization(self) -> bool:
+        """The bulk-imported organization is deleted, its members unannounced: a sweep of many batches."""
+        if self.bulk is not None and self.bulk.organization_id in self.organizations:
+            self.stories["bulk_delete_members"] += len(self.bulk.members)
+            self.delete_organization(self.bulk, announced=lambda _position: False)
+        return True
+
+    def race_organization_deletion(self) -> bool:
+        """A member's role change and a rename arrive after the organization's deletion (all its members silent)."""
+        organization = self.organization_with_members(2)
+        self.change_role(self.rng.choice(list(organization.members.values())))
+        self.straggle()
+        self.rename_organization(organization)
+        self.straggle()
+        self.delete_organization(organization, announced=lambda _position: False)
+        self.stories["race_upserts_after_organization_deletion"] += 1
+        return True
+
+    def race_user_deletion(self) -> bool:
+        """A user's membership edit and rename arrive after the user's deletion."""
+        members = [member for member in self.memberships() if member.membership_id not in self.quiet]
+        if not members:
+            organization = self.organization_with_members(1)
+            members = list(organization.members.values())
+        membership = self.rng.choice(members)
+        self.edit_membership_metadata(membership)
+        self.straggle()
+        self.rename(membership.user)
+        self.straggle()
+        self.delete(membership.user)
+        self.stories["race_upserts_after_user_deletion"] += 1
+        return True
+
+    def race_rejoin(self) -> bool:
+        """A member leaves and joins again; the old membership's delete arrives after the new one's create."""
+        organization = self.organization_with_members(2)
+        membership = self.rng.choice(list(organization.members.values()))
+        self.change_role(membership)
+        self.leave(membership)
+        self.straggle()
+        self.quiet.add(self.rejoin(organization, membership.user).membership_id)
+        self.stories["race_old_delete_after_rejoin"] += 1
+        return True
+
+    def story_ties(self) -> bool:
+        """Two versions with one `updated_at`, for a user, an organization and a membership."""
+        members = [member for member in self.memberships() if member.membership_id not in self.quiet]
+        if not self.users or not members:
+            return False
+        self.tie_user(self.rng.choice(self.live()))
+        self.tie_organization(self.rng.choice(list(self.organizations.values())))
+        self.tie_membership(self.rng.choice(members))
+        return True
+
+    def random_step(self, users_target: int, created: int, organizations_target: int) -> None:
         roll = self.rng.random()
         if not self.users or (created < users_target and roll < 0.25):
             self.create(self.rng.choices(["email", "phone", "username"], weights=[8, 2, 1])[0])
+            return
+        if organizations_target and self.rng.random() < 0.3:
+            self.organization_step(organizations_target)
             return
         user = self.rng.choice(self.live())
         roll = self.rng.random()
@@ -401,39 +974,80 @@ class _Generator:
             self.drop_email(user, self.rng.choice(user.emails)[0])
         elif roll < 0.74 and len(self.users) > 3 and len(self.deleted) < max(2, users_target // 5):
             self.delete(user)
+        elif 0.74 <= roll < 0.76:  # not for rolls whose step above did not fit this user
+            self.tie_user(user)
         else:
             self.sign_in_or_flags(user)
 
+    def history(self) -> History:
+        return History(
+            seed=self.seed,
+            events=self.events,
+            final_bodies={key: event.body for key, event in self.final_users.items()},
+            deleted=self.deleted,
+            stories=self.stories,
+            addresses=self.addresses,
+            final_organizations={key: event.body for key, event in self.final_organizations.items()},
+            final_memberships={key: event.body for key, event in self.final_memberships.items()},
+            deleted_organizations=self.deleted_organizations,
+            deleted_memberships=self.deleted_memberships,
+            stragglers=self.stragglers,
+        )
 
-def generate(seed: int, *, users: int, events_target: int) -> History:
-    """A legal Clerk history of about `events_target` events for about `users` users."""
+
+def generate(
+    seed: int, *, users: int, events_target: int, organizations: int | None = None, bulk_members: int = 0
+) -> History:
+    """A legal Clerk history of about `events_target` events for about `users` users.
+
+    About `organizations` organizations (default a fifth of `users`, at least 2); with
+    `bulk_members`, one more that many members join at once, deleted in the finale. Every history
+    tells each story below at least once, however short. Pairs of versions sharing one `updated_at`
+    come at random too. The history ends in a finale nothing after it can mend: races whose late
+    event (`History.stragglers`, which `plan` delivers late) meets a deletion or a re-join, then
+    one more tie per kind, where the function's tie-break (the larger digest) decides the final
+    state.
+    """
+    organizations = max(2, users // 5) if organizations is None else organizations
     generator = _Generator(seed)
     for kind in ["email"] * 3 + ["phone", "username"]:
         generator.create(kind)
+    finale = (
+        generator.delete_bulk_organization,
+        generator.race_organization_deletion,
+        generator.race_user_deletion,
+        generator.race_rejoin,
+        generator.story_ties,
+    )
+    main_target = events_target - 16 if events_target >= 120 else events_target  # the finale is about 16
     stories: list[Callable[[], bool]] = [
         generator.story_move,
         generator.story_primary_change,
         generator.story_delete_then_reuse,
         generator.story_move,
+        generator.story_organization,
+        generator.story_join_and_role_change,
+        generator.story_leave_and_rejoin,
+        generator.story_delete_organization_with_members,
+        generator.story_delete_user_in_organizations,
     ]
-    story_steps = sorted(generator.rng.sample(range(10, max(11, events_target - 10)), len(stories)))
-    step = 0
-    while len(generator.events) < events_target:
-        if stories and story_steps and step >= story_steps[0] and stories[0]():
+    if bulk_members:
+        stories.append(functools.partial(generator.story_bulk_import, bulk_members))
+    generator.rng.shuffle(stories)
+    story_at = sorted(generator.rng.randrange(5, max(6, main_target - 10)) for _ in stories)
+    while len(generator.events) < main_target or stories:
+        if stories and len(generator.events) >= story_at[0] and stories[0]():
             stories.pop(0)
-            story_steps.pop(0)
+            story_at.pop(0)
         else:
             created = sum(count for name, count in generator.stories.items() if name.startswith("create_"))
-            generator.random_step(users, created)
-        step += 1
-    return History(
-        seed=seed,
-        events=generator.events,
-        final_bodies=generator.final_bodies,
-        deleted=generator.deleted,
-        stories=generator.stories,
-        addresses=generator.addresses,
-    )
+            generator.random_step(users, created, organizations)
+        if len(generator.events) > 2 * events_target + 100:
+            names = [getattr(story, "__name__", repr(story)) for story in stories]
+            raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {names}")
+    for story in finale:
+        assert story(), f"SIM_SEED={seed}: {story.__name__} found nothing to work with"
+    return generator.history()
 
 
 def single_user_history(seed: int, *, updates: int) -> History:
@@ -450,14 +1064,7 @@ def single_user_history(seed: int, *, updates: int) -> History:
             generator.add_email(user, make_primary=generator.rng.random() < 0.5)
         else:
             step(user)
-    return History(
-        seed=seed,
-        events=generator.events,
-        final_bodies=generator.final_bodies,
-        deleted=generator.deleted,
-        stories=generator.stories,
-        addresses=generator.addresses,
-    )
+    return generator.history()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,6 +1112,7 @@ class Delivery:
     attempts: int = 0
     last: Attempt | None = None
     due: float = 0.0
+    straggler: bool = False  # goes out only once nothing sent before it is still in flight
 
 
 @dataclass
@@ -555,14 +1163,26 @@ def post(url: str, event: SimEvent, timeout: float = SVIX_TIMEOUT_SECONDS) -> At
 
 
 def plan(
-    sim_events: Iterable[SimEvent], rng: random.Random, *, duplicate_share: float, window: float
+    sim_events: Iterable[SimEvent],
+    rng: random.Random,
+    *,
+    duplicate_share: float,
+    window: float,
+    stragglers: Collection[str] = frozenset(),
 ) -> list[Delivery]:
-    """Arrival order: each event within `window` places of its turn; some get a second copy later."""
+    """Arrival order: each event within `window` places of its turn; some get a second copy later.
+
+    A straggler (by svix id) arrives, every copy of it, after every other event up to `window`
+    places after it, and `deliver` sends it only once the requests before it have been answered:
+    it comes in as one whose first attempt failed does, after Svix's retry delay.
+    """
     arrivals: list[tuple[float, Delivery]] = []
     for event in sim_events:
-        arrivals.append((event.order + rng.uniform(0, window), Delivery(event, 0)))
+        late = event.svix_id in stragglers
+        delay = 2 * window if late else 0
+        arrivals.append((event.order + delay + rng.uniform(0, window), Delivery(event, 0, straggler=late)))
         if rng.random() < duplicate_share:
-            arrivals.append((event.order + rng.uniform(0, 3 * window), Delivery(event, 1)))
+            arrivals.append((event.order + delay + rng.uniform(0, 3 * window), Delivery(event, 1, straggler=late)))
     arrivals.sort(key=lambda pair: pair[0])
     return [delivery for _, delivery in arrivals]
 
@@ -600,7 +1220,7 @@ def deliver(
             while len(in_flight) < concurrency:
                 if retries and retries[0][0] <= now:
                     delivery = heapq.heappop(retries)[2]
-                elif arrivals:
+                elif arrivals and not (arrivals[0].straggler and in_flight):
                     delivery = arrivals.popleft()
                 else:
                     break
@@ -637,6 +1257,49 @@ def _documents(db: firestore.Client, collection: str) -> dict[str, dict[str, Any
     return {snapshot.id: snapshot.to_dict() or {} for snapshot in db.collection(collection).stream(timeout=30)}
 
 
+def _members(db: firestore.Client) -> dict[str, dict[str, Any]]:
+    """Every `memberships` document in the database (a collection-group query), by path."""
+    return {
+        snapshot.reference.path: snapshot.to_dict() or {}
+        for snapshot in db.collection_group(paths.MEMBERSHIPS).stream(timeout=30)
+    }
+
+
+def _member_ids(path: str) -> tuple[str, str]:
+    """(organization id, user id) of a member path; ('', '') for a path that is not one of ours."""
+    if not PATHS.is_membership(path):
+        return "", ""
+    organization_id, _, user_id = path[len(PATHS.organizations) + 1 :].split("/")
+    return organization_id, user_id
+
+
+@dataclass
+class _Store:
+    """Everything the function writes, read collection by collection (at rest, that is a consistent view)."""
+
+    users: dict[str, dict[str, Any]]
+    claims: dict[str, dict[str, Any]]
+    user_tombstones: dict[str, dict[str, Any]]
+    organizations: dict[str, dict[str, Any]]
+    organization_tombstones: dict[str, dict[str, Any]]
+    members: dict[str, dict[str, Any]]
+    membership_tombstones: dict[str, dict[str, Any]]
+    records: dict[str, dict[str, Any]]
+
+    @classmethod
+    def read(cls, db: firestore.Client) -> _Store:
+        return cls(
+            users=_documents(db, PATHS.users),
+            claims=_documents(db, PATHS.claims),
+            user_tombstones=_documents(db, PATHS.user_tombstones),
+            organizations=_documents(db, PATHS.organizations),
+            organization_tombstones=_documents(db, PATHS.organization_tombstones),
+            members=_members(db),
+            membership_tombstones=_documents(db, PATHS.membership_tombstones),
+            records=_documents(db, PATHS.events),
+        )
+
+
 def shared_primary_emails(db: firestore.Client) -> dict[str, list[str]]:
     """Normalised primary emails that more than one user document holds (one consistent query)."""
     owners: defaultdict[str, list[str]] = defaultdict(list)
@@ -649,48 +1312,63 @@ def shared_primary_emails(db: firestore.Client) -> dict[str, list[str]]:
 def consistency_problems(db: firestore.Client, history: History) -> list[str]:
     """What a half-written event would leave behind; only meaningful while nothing is in flight.
 
-    Each event writes its user document, claims and record in one commit, so at rest: every
+    Each event writes its document, claims, tombstone and record in one commit, so at rest: every
     document is exactly one recorded, applied event's state, every claim is held by the document
-    that names it, and every recorded deletion left a tombstone and no document.
+    that names it, every recorded deletion left a tombstone and no document, and no document holds
+    what its own tombstone forbids. (A deletion's sweep of memberships runs after its commit, so
+    members under an organization's or a user's tombstone are only wrong in the final state.)
     """
-    users = _documents(db, PATHS.users)
-    claims = _documents(db, PATHS.claims)
-    tombstones = _documents(db, PATHS.user_tombstones)
-    records = _documents(db, PATHS.events)
+    store = _Store.read(db)
+    return _consistency_problems(store, history)
+
+
+def _consistency_problems(store: _Store, history: History) -> list[str]:
     return [
         f"SIM_SEED={history.seed}: {problem}"
         for problem in [
-            *_document_problems(history, users, claims, tombstones, records),
-            *_claim_problems(users, claims),
-            *_record_problems(history, users, tombstones, records),
+            *_document_problems(history, store),
+            *_claim_problems(store.users, store.claims),
+            *_record_problems(history, store),
         ]
     ]
 
 
-def _epoch_ms(moment: datetime) -> int:
-    return round((moment - EPOCH) / timedelta(milliseconds=1))
+def _epoch_ms(moment: object) -> int | None:
+    return round((moment - EPOCH) / timedelta(milliseconds=1)) if isinstance(moment, datetime) else None
 
 
-def _document_problems(
-    history: History,
-    users: dict[str, dict[str, Any]],
-    claims: dict[str, dict[str, Any]],
-    tombstones: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
-) -> list[str]:
-    by_state = {(event.user_id, event.clerk_ms): event for event in history.user_events}
+def _document_problems(history: History, store: _Store) -> list[str]:
+    # A stored version is known by its object, `updated_at` and digest (versions may share a time).
+    by_state: dict[tuple[object, ...], SimEvent] = {
+        (event.clerk_id, event.clerk_ms, event.digest): event for event in history.stored_events if event.digest
+    }
     problems = []
-    for user_id, document in users.items():
-        updated = document.get("updated_at")
-        event = by_state.get((user_id, _epoch_ms(updated))) if isinstance(updated, datetime) else None
-        record = records.get(ids.document_id(event.svix_id)) if event else None
-        if record is None or record.get("outcome") != "applied":
+
+    def applied(clerk_id: str, document: dict[str, Any]) -> SimEvent | None:
+        event = by_state.get((clerk_id, _epoch_ms(document.get("updated_at")), document.get(versions.DIGEST_FIELD)))
+        record = store.records.get(ids.document_id(event.svix_id)) if event else None
+        return event if record is not None and record.get("outcome") == "applied" else None
+
+    for user_id, document in store.users.items():
+        if applied(user_id, document) is None:
             problems.append(f"users/{user_id} holds a state whose event is not recorded as applied")
-        if user_id in tombstones:
+        if user_id in store.user_tombstones:
             problems.append(f"users/{user_id} exists next to its tombstone")
         key = normalise_email(document["email"]) if isinstance(document.get("email"), str) else None
-        if key is not None and claims.get(ids.document_id(key), {}).get("clerk_id") != user_id:
+        if key is not None and store.claims.get(ids.document_id(key), {}).get("clerk_id") != user_id:
             problems.append(f"users/{user_id} holds an email whose claim is not theirs")
+    for organization_id, document in store.organizations.items():
+        if applied(organization_id, document) is None:
+            problems.append(f"organizations/{organization_id} holds a state whose event is not recorded as applied")
+        if organization_id in store.organization_tombstones:
+            problems.append(f"organizations/{organization_id} exists next to its tombstone")
+    for path, document in store.members.items():
+        membership_id = str(document.get("membership_id"))
+        event = applied(membership_id, document)
+        if event is None or member_path(event.member.organization_id, event.member.user_id) != path:
+            problems.append(f"{path} holds a state whose event is not recorded as applied there")
+        if membership_id in store.membership_tombstones:
+            problems.append(f"{path} holds membership {membership_id}, which has a tombstone")
     return problems
 
 
@@ -704,65 +1382,135 @@ def _claim_problems(users: dict[str, dict[str, Any]], claims: dict[str, dict[str
     return problems
 
 
-def _record_problems(
-    history: History,
-    users: dict[str, dict[str, Any]],
-    tombstones: dict[str, dict[str, Any]],
-    records: dict[str, dict[str, Any]],
-) -> list[str]:
-    by_record = {ids.document_id(event.svix_id): event for event in history.user_events}
+def _record_problems(history: History, store: _Store) -> list[str]:
+    by_record = {ids.document_id(event.svix_id): event for event in history.stored_events}
     problems = []
-    for record_id, record in records.items():
+    for record_id, record in store.records.items():
         event = by_record.get(record_id)
         if event is None:
             problems.append(f"record {record_id} is for no event of the history")
             continue
-        if record.get("type") != event.event_type or record.get("clerk_id") != event.user_id:
+        described = {"type": event.event_type, "clerk_id": event.clerk_id}
+        if event.kind == "membership":
+            described |= {"organization_id": event.member.organization_id, "user_id": event.member.user_id}
+        if {name: record.get(name) for name in described} != described:
             problems.append(f"record {record_id} does not describe its event")
-        if record.get("outcome") != "applied":
-            continue
-        if event.event_type == "user.deleted":
-            if event.user_id not in tombstones or event.user_id in users:
-                problems.append(f"applied deletion {record_id} left no tombstone or a document")
-            continue
-        stored_at = users.get(str(event.user_id), {}).get("updated_at")
-        if event.user_id not in tombstones and (
-            not isinstance(stored_at, datetime) or _epoch_ms(stored_at) < event.clerk_ms
-        ):
-            problems.append(f"applied upsert {record_id} is not in users/{event.user_id}")
+        if record.get("outcome") == "applied":
+            problems += [f"applied {problem}" for problem in _effect_problems(event, record_id, store)]
     return problems
+
+
+def _effect_problems(event: SimEvent, record_id: str, store: _Store) -> list[str]:
+    """What an applied event must have left in place (unless something newer or a tombstone took over)."""
+    clerk_id = str(event.clerk_id)
+    if event.kind == "user":
+        if event.is_deletion:
+            gone = clerk_id in store.user_tombstones and clerk_id not in store.users
+            return [] if gone else [f"deletion {record_id} left no tombstone or a document"]
+        stored_ms = _epoch_ms(store.users.get(clerk_id, {}).get("updated_at"))
+        kept = clerk_id in store.user_tombstones or (stored_ms is not None and stored_ms >= event.clerk_ms)
+        return [] if kept else [f"upsert {record_id} is not in users/{clerk_id}"]
+    if event.kind == "organization":
+        if event.is_deletion:
+            gone = clerk_id in store.organization_tombstones and clerk_id not in store.organizations
+            return [] if gone else [f"deletion {record_id} left no tombstone or a document"]
+        stored_ms = _epoch_ms(store.organizations.get(clerk_id, {}).get("updated_at"))
+        kept = clerk_id in store.organization_tombstones or (stored_ms is not None and stored_ms >= event.clerk_ms)
+        return [] if kept else [f"upsert {record_id} is not in organizations/{clerk_id}"]
+    member = event.member
+    path = member_path(member.organization_id, member.user_id)
+    stored = store.members.get(path)
+    if event.is_deletion:
+        gone = clerk_id in store.membership_tombstones and (stored or {}).get("membership_id") != clerk_id
+        return [] if gone else [f"deletion {record_id} left no tombstone or its member"]
+    stored_ms = _epoch_ms((stored or {}).get("updated_at"))
+    forbidden = (
+        clerk_id in store.membership_tombstones
+        or member.organization_id in store.organization_tombstones
+        or member.user_id in store.user_tombstones
+    )
+    kept = forbidden or (stored_ms is not None and stored_ms >= event.clerk_ms)
+    return [] if kept else [f"upsert {record_id} is not in {path}"]
+
+
+def _differences(
+    seed: int, label: str, stored: dict[str, dict[str, Any]], expected: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Documents missing or extra, and each document's fields that differ from its final Clerk state."""
+    problems = []
+    if set(stored) != set(expected):
+        problems.append(
+            f"SIM_SEED={seed}: {label} missing {sorted(set(expected) - set(stored))}, "
+            f"extra {sorted(set(stored) - set(expected))}"
+        )
+    for key in sorted(set(stored) & set(expected)):
+        document = dict(stored[key])
+        if document.pop("synced_at", None) is None:
+            problems.append(f"SIM_SEED={seed}: {key} has no synced_at")
+        if document != expected[key]:
+            names = sorted(
+                name for name in {*document, *expected[key]} if document.get(name) != expected[key].get(name)
+            )
+            problems.append(f"SIM_SEED={seed}: {key} differs from its last Clerk state in {names}")
+    return problems
+
+
+def _set_problems(seed: int, label: str, found: Iterable[str], expected: Iterable[str]) -> list[str]:
+    found, expected = set(found), set(expected)
+    if found == expected:
+        return []
+    return [f"SIM_SEED={seed}: {label} missing {sorted(expected - found)}, extra {sorted(found - expected)}"]
 
 
 def final_state_problems(db: firestore.Client, history: History, attempts: list[Attempt], log_text: str) -> list[str]:
     """Every difference between Firestore (and the server's log) and the final Clerk state."""
     seed = history.seed
-    problems = consistency_problems(db, history)
-    users = _documents(db, PATHS.users)
-    expected = history.expected_documents()
-    if set(users) != set(expected):
-        problems.append(
-            f"SIM_SEED={seed}: users missing {sorted(set(expected) - set(users))}, "
-            f"extra {sorted(set(users) - set(expected))}"
-        )
-    for user_id in set(users) & set(expected):
-        stored = dict(users[user_id])
-        if stored.pop("synced_at", None) is None:
-            problems.append(f"SIM_SEED={seed}: users/{user_id} has no synced_at")
-        if stored != expected[user_id]:
-            fields = sorted(name for name in expected[user_id] if stored.get(name) != expected[user_id][name])
-            problems.append(f"SIM_SEED={seed}: users/{user_id} differs from its last Clerk state in {fields}")
-    tombstones = set(_documents(db, PATHS.user_tombstones))
-    if tombstones != history.deleted:
-        problems.append(
-            f"SIM_SEED={seed}: tombstones missing {sorted(history.deleted - tombstones)}, "
-            f"extra {sorted(tombstones - history.deleted)}"
-        )
-    claims = {
-        claim_id: (doc.get("email"), doc.get("clerk_id")) for claim_id, doc in _documents(db, PATHS.claims).items()
+    store = _Store.read(db)
+    problems = _consistency_problems(store, history)
+    users_by_path = {f"{PATHS.users}/{user_id}": document for user_id, document in store.users.items()}
+    expected_users = {
+        f"{PATHS.users}/{user_id}": document for user_id, document in history.expected_documents().items()
     }
+    problems += _differences(seed, "users", users_by_path, expected_users)
+    problems += _set_problems(seed, "user tombstones", store.user_tombstones, history.deleted)
+    claims = {claim_id: (doc.get("email"), doc.get("clerk_id")) for claim_id, doc in store.claims.items()}
     if claims != history.expected_claims():
         problems.append(f"SIM_SEED={seed}: email claims differ from the final live primary emails")
-    problems += _accounting_problems(db, history, attempts, log_text)
+    organizations_by_path = {f"{PATHS.organizations}/{org_id}": doc for org_id, doc in store.organizations.items()}
+    expected_organizations = {
+        f"{PATHS.organizations}/{org_id}": document for org_id, document in history.expected_organizations().items()
+    }
+    problems += _differences(seed, "organizations", organizations_by_path, expected_organizations)
+    problems += _set_problems(
+        seed, "organization tombstones", store.organization_tombstones, history.deleted_organizations
+    )
+    problems += _differences(seed, "memberships", store.members, history.expected_memberships())
+    problems += _under_tombstone_problems(seed, store)
+    problems += _set_problems(seed, "membership tombstones", store.membership_tombstones, history.deleted_memberships)
+    for membership_id, (organization_id, user_id) in history.deleted_memberships.items():
+        tombstone = store.membership_tombstones.get(membership_id)
+        if tombstone and (tombstone.get("organization_id"), tombstone.get("user_id")) != (organization_id, user_id):
+            problems.append(f"SIM_SEED={seed}: membership tombstone {membership_id} names another member")
+    problems += _accounting_problems(history, store.records, attempts, log_text)
+    return problems
+
+
+def _under_tombstone_problems(seed: int, store: _Store) -> list[str]:
+    """Members that a tombstone forbids: of a deleted organization, of a deleted user, or a deleted membership."""
+    problems = []
+    for path, document in sorted(store.members.items()):
+        organization_id, user_id = _member_ids(path)
+        forbidding = [
+            name
+            for name, forbidden in (
+                ("organization", organization_id in store.organization_tombstones),
+                ("user", user_id in store.user_tombstones),
+                ("membership", document.get("membership_id") in store.membership_tombstones),
+            )
+            if forbidden
+        ]
+        if forbidding:
+            problems.append(f"SIM_SEED={seed}: {path} is left behind under its {' and '.join(forbidding)} tombstone")
     return problems
 
 
@@ -778,9 +1526,10 @@ def server_log_lines(log_text: str) -> list[dict[str, Any]]:
     return lines
 
 
-def _accounting_problems(db: firestore.Client, history: History, attempts: list[Attempt], log_text: str) -> list[str]:
+def _accounting_problems(
+    history: History, records: dict[str, dict[str, Any]], attempts: list[Attempt], log_text: str
+) -> list[str]:
     """Every svix id ended applied, duplicate, stale or ignored, and the records and logs agree."""
-    records = _documents(db, PATHS.events)
     answered: defaultdict[str, Counter[tuple[int | None, str | None]]] = defaultdict(Counter)
     unanswered: Counter[str] = Counter()
     for attempt in attempts:
@@ -816,7 +1565,7 @@ def _outcome_problems(
     successes = {outcome for (status, outcome) in seen if status is not None and 200 <= status < 300}
     if not successes or not successes <= SUCCESS_OUTCOMES:
         return [f"ended with {sorted(seen.items(), key=str)}"]
-    if event.user_id is None:
+    if event.clerk_id is None:
         return [] if record is None and successes == {"ignored"} else ["was not simply ignored"]
     if record is None or record.get("outcome") not in {"applied", "stale"}:
         return ["has no applied/stale record"]

@@ -54,11 +54,28 @@ def dedicated(tmp_path: Path) -> Iterator[Dedicated]:
     process, host = emulator.start(None, tmp_path / "dedicated-emulator.log")
     try:
         os.environ["FIRESTORE_EMULATOR_HOST"] = host  # our client; the autouse fixture restores it
-        yield Dedicated(process, host, firestore.Client(project=PROJECT))
+        db = firestore.Client(project=PROJECT)
+        warm_up(db)
+        yield Dedicated(process, host, db)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGCONT)
         emulator.stop(process)
+
+
+def warm_up(db: firestore.Client) -> None:
+    """A fresh emulator's first transactions are slow (its JIT warming up), which is not the fault a
+    test stages: a few transactions first, with generous bounds, then the wipe."""
+    reference = db.collection("warm_up").document("one")
+
+    @firestore.transactional
+    def touch(transaction: firestore.Transaction) -> None:
+        list(transaction.get_all([reference], timeout=60))
+        transaction.set(reference, {"n": 1})
+
+    for _ in range(5):
+        touch(db.transaction())
+    reference.delete(timeout=60)
 
 
 @contextlib.contextmanager

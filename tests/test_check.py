@@ -5,8 +5,10 @@ passes, and 10,000 users are checked in seconds."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from clerk_events import (
+    BASE_MS,
     deletion_event,
     membership_event,
     new_membership_id,
@@ -25,7 +28,7 @@ from clerk_events import (
     signed_headers,
     user_event,
 )
-from conftest import PATHS, PROJECT
+from conftest import PATHS, PROJECT, apply_event
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
@@ -511,6 +514,39 @@ def test_claim_repairs_re_read_what_they_change(db: firestore.Client) -> None:
     race_claim = db.collection(PATHS.claims).document(claim_id("race@example.com")).get(timeout=10).to_dict()
     assert (back or {}).get("clerk_id") == "user_back"
     assert (race_claim or {}).get("clerk_id") == "user_winner"
+
+
+def test_a_check_during_deliveries_sees_one_consistent_instant(db: firestore.Client) -> None:
+    write = Writer(db)
+    user_ids = [f"user_busy{index:03d}" for index in range(300)]
+    for user_id in user_ids:
+        write.user_with_claim(user_id, f"{user_id}.0@example.com")
+    write.commit()
+    stop = threading.Event()
+    moved = itertools.count(1)
+
+    def deliver() -> None:
+        """Move addresses through the function's transaction: user and claims change together."""
+        while not stop.is_set():
+            step = next(moved)
+            user_id = user_ids[step % len(user_ids)]
+            body = user_event("user.updated", user_id, emails=[f"{user_id}.{step}@example.com"],
+                              updated_at=BASE_MS + step)  # fmt: skip
+            apply_event(db, f"msg_busy{step}", parsed(body))
+
+    senders = [threading.Thread(target=deliver) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    try:
+        reports = [check.scan(db, PATHS, timeout=30) for _ in range(3)]
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=60)
+
+    assert next(moved) > 20  # the addresses really moved while the checks read
+    assert [report.violations for report in reports] == [[], [], []]
+    assert all(report.checked["email_claims"] == len(user_ids) for report in reports)
 
 
 def test_nested_collections_are_checked_and_other_deployments_left_out(

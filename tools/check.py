@@ -258,14 +258,14 @@ class Snapshot:
     tombstones: dict[str, set[str]]
 
 
-def _pages(query: firestore.Query, timeout: float) -> Iterator[firestore.DocumentSnapshot[Any]]:
-    """Every document the query finds, one bounded call per page (ordered by name, resumed after the last)."""
+def _pages(query: firestore.Query, read_time: datetime, timeout: float) -> Iterator[firestore.DocumentSnapshot[Any]]:
+    """Every document the query finds as of `read_time`, one bounded call per page (by name, resumed after the last)."""
     last: firestore.DocumentSnapshot[Any] | None = None
     while True:
         page = query.order_by("__name__").limit(PAGE_SIZE)
         if last is not None:
             page = page.start_after(last)
-        found = list(page.stream(retry=NO_RETRY, timeout=timeout))
+        found = list(page.stream(retry=NO_RETRY, timeout=timeout, read_time=read_time))
         yield from found
         if len(found) < PAGE_SIZE:
             return
@@ -273,20 +273,28 @@ def _pages(query: firestore.Query, timeout: float) -> Iterator[firestore.Documen
 
 
 def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
-    """One paged pass over every collection the checks need, several collections at once."""
+    """One paged pass over every collection the checks need, several at once, all as of one instant.
+
+    Reading every page at the same `read_time` (the server's, taken first) makes the pass one
+    consistent snapshot: a delivery that moves an address between the users and the claims pass
+    cannot show up as a violation. Firestore keeps past versions for an hour, so a pass must end
+    within it.
+    """
     user_fields = [*users.OWNED_FIELDS, users.DELETED_AT_FIELD]
 
     def documents(query: firestore.Query) -> dict[str, dict[str, Any]]:
-        return {document.id: document.to_dict() or {} for document in _pages(query, timeout)}
+        return {document.id: document.to_dict() or {} for document in _pages(query, read_time, timeout)}
 
     def claims() -> dict[str, object]:
         query = db.collection(paths.claims).select(["clerk_id"])
-        return {document.id: (document.to_dict() or {}).get("clerk_id") for document in _pages(query, timeout)}
+        return {
+            document.id: (document.to_dict() or {}).get("clerk_id") for document in _pages(query, read_time, timeout)
+        }
 
     def members() -> list[tuple[str, str, dict[str, Any]]]:
         query = db.collection_group(MEMBERSHIPS).select(list(memberships.OWNED_FIELDS))
         found = []
-        for document in _pages(query, timeout):
+        for document in _pages(query, read_time, timeout):
             if paths.is_membership(document.reference.path):
                 organization = document.reference.parent.parent
                 assert organization is not None  # a membership's parent is an organization document
@@ -294,10 +302,13 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
         return found
 
     def ids_of(collection: str) -> set[str]:
-        return {document.id for document in _pages(db.collection(collection).select([]), timeout)}
+        return {document.id for document in _pages(db.collection(collection).select([]), read_time, timeout)}
 
     tombstone_paths = (paths.user_tombstones, paths.organization_tombstones, paths.membership_tombstones)
     try:
+        # Any document's read answers with the server's time, even a document that does not exist.
+        probe = db.collection(paths.state).document("check").get(field_paths=[], retry=NO_RETRY, timeout=timeout)
+        read_time = probe.read_time
         with ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="check") as readers:
             user_documents = readers.submit(documents, db.collection(paths.users).select(user_fields))
             claim_owners = readers.submit(claims)

@@ -682,8 +682,8 @@ def run(
     if repairs:
         out.write("repair:\n")
         for done in repairs:
-            verb = REPAIR_VERBS.get(done.action, "not fixable")
-            out.write(f"  {'done' if done.done else 'NOT DONE':<8} {done.subject}: {verb}: {done.result}\n")
+            verb = f"{REPAIR_VERBS[done.action]}: " if done.action in REPAIR_VERBS else ""
+            out.write(f"  {'done' if done.done else 'NOT DONE':<8} {done.subject}: {verb}{done.result}\n")
         out.write("after repair:\n")
         _write_report(out, after, paths)
     return 0 if after.ok else 1

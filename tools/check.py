@@ -158,6 +158,7 @@ FieldType = tuple[Callable[[object], bool], str]
 
 
 def _json_object(text: str) -> bool:
+    """Metadata Firestore cannot hold is kept as JSON text, always of an object."""
     try:
         return isinstance(json.loads(text), dict)
     except (ValueError, RecursionError):
@@ -283,15 +284,18 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
     user_fields = [*users.OWNED_FIELDS, users.DELETED_AT_FIELD]
 
     def documents(query: firestore.Query) -> dict[str, dict[str, Any]]:
+        """Users or organizations by id: their fields decide types, tombstones and claims."""
         return {document.id: document.to_dict() or {} for document in _pages(query, read_time, timeout)}
 
     def claims() -> dict[str, object]:
+        """Only each claim's owner: the id is the address's key, the rest is not needed."""
         query = db.collection(paths.claims).select(["clerk_id"])
         return {
             document.id: (document.to_dict() or {}).get("clerk_id") for document in _pages(query, read_time, timeout)
         }
 
     def members() -> list[tuple[str, str, dict[str, Any]]]:
+        """Every memberships document of ours (another deployment's organizations share the group id)."""
         query = db.collection_group(MEMBERSHIPS).select(list(memberships.OWNED_FIELDS))
         found = []
         for document in _pages(query, read_time, timeout):
@@ -302,6 +306,7 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
         return found
 
     def ids_of(collection: str) -> set[str]:
+        """A tombstone's id is all that matters about it."""
         return {document.id for document in _pages(db.collection(collection).select([]), read_time, timeout)}
 
     tombstone_paths = (paths.user_tombstones, paths.organization_tombstones, paths.membership_tombstones)
@@ -331,6 +336,7 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
 
 
 def _owned(data: dict[str, Any], owned: Sequence[str]) -> bool:
+    """Whether the function wrote this document (the app's own documents are not its to check)."""
     return any(name in data for name in owned)
 
 
@@ -625,6 +631,7 @@ def repair(db: firestore.Client, settings: config.Settings, report: Report, *, t
 
 
 def _write_report(out: TextIO, report: Report, paths: Paths) -> None:
+    """What was read, one line per violation, and a summary an operator can act on."""
     checked = report.checked
     out.write(
         f"checked {checked['users']} users ({paths.users}), {checked['email_claims']} email claims, "

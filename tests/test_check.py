@@ -295,9 +295,15 @@ def damaged(db: firestore.Client) -> dict[str, set[tuple[str, str]]]:
     write.tombstone(PATHS.user_tombstones, "user_zombie")
     write.set(f"{u}/user_kept", {**APP_FIELDS, users.DELETED_AT_FIELD: NOW})
     write.tombstone(PATHS.user_tombstones, "user_kept")
+    write.set(f"{u}/user_afterwards", APP_FIELDS)  # the app wrote it after the deletion
+    write.tombstone(PATHS.user_tombstones, "user_afterwards")
     write.organization("org_zombie")
     write.tombstone(PATHS.organization_tombstones, "org_zombie")
-    unfixable |= {("user_under_tombstone", f"{u}/user_zombie"), ("organization_under_tombstone", f"{o}/org_zombie")}
+    unfixable |= {
+        ("user_under_tombstone", f"{u}/user_zombie"),
+        ("user_under_tombstone", f"{u}/user_afterwards"),
+        ("organization_under_tombstone", f"{o}/org_zombie"),
+    }
     # 4. Memberships left behind by deletions (org_gone's document went, its members stayed), and one
     # under its own tombstone; members of an organization or user never synced are legal.
     write.tombstone(PATHS.organization_tombstones, "org_gone")
@@ -350,8 +356,14 @@ def test_each_kind_of_violation_is_reported_by_ids_only(
     assert {kind for kind, _ in reported(out)} == KINDS
     assert_no_email(out, err)
     lines = out.splitlines()
-    assert lines[-2].startswith(f"{len(reported(out))} violations (8 fixable with --repair): claim_missing 1, ")
+    summary = next(line for line in lines if " violations (" in line)
+    assert summary.startswith("18 violations (8 fixable with --repair): claim_missing 1, claim_stale 3, ")
+    advice = {line.split(":")[0] for line in lines if line.startswith("what to do, ")}
+    assert advice == {f"what to do, {key}" for key in check.ADVICE} - {"what to do, claim_blocked"}
     assert lines[-1] == f"({check.CLAIM_NAMES})"
+    assert "[not fixable here: app_fields_under_tombstone]" in next(
+        line for line in lines if "/user_afterwards:" in line
+    )
     typed = next(line for line in lines if "users/user_typed:" in line)
     assert "email_verified is string, not boolean" in typed
     assert "email_addresses is list, not list of strings" in typed
@@ -385,6 +397,7 @@ def test_json_prints_a_machine_readable_summary(
     fixable = {(entry["kind"], entry["subject"]) for entry in summary["violations"] if entry["fixable"]}
     assert fixable == damaged["fixable"]
     assert summary["by_kind"]["claim_stale"] == 3
+    assert all(("advice" in entry) != entry["fixable"] for entry in summary["violations"])
     assert summary["checked"]["memberships"] == 8
     assert_no_email(out)
 
@@ -473,9 +486,9 @@ def test_repair_reports_what_it_cannot_fix_and_exit_stays_1(
     repairs = out.partition("repair:\n")[2].partition("after repair:\n")[0].splitlines()
     not_done = [line for line in repairs if line.startswith("  NOT DONE")]
     assert len(not_done) == len(unfixable)
-    assert all(line.endswith("not fixable here: only Clerk knows the right data (reconcile)") for line in not_done
-               if ": wrong_type: " in line or ": email_shared: " in line)  # fmt: skip
     assert len([line for line in not_done if ": wrong_type: " in line]) == 6
+    assert f"what to do, wrong_type: {check.ADVICE['wrong_type']}\n" in after
+    assert f"what to do, claim_blocked: {check.ADVICE['claim_blocked']}\n" in after
     assert len(repairs) - len(not_done) == 7  # one sweep for both of org_gone's members
     assert_no_email(out, err, json_out)
     shared = db.collection(PATHS.claims).document(claim_id("twin@example.com")).get(timeout=10).to_dict()

@@ -17,8 +17,8 @@ is not type-checked. Claim document ids are email addresses, so a claim is named
 sweep (a synthesised `user.deleted` / `organization.deleted` under `check_repair_...`, stale because
 of the tombstone, sweeps all the same); a membership under its tombstone by a synthesised
 `organizationMembership.deleted`; a stale claim is deleted, and a missing one created, each in a
-transaction that re-reads what the check saw. What only Clerk can settle (which of two users holds
-an address, synced fields under a tombstone, wrong types) is reported for `reconcile`.
+transaction that re-reads what the check saw. The rest (two users with one address, synced fields
+under a tombstone, wrong types) needs Clerk's data or a hand: each is reported with what to do.
 """
 
 from __future__ import annotations
@@ -60,7 +60,22 @@ CLAIM_NAMES = (
     "claims are named by owner and sha256:<first 12 hex digits of the SHA-256 of the claim's document id>, "
     "because claim ids are email addresses"
 )
-RECONCILE = "not fixable here: only Clerk knows the right data (reconcile)"
+# What to do about what --repair cannot fix (printed once per kind found). `reconcile` rewrites a
+# document only when its updated_at or sync_digest differs from Clerk's, and a deletion under a
+# tombstone is stale, so neither it nor the webhook undoes an edit made in place.
+ADVICE = {
+    "email_shared": "Clerk says which user holds the address: correct the other's document by hand, or change "
+    "that user in Clerk (a fresh user.updated); the claim follows with the next event",
+    "claim_blocked": "the document under its tombstone that still holds the address must go first "
+    "(see user_under_tombstone); the live user's next event then takes the claim",
+    "user_under_tombstone": "delete the document by hand (keep-app-fields: only its synced fields); "
+    "a deletion under a tombstone is stale, so neither the webhook nor reconcile removes it",
+    "app_fields_under_tombstone": "the app wrote this document after the user was deleted: the app's to remove",
+    "organization_under_tombstone": "delete the document by hand; a deletion under a tombstone is stale, "
+    "so neither the webhook nor reconcile removes it",
+    "wrong_type": "a fresh update from Clerk rewrites the document (change the object in Clerk), or correct the "
+    "field by hand; reconcile skips documents whose updated_at and sync_digest match Clerk's",
+}
 TOMBSTONES = ("user_tombstones", "organization_tombstones", "membership_tombstones")
 
 
@@ -81,15 +96,27 @@ class Violation:
     subject: str
     detail: str
     fix: Fix | None = field(default=None, compare=False)
+    advice: str = field(default="", compare=False)  # an ADVICE key when there is no fix
+
+    def __post_init__(self) -> None:
+        """Every violation either has a fix or says what to do instead."""
+        if (self.fix is None) == (self.advice == ""):
+            raise ValueError("a violation has a fix or advice, not both or neither")
 
     def line(self) -> str:
         """The violation as printed: kind, subject, detail, and what --repair would do."""
-        repair_note = f" [--repair: {REPAIR_VERBS[self.fix.action]}]" if self.fix else ""
-        return f"{self.kind:<34} {self.subject}: {self.detail}{repair_note}"
+        note = f"--repair: {REPAIR_VERBS[self.fix.action]}" if self.fix else f"not fixable here: {self.advice}"
+        return f"{self.kind:<34} {self.subject}: {self.detail} [{note}]"
 
     def as_json(self) -> dict[str, Any]:
         """The violation for --json."""
-        return {"kind": self.kind, "subject": self.subject, "detail": self.detail, "fixable": self.fix is not None}
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "detail": self.detail,
+            "fixable": self.fix is not None,
+            **({"advice": ADVICE[self.advice]} if self.advice else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -377,7 +404,8 @@ def _check_holders(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             yield Violation(
                 "email_shared",
                 ", ".join(f"{paths.users}/{user_id}" for user_id in sorted(holding)),
-                f"hold the same address ({name}, {owned_by}); {RECONCILE}",
+                f"hold the same address ({name}, {owned_by})",
+                advice="email_shared",
             )
             continue
         (user_id,) = holding
@@ -396,7 +424,8 @@ def _check_holders(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             yield Violation(
                 "claim_missing",
                 subject,
-                f"its claim {name} belongs to {paths.users}/{owner}, under its tombstone; {RECONCILE}",
+                f"its claim {name} belongs to {paths.users}/{owner}, under its tombstone",
+                advice="claim_blocked",
             )
         else:
             yield Violation(
@@ -417,19 +446,20 @@ def _check_users(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                 yield Violation(
                     "user_under_tombstone",
                     subject,
-                    f"synced fields under {paths.user_tombstones}/{user_id}; {RECONCILE}",
+                    f"synced fields under {paths.user_tombstones}/{user_id}",
+                    advice="user_under_tombstone",
                 )
             elif users.DELETED_AT_FIELD not in data:
                 yield Violation(
                     "user_under_tombstone",
                     subject,
-                    f"under {paths.user_tombstones}/{user_id} without {users.DELETED_AT_FIELD} "
-                    "(written after the deletion?); not the function's to remove",
+                    f"under {paths.user_tombstones}/{user_id} without {users.DELETED_AT_FIELD}, only the app's fields",
+                    advice="app_fields_under_tombstone",
                 )
         elif _owned(data, users.OWNED_FIELDS):
             problems = type_problems(data, USER_TYPES, {"clerk_id": user_id})
             if problems:
-                yield Violation("wrong_type", subject, f"{'; '.join(problems)}; {RECONCILE}")
+                yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
 
 def _check_organizations(found: Snapshot, paths: Paths) -> Iterator[Violation]:
@@ -441,12 +471,13 @@ def _check_organizations(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             yield Violation(
                 "organization_under_tombstone",
                 subject,
-                f"under {paths.organization_tombstones}/{organization_id}; {RECONCILE}",
+                f"under {paths.organization_tombstones}/{organization_id}",
+                advice="organization_under_tombstone",
             )
         elif _owned(data, organizations.OWNED_FIELDS):
             problems = type_problems(data, ORGANIZATION_TYPES, {"clerk_id": organization_id})
             if problems:
-                yield Violation("wrong_type", subject, f"{'; '.join(problems)}; {RECONCILE}")
+                yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
 
 def _check_memberships(found: Snapshot, paths: Paths) -> Iterator[Violation]:
@@ -482,7 +513,7 @@ def _check_memberships(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             same_as = {"user_id": user_id, "organization_id": organization_id}
             problems = type_problems(data, MEMBERSHIP_TYPES, same_as)
             if problems:
-                yield Violation("wrong_type", subject, f"{'; '.join(problems)}; {RECONCILE}")
+                yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
 
 def scan(db: firestore.Client, paths: Paths, *, timeout: float) -> Report:
@@ -650,6 +681,8 @@ def _write_report(out: TextIO, report: Report, paths: Paths) -> None:
     listed = ", ".join(f"{kind} {count}" for kind, count in sorted(kinds.items()))
     plural = "s" if len(report.violations) != 1 else ""
     out.write(f"{len(report.violations)} violation{plural} ({fixable} fixable with --repair): {listed}\n")
+    for key in dict.fromkeys(violation.advice for violation in report.violations if violation.advice):
+        out.write(f"what to do, {key}: {ADVICE[key]}\n")
     if any(paths.claims in violation.subject or paths.claims in violation.detail for violation in report.violations):
         out.write(f"({CLAIM_NAMES})\n")
 

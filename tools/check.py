@@ -65,7 +65,7 @@ CLAIM_NAMES = (
 # tombstone is stale, so neither it nor the webhook undoes an edit made in place.
 ADVICE = {
     "email_shared": "Clerk says which user holds the address: correct the other's document by hand, or change "
-    "that user in Clerk (a fresh user.updated); the claim follows with the next event",
+    "that user in Clerk (a fresh user.updated); then check --repair puts the claims right",
     "claim_blocked": "the document under its tombstone that still holds the address must go first "
     "(see user_under_tombstone); the live user's next event then takes the claim",
     "user_under_tombstone": "delete the document by hand (keep-app-fields: only its synced fields); "

@@ -121,6 +121,19 @@ def _run_organization(args: argparse.Namespace) -> int:
     return show.show_organization(db, settings().paths, args.organization_id, timeout=args.timeout, out=sys.stdout)
 
 
+def _run_check(args: argparse.Namespace) -> int:
+    from tools import check  # noqa: PLC0415 (each tool loads only when it runs)
+
+    return check.run(
+        firestore_client_for(args),
+        settings(),
+        repair_found=args.repair,
+        as_json=args.json,
+        timeout=args.timeout,
+        out=sys.stdout,
+    )
+
+
 def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
     """The client named by --project/--emulator/--database, announced on stderr."""
     target = firestore_target(args.project, args.emulator, args.database)
@@ -349,6 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     organization.add_argument("organization_id", metavar="ID")
     organization.set_defaults(run=_run_organization)
+
+    check = commands.add_parser(
+        "check",
+        parents=[common, firestore_options],
+        help="verify claims, tombstones, memberships and field types; exit 1 on any violation",
+        description="Check what the transactions promise against Firestore as it is; prints ids, never emails.",
+    )
+    check.add_argument("--repair", action="store_true", help="fix what the transactions can fix, then check again")
+    check.add_argument("--json", action="store_true", help="print a machine-readable summary instead")
+    check.set_defaults(run=_run_check)
 
     _add_reconcile(commands, common, firestore_options)
 

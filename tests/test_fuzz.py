@@ -1,8 +1,9 @@
 """Bad input never earns a 5xx: hypothesis throws bytes, headers and odd but signed events at the function.
 
 Every request goes through the real functions-framework app (test client) to the real emulator.
-Properties: each request gets a 4xx, or a 2xx when it is a well-formed ignored type or a valid but odd
-user event; a 4xx changes nothing in Firestore; a stored odd event reads back exactly as it was sent.
+Properties: each request gets a 4xx, or a 2xx when it is a well-formed ignored type, a valid but odd
+user, organization or membership event, or a deletion (whatever its timestamp); a 4xx changes nothing
+in Firestore; a stored odd event reads back exactly as it was sent, beside its one event record.
 Each property runs quick in `make test` and with many more examples in the `soak` run.
 """
 
@@ -15,6 +16,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,11 +27,15 @@ from clerk_events import (
     BASE_MS,
     deletion_event,
     envelope,
+    membership_data,
     membership_event,
     new_membership_id,
+    new_message_id,
     new_organization_id,
     new_user_id,
+    organization_data,
     organization_deletion_event,
+    organization_event,
     signed_headers,
     user_data,
     user_event,
@@ -41,7 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from clerk_sync import ids
+from clerk_sync import ids, memberships, organizations
 
 MAX_BODY = 1024 * 1024
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,8 +137,10 @@ def send(
     return client.post("/", data=body, headers=headers, environ_overrides=environ)
 
 
-def send_signed(client: FlaskClient, body: str, *, case: str | None = None) -> TestResponse:
-    return send(client, body.encode(), signed_headers(body), case=case)
+def send_signed(
+    client: FlaskClient, body: str, *, case: str | None = None, message_id: str | None = None
+) -> TestResponse:
+    return send(client, body.encode(), signed_headers(body, message_id=message_id), case=case)
 
 
 def assert_rejected_and_unchanged(response: TestResponse, db: firestore.Client, before: dict[str, Any]) -> None:
@@ -506,6 +514,319 @@ def ignored_bodies(draw: st.DrawFn) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Strategies: organizations and memberships
+
+ORGANIZATION_TYPES = ("organization.created", "organization.updated")
+MEMBERSHIP_TYPES = ("organizationMembership.created", "organizationMembership.updated")
+PRIVATE = "private_sentinel_9f3c"  # inside every private_metadata sent: it must be stored nowhere
+OPTIONAL = st.sampled_from([MISSING, None])  # a field left out, or null
+ODD_TEXTS = OPTIONAL | TEXTS
+CLERK_IDS = USER_IDS  # any id Clerk's alphabet allows, for organizations and memberships alike
+
+
+def put(data: dict[str, Any], path: str, value: object) -> None:
+    """Set `path` (`public_user_data.first_name`), or remove it for MISSING; skipped under a non-object parent."""
+    *parents, name = path.split(".")
+    target: object = data
+    for parent in parents:
+        target = target.get(parent) if isinstance(target, dict) else None
+    if not isinstance(target, dict):
+        return  # the parent itself was replaced by a non-object: malformed already
+    if value is MISSING:
+        target.pop(name, None)
+    else:
+        target[name] = value
+
+
+def big_text(draw: st.DrawFn) -> str | None:
+    """Usually nothing; sometimes a 10 KB or 150 KB string of one character (still under 1 MiB escaped)."""
+    size = draw(st.sampled_from([0, 0, 0, 10_000, 150_000]))
+    if not size:
+        return None
+    big = draw(st.sampled_from(["x", "é", "\u2603", "\U0001f600", "\x00"]))
+    return big * (size // len(big.encode()))
+
+
+EXTRA_FIELDS = st.dictionaries(st.from_regex(r"zz_[a-z_]{1,10}", fullmatch=True), JSON_VALUES, max_size=3)
+
+
+@st.composite
+def odd_organizations(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
+    """A legal but unusual Clerk organization; its event type and the body carrying it."""
+    data = organization_data(draw(CLERK_IDS), updated_at=draw(TIMES))
+    for field in ("name", "slug", "image_url", "created_by"):
+        put(data, field, draw(ODD_TEXTS))
+    put(data, "public_metadata", draw(OPTIONAL | METADATA))
+    put(data, "max_allowed_memberships", draw(OPTIONAL | st.integers(-(2**63), 2**63 - 1)))
+    put(data, "created_at", draw(OPTIONAL | TIMES))
+    data["private_metadata"] = {**draw(METADATA), "secret": PRIVATE}
+    text = big_text(draw)
+    if text is not None:
+        slot = draw(st.sampled_from(["name", "slug", "image_url", "public_metadata"]))
+        data[slot] = {"big": text} if slot == "public_metadata" else text
+    data.update(draw(EXTRA_FIELDS))
+    event_type = draw(st.sampled_from(ORGANIZATION_TYPES))
+    body = envelope(event_type, data)
+    body["event_attributes"] = draw(JSON_VALUES)
+    return data, event_type, dump(body, ascii_only=draw(st.booleans()))
+
+
+MEMBER_FIELDS = ("identifier", "first_name", "last_name", "image_url")
+
+
+@st.composite
+def odd_memberships(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
+    """A legal but unusual Clerk membership (its organization and user need not exist); type and body."""
+    data = membership_data(draw(CLERK_IDS), draw(CLERK_IDS), draw(CLERK_IDS), updated_at=draw(TIMES))
+    for field in ("role", "role_name", *(f"public_user_data.{name}" for name in MEMBER_FIELDS)):
+        put(data, field, draw(ODD_TEXTS))
+    put(data, "permissions", draw(OPTIONAL | st.lists(TEXTS, max_size=5)))
+    put(data, "public_metadata", draw(OPTIONAL | METADATA))
+    put(data, "created_at", draw(OPTIONAL | TIMES))
+    data["private_metadata"] = {**draw(METADATA), "secret": PRIVATE}
+    # Never stored from a membership: the organization's copy (private metadata too) and the user's other fields.
+    data["organization"].update(
+        name=draw(JSON_VALUES), public_metadata=draw(JSON_VALUES), private_metadata={"secret": PRIVATE}
+    )
+    for name in ("username", "has_image", "profile_image_url"):
+        data["public_user_data"][name] = draw(JSON_VALUES)
+    text = big_text(draw)
+    if text is not None:
+        slot = draw(st.sampled_from(["role", "public_user_data.first_name", "permissions", "public_metadata"]))
+        put(data, slot, [text] if slot == "permissions" else {"big": text} if slot == "public_metadata" else text)
+    data.update(draw(EXTRA_FIELDS))
+    event_type = draw(st.sampled_from(MEMBERSHIP_TYPES))
+    body = envelope(event_type, data)
+    body["event_attributes"] = draw(JSON_VALUES)
+    return data, event_type, dump(body, ascii_only=draw(st.booleans()))
+
+
+def assert_organization_stored_as_sent(data: dict[str, Any], stored: dict[str, Any]) -> None:
+    """The organization document holds what Clerk sent, field by field, and nothing else."""
+    assert set(stored) == set(organizations.OWNED_FIELDS)
+    assert stored["clerk_id"] == data["id"]
+    for field in ("name", "slug", "image_url", "max_allowed_memberships"):
+        assert same(data.get(field), stored[field]), field
+    assert same(data.get("created_by") or None, stored["created_by"])  # "" means no creator
+    assert same_metadata(data.get("public_metadata"), stored["public_metadata"])
+    for field in ("created_at", "updated_at"):
+        assert stored[field] == millis(data.get(field)), field
+    assert isinstance(stored["synced_at"], datetime)
+
+
+def assert_membership_stored_as_sent(data: dict[str, Any], stored: dict[str, Any]) -> None:
+    """The member's document holds what Clerk sent, field by field, and nothing else."""
+    assert set(stored) == set(memberships.OWNED_FIELDS)
+    assert stored["membership_id"] == data["id"]
+    assert stored["organization_id"] == data["organization"]["id"]
+    assert stored["user_id"] == data["public_user_data"]["user_id"]
+    for field in ("role", "role_name"):
+        assert same(data.get(field), stored[field]), field
+    for field in MEMBER_FIELDS:
+        assert same(data["public_user_data"].get(field), stored[field]), field
+    assert same(data.get("permissions") or [], stored["permissions"])
+    assert same_metadata(data.get("public_metadata"), stored["public_metadata"])
+    for field in ("created_at", "updated_at"):
+        assert stored[field] == millis(data.get(field)), field
+    assert isinstance(stored["synced_at"], datetime)
+
+
+def assert_nothing_private(documents: dict[str, dict[str, Any]]) -> None:
+    for path, document in documents.items():
+        assert "private_metadata" not in document, path
+        assert PRIVATE not in repr(document), path
+
+
+# Signed organization and membership bodies that must be refused
+
+BAD_CLERK_IDS: list[object] = [*BAD_IDS, MISSING, "org/1", "org_1/memberships/user_1", "o" * 129, "o" * 5000]
+BAD_CLERK_IDS += ["__org_1__", "org.1", "org:1", "%2F", "org_1\x00"]
+DEEP_TEXT = nested(500, "x", lists=True)  # a string 500 levels down is no string
+BAD_STRINGS: list[object] = [*BAD_TEXT, DEEP_TEXT]
+BAD_COUNTS: list[object] = ["5", 5.0, 1.5, True, False, 2**63, -(2**63) - 1, 2**64, 10**40, [], {}, [5], DEEP_TEXT]
+BAD_COUNTS += [math.nan, math.inf, -math.inf]
+BAD_PERMISSIONS: list[object] = ["org:sys_memberships:read", 5, True, {}, {"org:x": True}, [5], [None], ["a", 1]]
+BAD_PERMISSIONS += [[["a"]], [{}], [True], ["\ud800"], ["a", "b\udfffc"], DEEP_TEXT]
+NOT_AN_OBJECT: list[object] = [MISSING, None, "org_1", "", 5, 1.5, True, [], ["id"], [{"id": "org_1"}]]
+ORGANIZATION_BAD_FIELDS: dict[str, list[object]] = {
+    "id": BAD_CLERK_IDS,
+    "updated_at": [*BAD_TIMES, None, MISSING],
+    "created_at": BAD_TIMES,
+    "name": BAD_STRINGS,
+    "slug": BAD_STRINGS,
+    "image_url": BAD_STRINGS,
+    "created_by": BAD_STRINGS,
+    "public_metadata": BAD_METADATA,
+    "max_allowed_memberships": BAD_COUNTS,
+}
+MEMBERSHIP_BAD_FIELDS: dict[str, list[object]] = {
+    "id": BAD_CLERK_IDS,
+    "organization": NOT_AN_OBJECT,
+    "organization.id": BAD_CLERK_IDS,
+    "public_user_data": NOT_AN_OBJECT,
+    "public_user_data.user_id": BAD_CLERK_IDS,
+    "updated_at": [*BAD_TIMES, None, MISSING],
+    "created_at": BAD_TIMES,
+    "role": BAD_STRINGS,
+    "role_name": BAD_STRINGS,
+    "permissions": BAD_PERMISSIONS,
+    "public_metadata": BAD_METADATA,
+    **{f"public_user_data.{name}": BAD_STRINGS for name in MEMBER_FIELDS},
+}
+# A deletion reads only these (its time never fails it): no other field makes it malformed.
+DELETION_READS = {"id", "organization", "organization.id", "public_user_data", "public_user_data.user_id"}
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the refused bodies must leave alone: a user with a claimed email, an organization, its member."""
+
+    user_id: str
+    organization_id: str
+    membership_id: str
+
+    def organization(self, **fields: Any) -> dict[str, Any]:
+        """The seeded organization, newer and renamed: applied, it would change the stored one."""
+        return organization_data(self.organization_id, name="Changed", updated_at=NEWER_MS, **fields)
+
+    def membership(self) -> dict[str, Any]:
+        """The seeded membership, newer and promoted: applied, it would change the stored one."""
+        return membership_data(
+            self.membership_id,
+            self.organization_id,
+            self.user_id,
+            role="org:admin",
+            first_name="Changed",
+            updated_at=NEWER_MS,
+        )
+
+
+@st.composite
+def wrong_organization_field_events(draw: st.DrawFn, seed: Seeded) -> str:
+    """An event for the seeded organization or membership with one to three fields of the wrong shape."""
+    if draw(st.booleans()):
+        data, table, types = seed.organization(), ORGANIZATION_BAD_FIELDS, ORGANIZATION_TYPES
+        deletion = "organization.deleted"
+    else:
+        data, table, types = seed.membership(), MEMBERSHIP_BAD_FIELDS, MEMBERSHIP_TYPES
+        deletion = "organizationMembership.deleted"
+    fields = draw(st.lists(st.sampled_from(sorted(table)), min_size=1, max_size=3, unique=True))
+    for field in sorted(fields):  # a parent before its children: `organization` before `organization.id`
+        put(data, field, draw(st.sampled_from(table[field])))
+    event_type = draw(st.sampled_from([*types, deletion] if DELETION_READS.intersection(fields) else types))
+    return dump(envelope(event_type, data), ascii_only=draw(st.booleans()))
+
+
+DEEP_MARK = "deep_nesting_goes_here"
+DELETION_TYPES = ("organization.deleted", "organizationMembership.deleted")
+DEEP_PLACES = ["data", "data.id", "data.name", "data.public_metadata", "data.organization", "data.public_user_data"]
+DEEP_PLACES += ["data.permissions", "data.public_metadata.a", "timestamp"]
+
+
+@st.composite
+def malformed_organization_bodies(draw: st.DrawFn, seed: Seeded) -> str:
+    """Signed organization and membership bodies that are cut short, carry no object, or nest too deep."""
+    event_type = draw(st.sampled_from([*ORGANIZATION_TYPES, *MEMBERSHIP_TYPES, *DELETION_TYPES]))
+    event = envelope(event_type, seed.organization() if event_type.startswith("organization.") else seed.membership())
+    kind = draw(st.sampled_from(["truncated", "data", "deep"]))
+    if kind == "truncated":
+        body = dump(event)
+        return body[: draw(st.integers(0, len(body) - 1))]
+    if kind == "data":
+        put(event, "data", draw(st.sampled_from(BAD_DATA)))
+        return dump(event, ascii_only=draw(st.booleans()))
+    # Past the JSON parser's nesting limit (about 10,000 in CPython 3.13), yet well under 1 MiB.
+    put(event, draw(st.sampled_from(DEEP_PLACES)), DEEP_MARK)
+    depth = draw(st.sampled_from([10_000, 100_000, 300_000]))
+    return dump(event, ascii_only=True).replace(json.dumps(DEEP_MARK), "[" * depth + "]" * depth, 1)
+
+
+# Deletions: only their ids are read, and their `timestamp` (informational) must never fail them
+
+BASE_TIME = EPOCH + timedelta(milliseconds=BASE_MS)
+ANY_TIME = object()  # a random timestamp: any time, or none, will do
+KNOWN_TIMESTAMPS: list[tuple[object, object]] = [
+    (BASE_MS, BASE_TIME),
+    (BASE_MS // 1000, BASE_TIME),
+    (BASE_MS * 1000, BASE_TIME),
+    (BASE_MS * 10**6, BASE_TIME),
+    (BASE_MS / 1000 + 0.25, BASE_TIME + timedelta(milliseconds=250)),
+    (float(BASE_MS), BASE_TIME),
+    (str(BASE_MS), BASE_TIME),
+    (f" {BASE_MS // 1000} ", BASE_TIME),
+    ("1.7563824e12", BASE_TIME),
+    *((value, None) for value in ["", " ", "soon", "nan", "inf", "-inf", "-1", "0", "1e400", "0x10", "\x00"]),
+    *((value, None) for value in [None, MISSING, True, False, [], {}, [BASE_MS], {"ms": BASE_MS}]),
+    *((value, None) for value in [math.nan, math.inf, -math.inf, 0, 0.0, -1, -BASE_MS, 10**30, 2**70, 1e300]),
+]
+TIMESTAMPS = st.one_of(
+    st.sampled_from(KNOWN_TIMESTAMPS),
+    # Integers stay inside float range: past it is a known 500 (see PAST_FLOAT_RANGE below).
+    st.tuples(
+        st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=30), JSON_VALUES), st.just(ANY_TIME)
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DeletionCase:
+    """A deletion of fresh objects: the bodies that create them first, the event, what it must leave."""
+
+    setup: list[str]
+    event: dict[str, Any]
+    tombstone: str
+    removes: list[str]
+
+
+def deletion_case(event_type: str) -> DeletionCase:
+    """A membership (and, for `organization.deleted`, its organization; for `user.deleted`, its user) to delete."""
+    organization_id, membership_id, user_id = new_organization_id(), new_membership_id(), new_user_id()
+    member = f"{PATHS.memberships(organization_id)}/{user_id}"
+    setup = [membership_event("organizationMembership.created", membership_id, organization_id, user_id)]
+    if event_type == "organization.deleted":
+        setup.append(organization_event("organization.created", organization_id))
+        return DeletionCase(
+            setup,
+            json.loads(organization_deletion_event(organization_id)),
+            f"{PATHS.organization_tombstones}/{organization_id}",
+            [f"{PATHS.organizations}/{organization_id}", member],
+        )
+    if event_type == "organizationMembership.deleted":
+        return DeletionCase(
+            setup,
+            json.loads(membership_event(event_type, membership_id, organization_id, user_id)),
+            f"{PATHS.membership_tombstones}/{membership_id}",
+            [member],
+        )
+    setup.append(user_event("user.created", user_id, emails=[]))
+    return DeletionCase(
+        setup, json.loads(deletion_event(user_id)), f"{PATHS.user_tombstones}/{user_id}", [f"{PATHS.users}/{user_id}"]
+    )
+
+
+UNREAD_BY_DELETIONS = {
+    # Clerk's deleted organization is `{id, slug, deleted: true}`; its membership delete carries an older
+    # `updated_at` than the last update, so neither may depend on anything but the ids.
+    "organization.deleted": {"slug": JSON_VALUES, "deleted": JSON_VALUES, "name": JSON_VALUES},
+    "organizationMembership.deleted": {
+        "updated_at": st.sampled_from([*BAD_TIMES, None, MISSING]) | TIMES,
+        "role": JSON_VALUES,
+        "permissions": JSON_VALUES,
+        "public_metadata": JSON_VALUES,
+    },
+}
+
+
+@st.composite
+def odd_deletions(draw: st.DrawFn) -> tuple[str, object, object, dict[str, object], bool]:
+    """A deletion type, an odd timestamp and the time it means, odd values of fields it does not read."""
+    event_type = draw(st.sampled_from(DELETION_TYPES))
+    timestamp, expected = draw(TIMESTAMPS)
+    unread = {field: draw(values) for field, values in UNREAD_BY_DELETIONS[event_type].items() if draw(st.booleans())}
+    return event_type, timestamp, expected, unread, draw(st.booleans())
+
+
+# ---------------------------------------------------------------------------------------------
 # Properties
 
 
@@ -686,6 +1007,127 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
     run_property(120 * scale, odd_deliveries(), check)
 
 
+@pytest.fixture
+def seeded_organization(client: FlaskClient, seeded: str) -> Seeded:
+    """Beside the seeded user and claim: an organization, and the user's membership in it."""
+    seed = Seeded(user_id=seeded, organization_id=new_organization_id(), membership_id=new_membership_id())
+    for body in (
+        organization_event("organization.created", seed.organization_id),
+        membership_event("organizationMembership.created", seed.membership_id, seed.organization_id, seed.user_id),
+    ):
+        response = send_signed(client, body)
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+    return seed
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_signed_organization_and_membership_bodies_of_the_wrong_shape_get_a_400_and_change_nothing(
+    client: FlaskClient, db: firestore.Client, seeded_organization: Seeded, scale: int
+) -> None:
+    def check(body: str) -> None:
+        before = snapshot_all(db)
+
+        response = send_signed(client, body, case="malformed organization")
+
+        assert_rejected_and_unchanged(response, db, before)
+        assert (response.status_code, response.get_json()) == (400, {"outcome": "malformed"})
+
+    seed = seeded_organization
+    bodies = st.one_of(
+        malformed_organization_bodies(seed),
+        wrong_organization_field_events(seed),
+        wrong_organization_field_events(seed),
+    )
+    run_property(150 * scale, bodies, check)
+
+
+def assert_recorded(record: dict[str, Any], message_id: str, event_type: str, clerk_id: str, **extra: str) -> None:
+    """The event's one idempotency record: what was applied, and nothing of the payload."""
+    expected = {"svix_id": message_id, "type": event_type, "clerk_id": clerk_id, "outcome": "applied", **extra}
+    assert {field: record.get(field) for field in expected} == expected
+    assert set(record) == {*expected, "received_at", "expires_at"}
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_odd_but_valid_organizations_are_stored_exactly_as_sent(
+    client: FlaskClient, db: firestore.Client, emulator_host: str, scale: int
+) -> None:
+    def check(organization: tuple[dict[str, Any], str, str]) -> None:
+        data, event_type, body = organization
+        message_id = new_message_id()
+        emulator.wipe(emulator_host, PROJECT)
+
+        response = send_signed(client, body, message_id=message_id, case="odd valid organization")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        documents = snapshot_all(db)
+        path, record = f"{PATHS.organizations}/{data['id']}", f"{PATHS.events}/{ids.document_id(message_id)}"
+        assert set(documents) == {path, record}
+        assert_organization_stored_as_sent(data, documents[path])
+        assert_recorded(documents[record], message_id, event_type, data["id"])
+        assert_nothing_private(documents)
+
+    run_property(50 * scale, odd_organizations(), check)
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_odd_but_valid_memberships_are_stored_exactly_as_sent(
+    client: FlaskClient, db: firestore.Client, emulator_host: str, scale: int
+) -> None:
+    def check(membership: tuple[dict[str, Any], str, str]) -> None:
+        data, event_type, body = membership
+        organization_id, user_id = data["organization"]["id"], data["public_user_data"]["user_id"]
+        message_id = new_message_id()
+        emulator.wipe(emulator_host, PROJECT)
+
+        response = send_signed(client, body, message_id=message_id, case="odd valid membership")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        documents = snapshot_all(db)
+        path, record = (
+            f"{PATHS.memberships(organization_id)}/{user_id}",
+            f"{PATHS.events}/{ids.document_id(message_id)}",
+        )
+        assert set(documents) == {path, record}  # not the organization: only the organization's events write it
+        assert_membership_stored_as_sent(data, documents[path])
+        assert_recorded(
+            documents[record], message_id, event_type, data["id"], organization_id=organization_id, user_id=user_id
+        )
+        assert_nothing_private(documents)
+
+    run_property(50 * scale, odd_memberships(), check)
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_organization_and_membership_deletions_with_odd_timestamps_are_applied(
+    client: FlaskClient, db: firestore.Client, scale: int
+) -> None:
+    def check(deletion: tuple[str, object, object, dict[str, object], bool]) -> None:
+        event_type, timestamp, expected, unread, ascii_only = deletion
+        case = deletion_case(event_type)
+        for body in case.setup:
+            response = send_signed(client, body)
+            assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        for field, value in unread.items():
+            put(case.event["data"], field, value)
+        put(case.event, "timestamp", timestamp)
+
+        response = send_signed(client, dump(case.event, ascii_only=ascii_only), case="odd deletion")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        tombstone = db.document(case.tombstone).get(timeout=10)
+        assert tombstone.exists
+        deleted_at = tombstone.get("deleted_at")
+        if expected is ANY_TIME:
+            assert deleted_at is None or isinstance(deleted_at, datetime)
+        else:
+            assert deleted_at == expected
+        for path in case.removes:
+            assert not db.document(path).get(timeout=10).exists, path
+
+    run_property(30 * scale, odd_deletions(), check)
+
+
 # ---------------------------------------------------------------------------------------------
 # Regressions found by the fuzzers (each was a 5xx before the fix)
 
@@ -798,38 +1240,16 @@ def test_body_shorter_than_its_content_length_is_a_4xx_on_the_real_server(server
 PAST_FLOAT_RANGE = 10**309
 
 
-def deletion_with_timestamp(event_type: str, timestamp: object) -> tuple[str, str]:
-    """A deletion of a fresh object of `event_type`'s kind, its `timestamp` replaced; and its tombstone's path."""
-    if event_type == "organization.deleted":
-        organization_id = new_organization_id()
-        body, tombstone = (
-            organization_deletion_event(organization_id),
-            f"{PATHS.organization_tombstones}/{organization_id}",
-        )
-    elif event_type == "organizationMembership.deleted":
-        membership_id = new_membership_id()
-        body = membership_event(event_type, membership_id, new_organization_id(), new_user_id())
-        tombstone = f"{PATHS.membership_tombstones}/{membership_id}"
-    else:
-        user_id = new_user_id()
-        body, tombstone = deletion_event(user_id), f"{PATHS.user_tombstones}/{user_id}"
-    event = json.loads(body)
-    if timestamp is MISSING:
-        del event["timestamp"]
-    else:
-        event["timestamp"] = timestamp
-    return dump(event), tombstone
-
-
 @pytest.mark.xfail(strict=True, reason="lenient_time: math.isfinite(10**309) raises OverflowError, answered 500")
 @pytest.mark.parametrize("timestamp", [PAST_FLOAT_RANGE, -PAST_FLOAT_RANGE], ids=["positive", "negative"])
 @pytest.mark.parametrize("event_type", ["organization.deleted", "organizationMembership.deleted", "user.deleted"])
 def test_deletion_with_an_integer_timestamp_past_float_range_is_applied(
     client: FlaskClient, db: firestore.Client, event_type: str, timestamp: int
 ) -> None:
-    body, tombstone = deletion_with_timestamp(event_type, timestamp)
+    case = deletion_case(event_type)
+    case.event["timestamp"] = timestamp
 
-    response = send_signed(client, body)
+    response = send_signed(client, dump(case.event))
 
     assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
-    assert db.document(tombstone).get(timeout=10).get("deleted_at") is None
+    assert db.document(case.tombstone).get(timeout=10).get("deleted_at") is None

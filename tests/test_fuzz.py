@@ -143,9 +143,27 @@ def send_signed(
     return send(client, body.encode(), signed_headers(body, message_id=message_id), case=case)
 
 
-def assert_rejected_and_unchanged(response: TestResponse, db: firestore.Client, before: dict[str, Any]) -> None:
+class Baseline:
+    """Firestore as the last example left it, so that "changes nothing" costs one snapshot per example, not two.
+
+    Nothing else writes while a property runs: one example's state after is the next one's state before.
+    Each check snapshots first, pass or fail, so an example that did change something is blamed alone.
+    """
+
+    def __init__(self, db: firestore.Client, documents: dict[str, dict[str, Any]] | None = None) -> None:
+        self.db = db
+        self.documents = snapshot_all(db) if documents is None else documents
+
+    def advance(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The documents before the example's request, and now (the next example's before)."""
+        before, self.documents = self.documents, snapshot_all(self.db)
+        return before, self.documents
+
+
+def assert_rejected_and_unchanged(response: TestResponse, baseline: Baseline) -> None:
+    before, after = baseline.advance()
     assert 400 <= response.status_code < 500, (response.status_code, response.get_data()[:200])
-    assert snapshot_all(db) == before
+    assert after == before
 
 
 def same(sent: object, stored: object) -> bool:
@@ -857,13 +875,14 @@ def odd_deletions(draw: st.DrawFn) -> tuple[str, object, object, dict[str, objec
 def test_random_bytes_under_random_headers_get_a_4xx_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
+    baseline = Baseline(db)
+
     def check(request: tuple[bytes, dict[str, str]]) -> None:
         body, headers = request
-        before = snapshot_all(db)
 
         response = send(client, body, {}, headers, case="random")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
 
     run_property(150 * scale, st.tuples(RANDOM_BODIES, RANDOM_HEADERS), check)
 
@@ -927,13 +946,14 @@ def forged_requests(draw: st.DrawFn, user_id: str) -> tuple[bytes, dict[str, str
 def test_unsigned_or_wrongly_signed_events_get_a_4xx_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
+    baseline = Baseline(db)
+
     def check(request: tuple[bytes, dict[str, str], dict[str, str]]) -> None:
         body, headers, raw = request
-        before = snapshot_all(db)
 
         response = send(client, body, headers, raw, case="forged")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
         assert response.status_code in {400, 401}
 
     run_property(150 * scale, forged_requests(seeded), check)
@@ -943,12 +963,12 @@ def test_unsigned_or_wrongly_signed_events_get_a_4xx_and_change_nothing(
 def test_signed_bodies_that_are_not_clerk_events_get_a_400_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
-    def check(body: str) -> None:
-        before = snapshot_all(db)
+    baseline = Baseline(db)
 
+    def check(body: str) -> None:
         response = send_signed(client, body, case="malformed")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
         assert (response.status_code, response.get_json()) == (400, {"outcome": "malformed"})
 
     run_property(200 * scale, st.one_of(malformed_bodies(seeded), wrong_field_events(seeded)), check)
@@ -958,13 +978,14 @@ def test_signed_bodies_that_are_not_clerk_events_get_a_400_and_change_nothing(
 def test_signed_events_of_other_types_are_acknowledged_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
-    def check(body: str) -> None:
-        before = snapshot_all(db)
+    baseline = Baseline(db)
 
+    def check(body: str) -> None:
         response = send_signed(client, body, case="ignored")
 
+        before, after = baseline.advance()
         assert (response.status_code, response.get_json()) == (200, {"outcome": "ignored"})
-        assert snapshot_all(db) == before
+        assert after == before
 
     run_property(60 * scale, ignored_bodies(), check)
 
@@ -1020,7 +1041,7 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
         response = send(client, body.encode(), headers, raw, case="odd delivery")
 
         if not wire_id or len(wire_id) > 256:
-            assert_rejected_and_unchanged(response, db, {})
+            assert_rejected_and_unchanged(response, Baseline(db, documents={}))
             return
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
         record = db.collection(PATHS.events).document(ids.document_id(wire_id)).get(timeout=10)
@@ -1047,12 +1068,12 @@ def seeded_organization(client: FlaskClient, seeded: str) -> Seeded:
 def test_signed_organization_and_membership_bodies_of_the_wrong_shape_get_a_400_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded_organization: Seeded, scale: int
 ) -> None:
-    def check(body: str) -> None:
-        before = snapshot_all(db)
+    baseline = Baseline(db)
 
+    def check(body: str) -> None:
         response = send_signed(client, body, case="malformed organization")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
         assert (response.status_code, response.get_json()) == (400, {"outcome": "malformed"})
 
     seed = seeded_organization

@@ -1172,6 +1172,53 @@ def test_organization_and_membership_deletions_with_odd_timestamps_are_applied(
     run_property(30 * scale, odd_deletions(), check)
 
 
+def every_wrong_field_event(seed: Seeded) -> Iterator[tuple[str, str, object, str]]:
+    """Each bad value of each field alone, under every type that reads the field: type, field, value, body."""
+    kinds = [
+        (seed.organization, ORGANIZATION_BAD_FIELDS, ORGANIZATION_TYPES, "organization.deleted"),
+        (seed.membership, MEMBERSHIP_BAD_FIELDS, MEMBERSHIP_TYPES, "organizationMembership.deleted"),
+    ]
+    for build, table, types, deletion in kinds:
+        for field, values in table.items():
+            for value in values:
+                for event_type in (*types, deletion) if field in DELETION_READS else types:
+                    data = build()
+                    put(data, field, value)
+                    yield event_type, field, value, dump(envelope(event_type, data))
+
+
+def test_every_wrong_organization_or_membership_field_alone_gets_a_400_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client, seeded_organization: Seeded
+) -> None:
+    # Random draws rarely try one bad value alone; this tries each (a request costs ~1 ms, a snapshot ~50).
+    before = snapshot_all(db)
+    answered = [
+        (event_type, field, repr(value)[:60], response.status_code, response.get_json())
+        for event_type, field, value, body in every_wrong_field_event(seeded_organization)
+        for response in [send_signed(client, body, case="malformed organization, each field")]
+    ]
+
+    assert [answer for answer in answered if answer[3:] != (400, {"outcome": "malformed"})] == []
+    assert snapshot_all(db) == before
+
+
+def test_every_known_odd_deletion_timestamp_is_applied_and_read_as_its_time_or_none(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    wrong = []
+    for event_type in DELETION_TYPES:
+        for timestamp, expected in KNOWN_TIMESTAMPS:
+            case = deletion_case(event_type)  # nothing to delete: only the tombstone is looked at here
+            put(case.event, "timestamp", timestamp)
+            response = send_signed(client, dump(case.event), case="odd deletion, each known timestamp")
+            tombstone = db.document(case.tombstone).get(timeout=10)
+            deleted_at = tombstone.get("deleted_at") if tombstone.exists else "no tombstone"
+            if (response.status_code, response.get_json(), deleted_at) != (200, {"outcome": "applied"}, expected):
+                wrong.append((event_type, repr(timestamp)[:40], response.status_code, deleted_at))
+
+    assert wrong == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Regressions found by the fuzzers (each was a 5xx before the fix)
 

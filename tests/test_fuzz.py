@@ -845,15 +845,17 @@ def deletion_case(event_type: str) -> DeletionCase:
     )
 
 
+UNREAD = JSON_VALUES | st.sampled_from(BAD_TEXT)  # lone surrogates too: nothing of it is stored
 UNREAD_BY_DELETIONS = {
     # Clerk's deleted organization is `{id, slug, deleted: true}`; its membership delete carries an older
     # `updated_at` than the last update, so neither may depend on anything but the ids.
-    "organization.deleted": {"slug": JSON_VALUES, "deleted": JSON_VALUES, "name": JSON_VALUES},
+    "organization.deleted": {"slug": UNREAD, "deleted": UNREAD, "name": UNREAD},
     "organizationMembership.deleted": {
         "updated_at": st.sampled_from([*BAD_TIMES, None, MISSING]) | TIMES,
-        "role": JSON_VALUES,
-        "permissions": JSON_VALUES,
-        "public_metadata": JSON_VALUES,
+        "role": UNREAD,
+        "permissions": UNREAD,
+        "public_metadata": UNREAD,
+        "public_user_data.first_name": UNREAD,
     },
 }
 
@@ -1217,6 +1219,49 @@ def test_every_known_odd_deletion_timestamp_is_applied_and_read_as_its_time_or_n
                 wrong.append((event_type, repr(timestamp)[:40], response.status_code, deleted_at))
 
     assert wrong == []
+
+
+LONGEST_ID = "i" * 128  # the longest Clerk id: the longest document name, the least room for fields
+
+
+def largest_event(kind: str, metadata_size: int) -> str:
+    """A `{kind}.created` of 128-char ids whose size is in one metadata string."""
+    metadata = {"k": "x" * metadata_size}
+    if kind == "organization":
+        data = organization_data(LONGEST_ID, public_metadata=metadata, private_metadata={})
+    else:
+        data = membership_data(LONGEST_ID, LONGEST_ID, LONGEST_ID, public_metadata=metadata, private_metadata={})
+        data["organization"] = {"id": LONGEST_ID}
+    return json.dumps(envelope(f"{kind}.created", data), separators=(",", ":"))
+
+
+def accepted(body: str) -> bool:
+    try:
+        events.parse_event(body.encode())
+    except events.MalformedEvent:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["organization", "organizationMembership"])
+def test_the_largest_organization_or_membership_the_function_accepts_fits_in_firestore(
+    client: FlaskClient, db: firestore.Client, kind: str
+) -> None:
+    # The size check leaves room for the document's name and the function's own fields; with the longest
+    # ids (a membership's name holds two) that room is smallest. Found by halving: the largest accepted.
+    low, high = 1, MAX_BODY
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if accepted(largest_event(kind, middle)) else (low, middle)
+    assert low > MAX_BODY - 4096
+
+    at_limit = send_signed(client, largest_event(kind, low))
+    over = send_signed(client, largest_event(kind, low + 1))
+
+    assert (at_limit.status_code, at_limit.get_json()) == (200, {"outcome": "applied"})
+    assert (over.status_code, over.get_json()) == (400, {"outcome": "malformed"})
+    stored = {path: document for path, document in snapshot_all(db).items() if not path.startswith(PATHS.events)}
+    assert [len(document["public_metadata"]["k"]) for document in stored.values()] == [low]
 
 
 # ---------------------------------------------------------------------------------------------

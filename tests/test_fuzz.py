@@ -1084,7 +1084,7 @@ def test_signed_organization_and_membership_bodies_of_the_wrong_shape_get_a_400_
         wrong_organization_field_events(seed),
         wrong_organization_field_events(seed),
     )
-    run_property(150 * scale, bodies, check)
+    run_property(120 * scale, bodies, check)
 
 
 def assert_recorded(record: dict[str, Any], message_id: str, event_type: str, clerk_id: str, **extra: str) -> None:
@@ -1113,7 +1113,7 @@ def test_odd_but_valid_organizations_are_stored_exactly_as_sent(
         assert_recorded(documents[record], message_id, event_type, data["id"])
         assert_nothing_private(documents)
 
-    run_property(50 * scale, odd_organizations(), check)
+    run_property(70 * scale, odd_organizations(), check)
 
 
 @pytest.mark.parametrize("scale", [QUICK, SOAK])
@@ -1141,7 +1141,7 @@ def test_odd_but_valid_memberships_are_stored_exactly_as_sent(
         )
         assert_nothing_private(documents)
 
-    run_property(50 * scale, odd_memberships(), check)
+    run_property(70 * scale, odd_memberships(), check)
 
 
 @pytest.mark.parametrize("scale", [QUICK, SOAK])
@@ -1171,7 +1171,7 @@ def test_organization_and_membership_deletions_with_odd_timestamps_are_applied(
         for path in case.removes:
             assert not db.document(path).get(timeout=10).exists, path
 
-    run_property(30 * scale, odd_deletions(), check)
+    run_property(40 * scale, odd_deletions(), check)
 
 
 def every_wrong_field_event(seed: Seeded) -> Iterator[tuple[str, str, object, str]]:

@@ -889,6 +889,11 @@ def test_random_bytes_under_random_headers_get_a_4xx_and_change_nothing(
     run_property(150 * scale, st.tuples(RANDOM_BODIES, RANDOM_HEADERS), check)
 
 
+def reaches_non_ascii_base64(signature: str) -> bool:
+    """Whether a `v1,` entry with a non-ASCII character gets to base64 decoding: the 500 pinned below."""
+    return any(entry.startswith("v1,") and not entry.isascii() for entry in signature.strip().split(" "))
+
+
 def wrong_secret(draw: st.DrawFn) -> str:
     return "whsec_" + base64.b64encode(draw(st.binary(min_size=1, max_size=64))).decode()
 
@@ -936,7 +941,8 @@ def forged_requests(draw: st.DrawFn, user_id: str) -> tuple[bytes, dict[str, str
         skew = timedelta(seconds=draw(st.integers(301, 10**8)))
         headers = signed_headers(body, timestamp=now - skew if attack == "old" else now + skew)
     elif attack == "garbage_signature":
-        raw["svix-signature"] = draw(HEADER_VALUES)
+        # Minus the pinned 500 (see reaches_non_ascii_base64 below) until it is fixed.
+        raw["svix-signature"] = draw(HEADER_VALUES.filter(lambda value: not reaches_non_ascii_base64(value)))
     elif attack == "v2_label":
         headers["svix-signature"] = headers["svix-signature"].replace("v1,", "v2,")
     else:
@@ -1389,3 +1395,22 @@ def test_deletion_with_an_integer_timestamp_past_float_range_is_applied(
 
     assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
     assert db.document(case.tombstone).get(timeout=10).get("deleted_at") is None
+
+
+# A `v1,` signature entry with a non-ASCII character (a header byte over 0x7f, as a WSGI server hands it
+# over): `binascii.a2b_base64(text, strict_mode=True)` raises ValueError, not binascii.Error, for
+# non-ASCII text, so `signature._offered_signatures` lets it out and the function answers 500. Found
+# by the forged-signature property's soak run; that property leaves such headers out until the fix.
+@pytest.mark.xfail(strict=True, reason="signature: a2b_base64 raises ValueError for non-ASCII text, answered 500")
+@pytest.mark.parametrize("signature", ["v1,\xe9", as_wire("v1,é"), "v1,YWJj\xff", "v1,YWJj v1,\u00e9"])
+def test_a_signature_with_a_non_ascii_character_is_refused_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client, seeded: str, signature: str
+) -> None:
+    body = user_event("user.updated", seeded, emails=[SEED_EMAIL], updated_at=NEWER_MS)
+    baseline = Baseline(db)
+
+    response = send(client, body.encode(), signed_headers(body), {"svix-signature": signature})
+
+    assert_rejected_and_unchanged(response, baseline)
+    assert response.status_code in {400, 401}
+    assert response.get_json() == {"outcome": "rejected"}

@@ -1,8 +1,9 @@
 """Bad input never earns a 5xx: hypothesis throws bytes, headers and odd but signed events at the function.
 
 Every request goes through the real functions-framework app (test client) to the real emulator.
-Properties: each request gets a 4xx, or a 2xx when it is a well-formed ignored type or a valid but odd
-user event; a 4xx changes nothing in Firestore; a stored odd event reads back exactly as it was sent.
+Properties: each request gets a 4xx, or a 2xx when it is a well-formed ignored type, a valid but odd
+user, organization or membership event, or a deletion (whatever its timestamp); a 4xx changes nothing
+in Firestore; a stored odd event reads back exactly as it was sent, beside its one event record.
 Each property runs quick in `make test` and with many more examples in the `soak` run.
 """
 
@@ -15,13 +16,30 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import emulator
 import pytest
-from clerk_events import BASE_MS, envelope, new_user_id, signed_headers, user_data, user_event
+from clerk_events import (
+    BASE_MS,
+    deletion_event,
+    envelope,
+    membership_data,
+    membership_event,
+    new_membership_id,
+    new_message_id,
+    new_organization_id,
+    new_user_id,
+    organization_data,
+    organization_deletion_event,
+    organization_event,
+    signed_headers,
+    user_data,
+    user_event,
+)
 from conftest import PATHS, PROJECT, Server, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
@@ -29,7 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from clerk_sync import ids
+from clerk_sync import events, ids, memberships, organizations
 
 MAX_BODY = 1024 * 1024
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,13 +137,33 @@ def send(
     return client.post("/", data=body, headers=headers, environ_overrides=environ)
 
 
-def send_signed(client: FlaskClient, body: str, *, case: str | None = None) -> TestResponse:
-    return send(client, body.encode(), signed_headers(body), case=case)
+def send_signed(
+    client: FlaskClient, body: str, *, case: str | None = None, message_id: str | None = None
+) -> TestResponse:
+    return send(client, body.encode(), signed_headers(body, message_id=message_id), case=case)
 
 
-def assert_rejected_and_unchanged(response: TestResponse, db: firestore.Client, before: dict[str, Any]) -> None:
+class Baseline:
+    """Firestore as the last example left it, so that "changes nothing" costs one snapshot per example, not two.
+
+    Nothing else writes while a property runs: one example's state after is the next one's state before.
+    Each check snapshots first, pass or fail, so an example that did change something is blamed alone.
+    """
+
+    def __init__(self, db: firestore.Client, documents: dict[str, dict[str, Any]] | None = None) -> None:
+        self.db = db
+        self.documents = snapshot_all(db) if documents is None else documents
+
+    def advance(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The documents before the example's request, and now (the next example's before)."""
+        before, self.documents = self.documents, snapshot_all(self.db)
+        return before, self.documents
+
+
+def assert_rejected_and_unchanged(response: TestResponse, baseline: Baseline) -> None:
+    before, after = baseline.advance()
     assert 400 <= response.status_code < 500, (response.status_code, response.get_data()[:200])
-    assert snapshot_all(db) == before
+    assert after == before
 
 
 def same(sent: object, stored: object) -> bool:
@@ -459,7 +497,22 @@ IGNORED_TYPES = st.one_of(
     st.sampled_from(
         ["session.created", "email.created", "User.Created", "user.created ", "user", "*", "user.\ud800", "\udfff"]
     ),
-    st.text(min_size=1, max_size=40).filter(lambda text: text not in {*USER_TYPES, "user.deleted"}),
+    # Neighbours of the stored organization types (Clerk sends these too, some with the same data).
+    st.sampled_from(
+        [
+            "organizationInvitation.created",
+            "organizationInvitation.accepted",
+            "organizationDomain.deleted",
+            "role.deleted",
+            "organization.Created",
+            "Organization.deleted",
+            "organizationmembership.created",
+            "organizationMembership.deleted ",
+            "organization",
+            "organizationMembership",
+        ]
+    ),
+    st.text(min_size=1, max_size=40).filter(lambda text: text not in events.PARSERS),
 )
 
 
@@ -489,8 +542,331 @@ def malformed_bodies(draw: st.DrawFn, user_id: str) -> str:
 @st.composite
 def ignored_bodies(draw: st.DrawFn) -> str:
     """Well-formed events of types the function does not store, with any data at all."""
-    data = draw(st.one_of(JSON_VALUES, DEEP_VALUES, st.just(user_data(new_user_id()))))
+    data = draw(
+        st.one_of(
+            JSON_VALUES,
+            DEEP_VALUES,
+            st.just(user_data(new_user_id())),
+            st.just(organization_data(new_organization_id())),
+            st.just(membership_data(new_membership_id(), new_organization_id(), new_user_id())),
+        )
+    )
     return dump({"type": draw(IGNORED_TYPES), "data": data, "object": "event"}, ascii_only=draw(st.booleans()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategies: organizations and memberships
+
+ORGANIZATION_TYPES = ("organization.created", "organization.updated")
+MEMBERSHIP_TYPES = ("organizationMembership.created", "organizationMembership.updated")
+PRIVATE = "private_sentinel_9f3c"  # inside every private_metadata sent: it must be stored nowhere
+OPTIONAL = st.sampled_from([MISSING, None])  # a field left out, or null
+ODD_TEXTS = OPTIONAL | TEXTS
+CLERK_IDS = USER_IDS  # any id Clerk's alphabet allows, for organizations and memberships alike
+
+
+def put(data: dict[str, Any], path: str, value: object) -> None:
+    """Set `path` (`public_user_data.first_name`), or remove it for MISSING; skipped under a non-object parent."""
+    *parents, name = path.split(".")
+    target: object = data
+    for parent in parents:
+        target = target.get(parent) if isinstance(target, dict) else None
+    if not isinstance(target, dict):
+        return  # the parent itself was replaced by a non-object: malformed already
+    if value is MISSING:
+        target.pop(name, None)
+    else:
+        target[name] = value
+
+
+def big_text(draw: st.DrawFn) -> str | None:
+    """Usually nothing; sometimes a 10 KB or 150 KB string of one character (still under 1 MiB escaped)."""
+    size = draw(st.sampled_from([0, 0, 0, 10_000, 150_000]))
+    if not size:
+        return None
+    big = draw(st.sampled_from(["x", "é", "\u2603", "\U0001f600", "\x00"]))
+    return big * (size // len(big.encode()))
+
+
+EXTRA_FIELDS = st.dictionaries(st.from_regex(r"zz_[a-z_]{1,10}", fullmatch=True), JSON_VALUES, max_size=3)
+
+
+@st.composite
+def odd_organizations(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
+    """A legal but unusual Clerk organization; its event type and the body carrying it."""
+    data = organization_data(draw(CLERK_IDS), updated_at=draw(TIMES))
+    for field in ("name", "slug", "image_url", "created_by"):
+        put(data, field, draw(ODD_TEXTS))
+    put(data, "public_metadata", draw(OPTIONAL | METADATA))
+    put(data, "max_allowed_memberships", draw(OPTIONAL | st.integers(-(2**63), 2**63 - 1)))
+    put(data, "created_at", draw(OPTIONAL | TIMES))
+    data["private_metadata"] = {**draw(METADATA), "secret": PRIVATE}
+    text = big_text(draw)
+    if text is not None:
+        slot = draw(st.sampled_from(["name", "slug", "image_url", "public_metadata"]))
+        data[slot] = {"big": text} if slot == "public_metadata" else text
+    data.update(draw(EXTRA_FIELDS))
+    event_type = draw(st.sampled_from(ORGANIZATION_TYPES))
+    body = envelope(event_type, data)
+    body["event_attributes"] = draw(JSON_VALUES)
+    return data, event_type, dump(body, ascii_only=draw(st.booleans()))
+
+
+MEMBER_FIELDS = ("identifier", "first_name", "last_name", "image_url")
+
+
+@st.composite
+def odd_memberships(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
+    """A legal but unusual Clerk membership (its organization and user need not exist); type and body."""
+    data = membership_data(draw(CLERK_IDS), draw(CLERK_IDS), draw(CLERK_IDS), updated_at=draw(TIMES))
+    for field in ("role", "role_name", *(f"public_user_data.{name}" for name in MEMBER_FIELDS)):
+        put(data, field, draw(ODD_TEXTS))
+    put(data, "permissions", draw(OPTIONAL | st.lists(TEXTS, max_size=5)))
+    put(data, "public_metadata", draw(OPTIONAL | METADATA))
+    put(data, "created_at", draw(OPTIONAL | TIMES))
+    data["private_metadata"] = {**draw(METADATA), "secret": PRIVATE}
+    # Never stored from a membership: the organization's copy (private metadata too) and the user's other fields.
+    data["organization"].update(
+        name=draw(JSON_VALUES), public_metadata=draw(JSON_VALUES), private_metadata={"secret": PRIVATE}
+    )
+    for name in ("username", "has_image", "profile_image_url"):
+        data["public_user_data"][name] = draw(JSON_VALUES)
+    text = big_text(draw)
+    if text is not None:
+        slot = draw(st.sampled_from(["role", "public_user_data.first_name", "permissions", "public_metadata"]))
+        put(data, slot, [text] if slot == "permissions" else {"big": text} if slot == "public_metadata" else text)
+    data.update(draw(EXTRA_FIELDS))
+    event_type = draw(st.sampled_from(MEMBERSHIP_TYPES))
+    body = envelope(event_type, data)
+    body["event_attributes"] = draw(JSON_VALUES)
+    return data, event_type, dump(body, ascii_only=draw(st.booleans()))
+
+
+def assert_organization_stored_as_sent(data: dict[str, Any], stored: dict[str, Any]) -> None:
+    """The organization document holds what Clerk sent, field by field, and nothing else."""
+    assert set(stored) == set(organizations.OWNED_FIELDS)
+    assert stored["clerk_id"] == data["id"]
+    for field in ("name", "slug", "image_url", "max_allowed_memberships"):
+        assert same(data.get(field), stored[field]), field
+    assert same(data.get("created_by") or None, stored["created_by"])  # "" means no creator
+    assert same_metadata(data.get("public_metadata"), stored["public_metadata"])
+    for field in ("created_at", "updated_at"):
+        assert stored[field] == millis(data.get(field)), field
+    assert isinstance(stored["synced_at"], datetime)
+
+
+def assert_membership_stored_as_sent(data: dict[str, Any], stored: dict[str, Any]) -> None:
+    """The member's document holds what Clerk sent, field by field, and nothing else."""
+    assert set(stored) == set(memberships.OWNED_FIELDS)
+    assert stored["membership_id"] == data["id"]
+    assert stored["organization_id"] == data["organization"]["id"]
+    assert stored["user_id"] == data["public_user_data"]["user_id"]
+    for field in ("role", "role_name"):
+        assert same(data.get(field), stored[field]), field
+    for field in MEMBER_FIELDS:
+        assert same(data["public_user_data"].get(field), stored[field]), field
+    assert same(data.get("permissions") or [], stored["permissions"])
+    assert same_metadata(data.get("public_metadata"), stored["public_metadata"])
+    for field in ("created_at", "updated_at"):
+        assert stored[field] == millis(data.get(field)), field
+    assert isinstance(stored["synced_at"], datetime)
+
+
+def assert_nothing_private(documents: dict[str, dict[str, Any]]) -> None:
+    for path, document in documents.items():
+        assert "private_metadata" not in document, path
+        assert PRIVATE not in repr(document), path
+
+
+# Signed organization and membership bodies that must be refused
+
+BAD_CLERK_IDS: list[object] = [*BAD_IDS, MISSING, "org/1", "org_1/memberships/user_1", "o" * 129, "o" * 5000]
+BAD_CLERK_IDS += ["__org_1__", "org.1", "org:1", "%2F", "org_1\x00"]
+DEEP_TEXT = nested(500, "x", lists=True)  # a string 500 levels down is no string
+BAD_STRINGS: list[object] = [*BAD_TEXT, DEEP_TEXT]
+BAD_COUNTS: list[object] = ["5", 5.0, 1.5, True, False, 2**63, -(2**63) - 1, 2**64, 10**40, [], {}, [5], DEEP_TEXT]
+BAD_COUNTS += [math.nan, math.inf, -math.inf]
+BAD_PERMISSIONS: list[object] = ["org:sys_memberships:read", 5, True, {}, {"org:x": True}, [5], [None], ["a", 1]]
+BAD_PERMISSIONS += [[["a"]], [{}], [True], ["\ud800"], ["a", "b\udfffc"], DEEP_TEXT]
+NOT_AN_OBJECT: list[object] = [MISSING, None, "org_1", "", 5, 1.5, True, [], ["id"], [{"id": "org_1"}]]
+ORGANIZATION_BAD_FIELDS: dict[str, list[object]] = {
+    "id": BAD_CLERK_IDS,
+    "updated_at": [*BAD_TIMES, None, MISSING],
+    "created_at": BAD_TIMES,
+    "name": BAD_STRINGS,
+    "slug": BAD_STRINGS,
+    "image_url": BAD_STRINGS,
+    "created_by": BAD_STRINGS,
+    "public_metadata": BAD_METADATA,
+    "max_allowed_memberships": BAD_COUNTS,
+}
+MEMBERSHIP_BAD_FIELDS: dict[str, list[object]] = {
+    "id": BAD_CLERK_IDS,
+    "organization": NOT_AN_OBJECT,
+    "organization.id": BAD_CLERK_IDS,
+    "public_user_data": NOT_AN_OBJECT,
+    "public_user_data.user_id": BAD_CLERK_IDS,
+    "updated_at": [*BAD_TIMES, None, MISSING],
+    "created_at": BAD_TIMES,
+    "role": BAD_STRINGS,
+    "role_name": BAD_STRINGS,
+    "permissions": BAD_PERMISSIONS,
+    "public_metadata": BAD_METADATA,
+    **{f"public_user_data.{name}": BAD_STRINGS for name in MEMBER_FIELDS},
+}
+# A deletion reads only these (its time never fails it): no other field makes it malformed.
+DELETION_READS = {"id", "organization", "organization.id", "public_user_data", "public_user_data.user_id"}
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What the refused bodies must leave alone: a user with a claimed email, an organization, its member."""
+
+    user_id: str
+    organization_id: str
+    membership_id: str
+
+    def organization(self, **fields: Any) -> dict[str, Any]:
+        """The seeded organization, newer and renamed: applied, it would change the stored one."""
+        return organization_data(self.organization_id, name="Changed", updated_at=NEWER_MS, **fields)
+
+    def membership(self) -> dict[str, Any]:
+        """The seeded membership, newer and promoted: applied, it would change the stored one."""
+        return membership_data(
+            self.membership_id,
+            self.organization_id,
+            self.user_id,
+            role="org:admin",
+            first_name="Changed",
+            updated_at=NEWER_MS,
+        )
+
+
+@st.composite
+def wrong_organization_field_events(draw: st.DrawFn, seed: Seeded) -> str:
+    """An event for the seeded organization or membership with one to three fields of the wrong shape."""
+    if draw(st.booleans()):
+        data, table, types = seed.organization(), ORGANIZATION_BAD_FIELDS, ORGANIZATION_TYPES
+        deletion = "organization.deleted"
+    else:
+        data, table, types = seed.membership(), MEMBERSHIP_BAD_FIELDS, MEMBERSHIP_TYPES
+        deletion = "organizationMembership.deleted"
+    fields = draw(st.lists(st.sampled_from(sorted(table)), min_size=1, max_size=3, unique=True))
+    for field in sorted(fields):  # a parent before its children: `organization` before `organization.id`
+        put(data, field, draw(st.sampled_from(table[field])))
+    event_type = draw(st.sampled_from([*types, deletion] if DELETION_READS.intersection(fields) else types))
+    return dump(envelope(event_type, data), ascii_only=draw(st.booleans()))
+
+
+DEEP_MARK = "deep_nesting_goes_here"
+DELETION_TYPES = ("organization.deleted", "organizationMembership.deleted")
+DEEP_PLACES = ["data", "data.id", "data.name", "data.public_metadata", "data.organization", "data.public_user_data"]
+DEEP_PLACES += ["data.permissions", "data.public_metadata.a", "timestamp"]
+
+
+@st.composite
+def malformed_organization_bodies(draw: st.DrawFn, seed: Seeded) -> str:
+    """Signed organization and membership bodies that are cut short, carry no object, or nest too deep."""
+    event_type = draw(st.sampled_from([*ORGANIZATION_TYPES, *MEMBERSHIP_TYPES, *DELETION_TYPES]))
+    event = envelope(event_type, seed.organization() if event_type.startswith("organization.") else seed.membership())
+    kind = draw(st.sampled_from(["truncated", "data", "deep"]))
+    if kind == "truncated":
+        body = dump(event)
+        return body[: draw(st.integers(0, len(body) - 1))]
+    if kind == "data":
+        put(event, "data", draw(st.sampled_from(BAD_DATA)))
+        return dump(event, ascii_only=draw(st.booleans()))
+    # Past the JSON parser's nesting limit (about 10,000 in CPython 3.13), yet well under 1 MiB.
+    put(event, draw(st.sampled_from(DEEP_PLACES)), DEEP_MARK)
+    depth = draw(st.sampled_from([10_000, 100_000, 300_000]))
+    return dump(event, ascii_only=True).replace(json.dumps(DEEP_MARK), "[" * depth + "]" * depth, 1)
+
+
+# Deletions: only their ids are read, and their `timestamp` (informational) must never fail them
+
+BASE_TIME = EPOCH + timedelta(milliseconds=BASE_MS)
+ANY_TIME = object()  # a random timestamp: any time, or none, will do
+KNOWN_TIMESTAMPS: list[tuple[object, object]] = [
+    (BASE_MS, BASE_TIME),
+    (BASE_MS // 1000, BASE_TIME),
+    (BASE_MS * 1000, BASE_TIME),
+    (BASE_MS * 10**6, BASE_TIME),
+    (BASE_MS / 1000 + 0.25, BASE_TIME + timedelta(milliseconds=250)),
+    (float(BASE_MS), BASE_TIME),
+    (str(BASE_MS), BASE_TIME),
+    (f" {BASE_MS // 1000} ", BASE_TIME),
+    ("1.7563824e12", BASE_TIME),
+    *((value, None) for value in ["", " ", "soon", "nan", "inf", "-inf", "-1", "0", "1e400", "0x10", "\x00"]),
+    *((value, None) for value in [None, MISSING, True, False, [], {}, [BASE_MS], {"ms": BASE_MS}]),
+    *((value, None) for value in [math.nan, math.inf, -math.inf, 0, 0.0, -1, -BASE_MS, 10**30, 2**70, 1e300]),
+]
+TIMESTAMPS = st.one_of(
+    st.sampled_from(KNOWN_TIMESTAMPS),
+    # Integers stay inside float range: past it is a known 500 (see PAST_FLOAT_RANGE below).
+    st.tuples(
+        st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=30), JSON_VALUES), st.just(ANY_TIME)
+    ),
+)
+
+
+@dataclass(frozen=True)
+class DeletionCase:
+    """A deletion of fresh objects: the bodies that create them first, the event, what it must leave."""
+
+    setup: list[str]
+    event: dict[str, Any]
+    tombstone: str
+    removes: list[str]
+
+
+def deletion_case(event_type: str) -> DeletionCase:
+    """A membership (and, for `organization.deleted`, its organization; for `user.deleted`, its user) to delete."""
+    organization_id, membership_id, user_id = new_organization_id(), new_membership_id(), new_user_id()
+    member = f"{PATHS.memberships(organization_id)}/{user_id}"
+    setup = [membership_event("organizationMembership.created", membership_id, organization_id, user_id)]
+    if event_type == "organization.deleted":
+        setup.append(organization_event("organization.created", organization_id))
+        return DeletionCase(
+            setup,
+            json.loads(organization_deletion_event(organization_id)),
+            f"{PATHS.organization_tombstones}/{organization_id}",
+            [f"{PATHS.organizations}/{organization_id}", member],
+        )
+    if event_type == "organizationMembership.deleted":
+        return DeletionCase(
+            setup,
+            json.loads(membership_event(event_type, membership_id, organization_id, user_id)),
+            f"{PATHS.membership_tombstones}/{membership_id}",
+            [member],
+        )
+    setup.append(user_event("user.created", user_id, emails=[]))
+    return DeletionCase(
+        setup, json.loads(deletion_event(user_id)), f"{PATHS.user_tombstones}/{user_id}", [f"{PATHS.users}/{user_id}"]
+    )
+
+
+UNREAD = JSON_VALUES | st.sampled_from(BAD_TEXT)  # lone surrogates too: nothing of it is stored
+UNREAD_BY_DELETIONS = {
+    # Clerk's deleted organization is `{id, slug, deleted: true}`; its membership delete carries an older
+    # `updated_at` than the last update, so neither may depend on anything but the ids.
+    "organization.deleted": {"slug": UNREAD, "deleted": UNREAD, "name": UNREAD},
+    "organizationMembership.deleted": {
+        "updated_at": st.sampled_from([*BAD_TIMES, None, MISSING]) | TIMES,
+        "role": UNREAD,
+        "permissions": UNREAD,
+        "public_metadata": UNREAD,
+        "public_user_data.first_name": UNREAD,
+    },
+}
+
+
+@st.composite
+def odd_deletions(draw: st.DrawFn) -> tuple[str, object, object, dict[str, object], bool]:
+    """A deletion type, an odd timestamp and the time it means, odd values of fields it does not read."""
+    event_type = draw(st.sampled_from(DELETION_TYPES))
+    timestamp, expected = draw(TIMESTAMPS)
+    unread = {field: draw(values) for field, values in UNREAD_BY_DELETIONS[event_type].items() if draw(st.booleans())}
+    return event_type, timestamp, expected, unread, draw(st.booleans())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,15 +877,21 @@ def ignored_bodies(draw: st.DrawFn) -> str:
 def test_random_bytes_under_random_headers_get_a_4xx_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
+    baseline = Baseline(db)
+
     def check(request: tuple[bytes, dict[str, str]]) -> None:
         body, headers = request
-        before = snapshot_all(db)
 
         response = send(client, body, {}, headers, case="random")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
 
     run_property(150 * scale, st.tuples(RANDOM_BODIES, RANDOM_HEADERS), check)
+
+
+def reaches_non_ascii_base64(signature: str) -> bool:
+    """Whether a `v1,` entry with a non-ASCII character gets to base64 decoding: the 500 pinned below."""
+    return any(entry.startswith("v1,") and not entry.isascii() for entry in signature.strip().split(" "))
 
 
 def wrong_secret(draw: st.DrawFn) -> str:
@@ -559,7 +941,8 @@ def forged_requests(draw: st.DrawFn, user_id: str) -> tuple[bytes, dict[str, str
         skew = timedelta(seconds=draw(st.integers(301, 10**8)))
         headers = signed_headers(body, timestamp=now - skew if attack == "old" else now + skew)
     elif attack == "garbage_signature":
-        raw["svix-signature"] = draw(HEADER_VALUES)
+        # Minus the pinned 500 (see reaches_non_ascii_base64 below) until it is fixed.
+        raw["svix-signature"] = draw(HEADER_VALUES.filter(lambda value: not reaches_non_ascii_base64(value)))
     elif attack == "v2_label":
         headers["svix-signature"] = headers["svix-signature"].replace("v1,", "v2,")
     else:
@@ -571,13 +954,14 @@ def forged_requests(draw: st.DrawFn, user_id: str) -> tuple[bytes, dict[str, str
 def test_unsigned_or_wrongly_signed_events_get_a_4xx_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
+    baseline = Baseline(db)
+
     def check(request: tuple[bytes, dict[str, str], dict[str, str]]) -> None:
         body, headers, raw = request
-        before = snapshot_all(db)
 
         response = send(client, body, headers, raw, case="forged")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
         assert response.status_code in {400, 401}
 
     run_property(150 * scale, forged_requests(seeded), check)
@@ -587,12 +971,12 @@ def test_unsigned_or_wrongly_signed_events_get_a_4xx_and_change_nothing(
 def test_signed_bodies_that_are_not_clerk_events_get_a_400_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
-    def check(body: str) -> None:
-        before = snapshot_all(db)
+    baseline = Baseline(db)
 
+    def check(body: str) -> None:
         response = send_signed(client, body, case="malformed")
 
-        assert_rejected_and_unchanged(response, db, before)
+        assert_rejected_and_unchanged(response, baseline)
         assert (response.status_code, response.get_json()) == (400, {"outcome": "malformed"})
 
     run_property(200 * scale, st.one_of(malformed_bodies(seeded), wrong_field_events(seeded)), check)
@@ -602,13 +986,14 @@ def test_signed_bodies_that_are_not_clerk_events_get_a_400_and_change_nothing(
 def test_signed_events_of_other_types_are_acknowledged_and_change_nothing(
     client: FlaskClient, db: firestore.Client, seeded: str, scale: int
 ) -> None:
-    def check(body: str) -> None:
-        before = snapshot_all(db)
+    baseline = Baseline(db)
 
+    def check(body: str) -> None:
         response = send_signed(client, body, case="ignored")
 
+        before, after = baseline.advance()
         assert (response.status_code, response.get_json()) == (200, {"outcome": "ignored"})
-        assert snapshot_all(db) == before
+        assert after == before
 
     run_property(60 * scale, ignored_bodies(), check)
 
@@ -664,7 +1049,7 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
         response = send(client, body.encode(), headers, raw, case="odd delivery")
 
         if not wire_id or len(wire_id) > 256:
-            assert_rejected_and_unchanged(response, db, {})
+            assert_rejected_and_unchanged(response, Baseline(db, documents={}))
             return
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
         record = db.collection(PATHS.events).document(ids.document_id(wire_id)).get(timeout=10)
@@ -672,6 +1057,217 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
         assert record.get("svix_id") == wire_id
 
     run_property(120 * scale, odd_deliveries(), check)
+
+
+@pytest.fixture
+def seeded_organization(client: FlaskClient, seeded: str) -> Seeded:
+    """Beside the seeded user and claim: an organization, and the user's membership in it."""
+    seed = Seeded(user_id=seeded, organization_id=new_organization_id(), membership_id=new_membership_id())
+    for body in (
+        organization_event("organization.created", seed.organization_id),
+        membership_event("organizationMembership.created", seed.membership_id, seed.organization_id, seed.user_id),
+    ):
+        response = send_signed(client, body)
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+    return seed
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_signed_organization_and_membership_bodies_of_the_wrong_shape_get_a_400_and_change_nothing(
+    client: FlaskClient, db: firestore.Client, seeded_organization: Seeded, scale: int
+) -> None:
+    baseline = Baseline(db)
+
+    def check(body: str) -> None:
+        response = send_signed(client, body, case="malformed organization")
+
+        assert_rejected_and_unchanged(response, baseline)
+        assert (response.status_code, response.get_json()) == (400, {"outcome": "malformed"})
+
+    seed = seeded_organization
+    bodies = st.one_of(
+        malformed_organization_bodies(seed),
+        wrong_organization_field_events(seed),
+        wrong_organization_field_events(seed),
+    )
+    run_property(120 * scale, bodies, check)
+
+
+def assert_recorded(record: dict[str, Any], message_id: str, event_type: str, clerk_id: str, **extra: str) -> None:
+    """The event's one idempotency record: what was applied, and nothing of the payload."""
+    expected = {"svix_id": message_id, "type": event_type, "clerk_id": clerk_id, "outcome": "applied", **extra}
+    assert {field: record.get(field) for field in expected} == expected
+    assert set(record) == {*expected, "received_at", "expires_at"}
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_odd_but_valid_organizations_are_stored_exactly_as_sent(
+    client: FlaskClient, db: firestore.Client, emulator_host: str, scale: int
+) -> None:
+    def check(organization: tuple[dict[str, Any], str, str]) -> None:
+        data, event_type, body = organization
+        message_id = new_message_id()
+        emulator.wipe(emulator_host, PROJECT)
+
+        response = send_signed(client, body, message_id=message_id, case="odd valid organization")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        documents = snapshot_all(db)
+        path, record = f"{PATHS.organizations}/{data['id']}", f"{PATHS.events}/{ids.document_id(message_id)}"
+        assert set(documents) == {path, record}
+        assert_organization_stored_as_sent(data, documents[path])
+        assert_recorded(documents[record], message_id, event_type, data["id"])
+        assert_nothing_private(documents)
+
+    run_property(70 * scale, odd_organizations(), check)
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_odd_but_valid_memberships_are_stored_exactly_as_sent(
+    client: FlaskClient, db: firestore.Client, emulator_host: str, scale: int
+) -> None:
+    def check(membership: tuple[dict[str, Any], str, str]) -> None:
+        data, event_type, body = membership
+        organization_id, user_id = data["organization"]["id"], data["public_user_data"]["user_id"]
+        message_id = new_message_id()
+        emulator.wipe(emulator_host, PROJECT)
+
+        response = send_signed(client, body, message_id=message_id, case="odd valid membership")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        documents = snapshot_all(db)
+        path, record = (
+            f"{PATHS.memberships(organization_id)}/{user_id}",
+            f"{PATHS.events}/{ids.document_id(message_id)}",
+        )
+        assert set(documents) == {path, record}  # not the organization: only the organization's events write it
+        assert_membership_stored_as_sent(data, documents[path])
+        assert_recorded(
+            documents[record], message_id, event_type, data["id"], organization_id=organization_id, user_id=user_id
+        )
+        assert_nothing_private(documents)
+
+    run_property(70 * scale, odd_memberships(), check)
+
+
+@pytest.mark.parametrize("scale", [QUICK, SOAK])
+def test_organization_and_membership_deletions_with_odd_timestamps_are_applied(
+    client: FlaskClient, db: firestore.Client, scale: int
+) -> None:
+    def check(deletion: tuple[str, object, object, dict[str, object], bool]) -> None:
+        event_type, timestamp, expected, unread, ascii_only = deletion
+        case = deletion_case(event_type)
+        for body in case.setup:
+            response = send_signed(client, body)
+            assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        for field, value in unread.items():
+            put(case.event["data"], field, value)
+        put(case.event, "timestamp", timestamp)
+
+        response = send_signed(client, dump(case.event, ascii_only=ascii_only), case="odd deletion")
+
+        assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+        tombstone = db.document(case.tombstone).get(timeout=10)
+        assert tombstone.exists
+        deleted_at = tombstone.get("deleted_at")
+        if expected is ANY_TIME:
+            assert deleted_at is None or isinstance(deleted_at, datetime)
+        else:
+            assert deleted_at == expected
+        for path in case.removes:
+            assert not db.document(path).get(timeout=10).exists, path
+
+    run_property(40 * scale, odd_deletions(), check)
+
+
+def every_wrong_field_event(seed: Seeded) -> Iterator[tuple[str, str, object, str]]:
+    """Each bad value of each field alone, under every type that reads the field: type, field, value, body."""
+    kinds = [
+        (seed.organization, ORGANIZATION_BAD_FIELDS, ORGANIZATION_TYPES, "organization.deleted"),
+        (seed.membership, MEMBERSHIP_BAD_FIELDS, MEMBERSHIP_TYPES, "organizationMembership.deleted"),
+    ]
+    for build, table, types, deletion in kinds:
+        for field, values in table.items():
+            for value in values:
+                for event_type in (*types, deletion) if field in DELETION_READS else types:
+                    data = build()
+                    put(data, field, value)
+                    yield event_type, field, value, dump(envelope(event_type, data))
+
+
+def test_every_wrong_organization_or_membership_field_alone_gets_a_400_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client, seeded_organization: Seeded
+) -> None:
+    # Random draws rarely try one bad value alone; this tries each (a request costs ~1 ms, a snapshot ~50).
+    before = snapshot_all(db)
+    answered = [
+        (event_type, field, repr(value)[:60], response.status_code, response.get_json())
+        for event_type, field, value, body in every_wrong_field_event(seeded_organization)
+        for response in [send_signed(client, body, case="malformed organization, each field")]
+    ]
+
+    assert [answer for answer in answered if answer[3:] != (400, {"outcome": "malformed"})] == []
+    assert snapshot_all(db) == before
+
+
+def test_every_known_odd_deletion_timestamp_is_applied_and_read_as_its_time_or_none(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    wrong = []
+    for event_type in DELETION_TYPES:
+        for timestamp, expected in KNOWN_TIMESTAMPS:
+            case = deletion_case(event_type)  # nothing to delete: only the tombstone is looked at here
+            put(case.event, "timestamp", timestamp)
+            response = send_signed(client, dump(case.event), case="odd deletion, each known timestamp")
+            tombstone = db.document(case.tombstone).get(timeout=10)
+            deleted_at = tombstone.get("deleted_at") if tombstone.exists else "no tombstone"
+            if (response.status_code, response.get_json(), deleted_at) != (200, {"outcome": "applied"}, expected):
+                wrong.append((event_type, repr(timestamp)[:40], response.status_code, deleted_at))
+
+    assert wrong == []
+
+
+LONGEST_ID = "i" * 128  # the longest Clerk id: the longest document name, the least room for fields
+
+
+def largest_event(kind: str, metadata_size: int) -> str:
+    """A `{kind}.created` of 128-char ids whose size is in one metadata string."""
+    metadata = {"k": "x" * metadata_size}
+    if kind == "organization":
+        data = organization_data(LONGEST_ID, public_metadata=metadata, private_metadata={})
+    else:
+        data = membership_data(LONGEST_ID, LONGEST_ID, LONGEST_ID, public_metadata=metadata, private_metadata={})
+        data["organization"] = {"id": LONGEST_ID}
+    return json.dumps(envelope(f"{kind}.created", data), separators=(",", ":"))
+
+
+def accepted(body: str) -> bool:
+    try:
+        events.parse_event(body.encode())
+    except events.MalformedEvent:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["organization", "organizationMembership"])
+def test_the_largest_organization_or_membership_the_function_accepts_fits_in_firestore(
+    client: FlaskClient, db: firestore.Client, kind: str
+) -> None:
+    # The size check leaves room for the document's name and the function's own fields; with the longest
+    # ids (a membership's name holds two) that room is smallest. Found by halving: the largest accepted.
+    low, high = 1, MAX_BODY
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if accepted(largest_event(kind, middle)) else (low, middle)
+    assert low > MAX_BODY - 4096
+
+    at_limit = send_signed(client, largest_event(kind, low))
+    over = send_signed(client, largest_event(kind, low + 1))
+
+    assert (at_limit.status_code, at_limit.get_json()) == (200, {"outcome": "applied"})
+    assert (over.status_code, over.get_json()) == (400, {"outcome": "malformed"})
+    stored = {path: document for path, document in snapshot_all(db).items() if not path.startswith(PATHS.events)}
+    assert [len(document["public_metadata"]["k"]) for document in stored.values()] == [low]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -775,3 +1371,46 @@ def test_body_shorter_than_its_content_length_is_a_4xx_on_the_real_server(server
 
     assert status_line.startswith(b"HTTP/1.1 4"), status_line
     assert "Traceback" not in server.log()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bugs found by the fuzzers, not fixed yet (strict xfail: the fix makes them pass, then drop the mark)
+
+# A JSON integer past float range: `payload.lenient_time` calls `math.isfinite` on it, which raises
+# OverflowError ("int too large to convert to float"); the deletion answers 500 and Svix retries it
+# for days, keeping the deleted object. The odd-timestamp property leaves such integers out until then.
+PAST_FLOAT_RANGE = 10**309
+
+
+@pytest.mark.xfail(strict=True, reason="lenient_time: math.isfinite(10**309) raises OverflowError, answered 500")
+@pytest.mark.parametrize("timestamp", [PAST_FLOAT_RANGE, -PAST_FLOAT_RANGE], ids=["positive", "negative"])
+@pytest.mark.parametrize("event_type", ["organization.deleted", "organizationMembership.deleted", "user.deleted"])
+def test_deletion_with_an_integer_timestamp_past_float_range_is_applied(
+    client: FlaskClient, db: firestore.Client, event_type: str, timestamp: int
+) -> None:
+    case = deletion_case(event_type)
+    case.event["timestamp"] = timestamp
+
+    response = send_signed(client, dump(case.event))
+
+    assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
+    assert db.document(case.tombstone).get(timeout=10).get("deleted_at") is None
+
+
+# A `v1,` signature entry with a non-ASCII character (a header byte over 0x7f, as a WSGI server hands it
+# over): `binascii.a2b_base64(text, strict_mode=True)` raises ValueError, not binascii.Error, for
+# non-ASCII text, so `signature._offered_signatures` lets it out and the function answers 500. Found
+# by the forged-signature property's soak run; that property leaves such headers out until the fix.
+@pytest.mark.xfail(strict=True, reason="signature: a2b_base64 raises ValueError for non-ASCII text, answered 500")
+@pytest.mark.parametrize("signature", ["v1,\xe9", as_wire("v1,é"), "v1,YWJj\xff", "v1,YWJj v1,\u00e9"])
+def test_a_signature_with_a_non_ascii_character_is_refused_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client, seeded: str, signature: str
+) -> None:
+    body = user_event("user.updated", seeded, emails=[SEED_EMAIL], updated_at=NEWER_MS)
+    baseline = Baseline(db)
+
+    response = send(client, body.encode(), signed_headers(body), {"svix-signature": signature})
+
+    assert_rejected_and_unchanged(response, baseline)
+    assert response.status_code in {400, 401}
+    assert response.get_json() == {"outcome": "rejected"}

@@ -116,7 +116,11 @@ def lenient_time(value: object) -> datetime | None:
             value = float(value.strip())
         except ValueError:
             return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and not 0 < value < MICROSECONDS_BELOW * 1_000_000:
+        return None  # beyond any unit's range (and past float's, where math.isfinite would raise)
+    if not math.isfinite(value) or value <= 0:
         return None
     if value < SECONDS_BELOW:
         milliseconds = value * 1000

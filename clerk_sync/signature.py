@@ -89,7 +89,7 @@ def _offered_signatures(header: str) -> list[bytes]:
             continue  # another scheme (Svix's asymmetric `v1a`): not ours to check
         try:
             offered.append(binascii.a2b_base64(encoded, strict_mode=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a plain ValueError for non-ASCII text
             raise SignatureRejected("malformed_signature") from None
     return offered
 

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(
-        prog="python -m clerk_sync", description="Tools for the Clerk → Firestore user sync."
+        prog="python3 -m clerk_sync",
+        description="Tools for the Clerk → Firestore sync of users, organizations, memberships.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

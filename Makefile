@@ -80,7 +80,7 @@ deploy-rules: $(INSTALLED) ## publish the security rules; replaces the database'
 
 replace-rules-warning = `make deploy-rules` replaces every security rule of database $(FIRESTORE_DATABASE) in \
   project $(PROJECT). If your app has rules of its own, merge the block that \
-  `python -m clerk_sync rules --block` prints into them and deploy yours instead (docs/deploy.md, step 6). \
+  `python3 -m clerk_sync rules --block` prints into them and deploy yours instead (docs/deploy.md, step 6). \
   For a database of its own, confirm: `make deploy-rules PROJECT=$(PROJECT) REPLACE_RULES=yes`
 
 ttl: ## let Firestore expire old webhook_events records (PROJECT=... required)

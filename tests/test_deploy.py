@@ -307,7 +307,7 @@ def test_make_deploy_rules_refuses_to_replace_a_ruleset_without_confirmation() -
 
     assert result.returncode != 0
     assert "replaces every security rule of database (default) in project demo-x" in result.stderr
-    assert "python -m clerk_sync rules --block" in result.stderr
+    assert "python3 -m clerk_sync rules --block" in result.stderr
     assert "REPLACE_RULES=yes" in result.stderr
     assert "firebase deploy" not in result.stdout
 

@@ -168,7 +168,7 @@ def taken_ports(ports: dict[str, tuple[int, str, str]]) -> list[str]:
     return [
         f"port {port} ({name}) is already in use on 127.0.0.1. Stop what listens there "
         f"(`lsof -iTCP:{port} -sTCP:LISTEN` or `ss -ltnp 'sport = :{port}'` shows it), or choose another: "
-        f"`make dev {variable}={port + 10}` or `python -m clerk_sync dev {flag} {port + 10}`"
+        f"`make dev {variable}={port + 10}` or `python3 -m clerk_sync dev {flag} {port + 10}`"
         for name, (port, flag, variable) in ports.items()
         if port_taken(port)
     ]

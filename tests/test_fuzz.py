@@ -798,7 +798,10 @@ KNOWN_TIMESTAMPS: list[tuple[object, object]] = [
     ("1.7563824e12", BASE_TIME),
     *((value, None) for value in ["", " ", "soon", "nan", "inf", "-inf", "-1", "0", "1e400", "0x10", "\x00"]),
     *((value, None) for value in [None, MISSING, True, False, [], {}, [BASE_MS], {"ms": BASE_MS}]),
-    *((value, None) for value in [math.nan, math.inf, -math.inf, 0, 0.0, -1, -BASE_MS, 10**30, 2**70, 10**309, -(10**309), 1e300]),
+    *(
+        (value, None)
+        for value in [math.nan, math.inf, -math.inf, 0, 0.0, -1, -BASE_MS, 10**30, 2**70, 10**309, -(10**309), 1e300]
+    ),
 ]
 TIMESTAMPS = st.one_of(
     st.sampled_from(KNOWN_TIMESTAMPS),

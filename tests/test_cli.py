@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from conftest import PATHS, PROJECT, ROOT, Server, start_server, stop_server
 from google.cloud import firestore
 
 from tools import cli
+from tools import reconcile as terminal
 
 OTHER_SECRET = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCB5b3Ugd2FudA=="
 
@@ -377,3 +379,21 @@ def test_the_function_never_imports_the_tools_or_their_dependencies() -> None:
     assert loaded
     assert all(name.startswith("clerk_sync.") for name in loaded)
     assert "clerk_sync.transaction" in loaded
+
+
+def test_reconcile_progress_rates_each_kind_from_its_own_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Organizations listed after a long user listing must not show the users' elapsed time as theirs."""
+    clock = iter([0.0, 10.0, 20.0, 21.0, 22.0])
+    monkeypatch.setattr(terminal.time, "monotonic", lambda: next(clock))
+    err = io.StringIO()
+    progress = terminal.TerminalProgress(err, "reconcile")  # created at 0
+    progress.advance("users", 500, 1000)  # 500 in 10 s
+    progress.advance("users", 1000, 1000)  # 1000 in 20 s
+    progress.advance("organizations", 2, None)  # 2 in the 1 s since the users' last page
+    progress.advance("memberships", 4, None)  # 4 in 1 s
+    assert err.getvalue().splitlines() == [
+        "reconcile: 500/1000 users  50%  50.0/s",
+        "reconcile: 1000/1000 users 100%  50.0/s",
+        "reconcile: 2 organizations  2.0/s",
+        "reconcile: 4 memberships  4.0/s",
+    ]

@@ -28,15 +28,19 @@ class TerminalProgress:
         self.err = err
         self.label = label
         self.tty = err.isatty()
-        self.started = time.monotonic()
+        self.started: dict[str, float] = {}
+        self.last = time.monotonic()
         self.drawn = 0.0
 
     def advance(self, kind: str, done: int, total: int | None) -> None:
         """A page of `kind` is done; a terminal redraws at most five times a second."""
-        if self.tty and time.monotonic() - self.drawn < REDRAW_SECONDS:
+        now = time.monotonic()
+        started = self.started.setdefault(kind, self.last)  # a kind starts when the previous one's last page ended
+        self.last = now
+        if self.tty and now - self.drawn < REDRAW_SECONDS:
             return
-        self.drawn = time.monotonic()
-        rate = done / max(self.drawn - self.started, 1e-9)
+        self.drawn = now
+        rate = done / max(now - started, 1e-9)
         where = f"{done}/{total}" if total else str(done)
         percent = f" {100 * done / total:3.0f}%" if total else ""
         line = f"{where} {kind}{percent}  {rate:.1f}/s"

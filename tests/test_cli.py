@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -384,7 +385,7 @@ def test_the_function_never_imports_the_tools_or_their_dependencies() -> None:
 def test_reconcile_progress_rates_each_kind_from_its_own_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """Organizations listed after a long user listing must not show the users' elapsed time as theirs."""
     clock = iter([0.0, 10.0, 20.0, 21.0, 22.0])
-    monkeypatch.setattr("tools.reconcile.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("tools.reconcile.time", types.SimpleNamespace(monotonic=lambda: next(clock)))
     err = io.StringIO()
     progress = terminal.TerminalProgress(err, "reconcile")  # created at 0
     progress.advance("users", 500, 1000)  # 500 in 10 s

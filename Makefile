@@ -36,7 +36,7 @@ test: lint ## lint, then the whole test suite against a real Firestore emulator
 soak: $(INSTALLED) ## long delivery simulations only (thousands of events; SIM_SEED=N replays one)
 	$(PY) -m pytest -m soak -s
 
-# Deploy (README "Deploy"). `make -n deploy PROJECT=my-project` prints the command without running it.
+# Deploy (docs/deploy.md). `make -n deploy PROJECT=my-project` prints the command without running it.
 PROJECT ?=
 REGION ?= us-central1
 FUNCTION ?= clerk-webhook

@@ -104,7 +104,7 @@ EXPECTED_METRICS = {
     "clerk_reconcile_drift_runs",
 }
 EXPECTED_POLICIES = {"webhook-bad-signatures", "server-errors", "webhook-conflict-lasting", "reconcile-drift"}
-# Svix's retry schedule: each pause follows the previous failed attempt (README "Status codes").
+# Svix's retry schedule: each pause follows the previous failed attempt (docs/operations.md "What each answer means").
 SVIX_PAUSES_SECONDS = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600]
 
 

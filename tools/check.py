@@ -180,7 +180,7 @@ def _claim_id(document: dict[str, Any] | None) -> str | None:
     return ids.document_id(key) if key else None
 
 
-# Field types, as the function writes them (README "Data model"): (test, what it should be).
+# Field types, as the function writes them (docs/data-model.md): (test, what it should be).
 FieldType = tuple[Callable[[object], bool], str]
 
 

@@ -18,8 +18,10 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from loopback import serving
 
 SECRET_KEY = "sk_test_backfill0000000000000000000000000000"
 BASE_MS = 1_756_382_400_000
@@ -269,13 +271,6 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on `fake.requests` instead."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serving(Handler) as base:
+        fake.url = f"{base}/v1"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,7 +27,7 @@ from clerk_events import new_message_id, new_user_id, signed_headers, user_event
 from conftest import ROOT
 from dotenv import dotenv_values
 from google.cloud import firestore
-from loopback import deliver
+from loopback import deliver, serving
 
 from clerk_sync import config
 from tools import devloop
@@ -94,15 +94,8 @@ def fake_ngrok_agent(port: int) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(Handler) as base:
+        yield base
 
 
 def dev_command(env_file: Path, function_port: int, emulator_port: int, *extra: str) -> list[str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import emulator
 import functions_framework
@@ -29,6 +28,7 @@ from clerk_sessions import (
 )
 from conftest import ROOT
 from flask.testing import FlaskClient
+from loopback import serving
 
 from clerk_sync import session_token as tokens
 
@@ -72,22 +72,13 @@ def jwks_server() -> Iterator[JwksServer]:
         def log_message(self, format: str, *args: object) -> None:
             """Quiet: the test output is for the tests."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server.block_on_close = False  # a hanging handler must not hold the test up once it has its answer
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1/jwks"
-    os.environ.pop("CLERK_JWT_KEY")
-    os.environ["CLERK_SECRET_KEY"] = SECRET_KEY
-    os.environ["CLERK_JWKS_URL"] = state.url
-    tokens.settings.cache_clear()
-    try:
+    with serving(Handler) as base:  # a hanging handler never holds up the shutdown
+        state.url = f"{base}/v1/jwks"
+        os.environ.pop("CLERK_JWT_KEY")
+        os.environ["CLERK_SECRET_KEY"] = SECRET_KEY
+        os.environ["CLERK_JWKS_URL"] = state.url
+        tokens.settings.cache_clear()
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def verify(token: str) -> tokens.Session:

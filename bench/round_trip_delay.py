@@ -41,7 +41,7 @@ from harness import ROOT, LoadResult, Table
 import emulator  # tests/ is on the path from `import harness` on
 from rpc_count import CallCounter, counting_client
 
-from clerk_sync import config, events, transaction, users
+from clerk_sync import config, events, kind, transaction
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import StoreUnavailable
 
@@ -151,10 +151,10 @@ class LibraryAttempt:
         self._transaction.delete(reference)
 
 
-def parsed_upserts(bodies: list[str]) -> list[users.UserUpsert]:
+def parsed_upserts(bodies: list[str]) -> list[kind.Upsert]:
     parsed = [events.parse_event(body.encode()) for body in bodies]
-    assert all(isinstance(event, users.UserUpsert) for event in parsed)
-    return cast(list[users.UserUpsert], parsed)
+    assert all(isinstance(event, kind.Upsert) for event in parsed)
+    return cast(list[kind.Upsert], parsed)
 
 
 def in_process_jobs(path: str, db: firestore.Client, bodies: list[str]) -> list[Callable[[], str]]:
@@ -162,7 +162,7 @@ def in_process_jobs(path: str, db: firestore.Client, bodies: list[str]) -> list[
     settings = config.read_settings()
     settings = type(settings)(**{**settings.__dict__, "firestore_deadline_seconds": DEADLINE_SECONDS})
 
-    def ours(event: users.UserUpsert) -> Callable[[], str]:
+    def ours(event: kind.Upsert) -> Callable[[], str]:
         def job() -> str:
             delivery = Delivery(message_id=harness.new_message_id(), settings=settings)
             try:
@@ -172,7 +172,7 @@ def in_process_jobs(path: str, db: firestore.Client, bodies: list[str]) -> list[
 
         return job
 
-    def library(event: users.UserUpsert) -> Callable[[], str]:
+    def library(event: kind.Upsert) -> Callable[[], str]:
         @firestore.transactional
         def body(library_transaction: firestore.Transaction, delivery: Delivery) -> str:
             attempt = cast(transaction.Attempt, LibraryAttempt(db, library_transaction))

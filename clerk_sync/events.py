@@ -20,7 +20,7 @@ from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
 
-__all__ = ["PARSERS", "Change", "Event", "IgnoredEvent", "MalformedEvent", "apply_event", "parse_event"]
+__all__ = ["KINDS", "PARSERS", "Change", "Event", "IgnoredEvent", "MalformedEvent", "apply_event", "parse_event"]
 
 
 class Change(Protocol):
@@ -50,6 +50,9 @@ class IgnoredEvent:
 
 Event = Change | IgnoredEvent
 Parser = Callable[[str, dict[str, Any], bytes], Change]
+
+# Every kind the webhook stores: reconcile and check walk these declarations.
+KINDS = (users.KIND, organizations.KIND, memberships.KIND)
 
 PARSERS: dict[str, Parser] = {
     "user.created": users.parse_upsert,

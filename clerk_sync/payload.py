@@ -12,11 +12,14 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clerk_sync import ids
+
 __all__ = [
     "EPOCH",
     "MalformedEvent",
     "check_document_size",
     "check_encodable",
+    "clerk_id",
     "flag",
     "lenient_time",
     "metadata",
@@ -49,6 +52,15 @@ MICROSECONDS_BELOW = 1e17
 
 class MalformedEvent(ValueError):
     """A verified body that is not a usable Clerk event; the message is safe to log (no values)."""
+
+
+def clerk_id(value: object, where: str, what: str) -> str:
+    """A Clerk id (`user_…`, `org_…`) that will name a document as it is; `what` says which kind."""
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"missing {where}")
+    if not ids.is_clerk_id(value):
+        raise MalformedEvent(f"{where} is not a Clerk {what} id")
+    return value
 
 
 def optional_str(data: dict[str, Any], field: str, where: str = "data") -> str | None:

@@ -30,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import events, transaction, versions
+from clerk_sync import events, transaction, users, versions
 from clerk_sync.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable, backoff, retry_after_seconds
 from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
@@ -384,7 +384,8 @@ class _Run:
                 tally.in_sync += 1
 
     def claim_holder(self, change: events.Change) -> str | None:
-        email_key = getattr(change, "email_key", None)
+        document = getattr(change, "document", None)
+        email_key = users.email_key(document) if isinstance(document, dict) else None
         if not email_key:
             return None
         from clerk_sync import ids  # noqa: PLC0415 (only on this rare path)

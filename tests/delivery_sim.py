@@ -37,7 +37,7 @@ from clerk_events import BASE_MS, email_entry, envelope, membership_data, organi
 from conftest import PATHS
 from google.cloud import firestore
 
-from clerk_sync import events, ids, memberships, organizations, paths, users, versions
+from clerk_sync import events, ids, kind, memberships, paths, versions
 from clerk_sync.users import normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
@@ -64,7 +64,6 @@ ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 MEMBERSHIP_LIMITS = (5, 10, 25, 100)
 KINDS = {"user": "user", "organization": "organization", "organizationMembership": "membership"}
-UPSERTS = (users.UserUpsert, organizations.OrganizationUpsert, memberships.MembershipUpsert)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Direct proxies off: every request of the simulator goes to loopback only.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -79,6 +78,15 @@ def seed_from_environment() -> int:
 def member_path(organization_id: str, user_id: str) -> str:
     """Where the function keeps one member of one organization."""
     return f"{PATHS.memberships(organization_id)}/{user_id}"
+
+
+@dataclass(frozen=True)
+class Member:
+    """The ids every membership event carries."""
+
+    membership_id: str
+    organization_id: str
+    user_id: str
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,14 +132,15 @@ class SimEvent:
     def digest(self) -> str | None:
         """An upsert's `sync_digest`, computed by the function's own parser."""
         parsed = self.parsed
-        return parsed.digest if isinstance(parsed, UPSERTS) else None
+        return parsed.digest if isinstance(parsed, kind.Upsert) else None
 
     @property
-    def member(self) -> memberships.Membership:
+    def member(self) -> Member:
         """A membership event's ids (membership, organization, user)."""
         parsed = self.parsed
-        assert isinstance(parsed, memberships.MembershipUpsert | memberships.MembershipDeletion), self.event_type
-        return parsed.membership
+        assert isinstance(parsed, kind.Upsert | kind.Deletion), self.event_type
+        assert parsed.kind is memberships.KIND, self.event_type
+        return Member(**parsed.ids)
 
     @property
     def version(self) -> tuple[int, str]:
@@ -280,7 +289,7 @@ class _Membership:
 def expected_document(body: str) -> dict[str, Any]:
     """The document the function builds from an upsert's body, with its digest."""
     parsed = events.parse_event(body.encode())
-    assert isinstance(parsed, UPSERTS)
+    assert isinstance(parsed, kind.Upsert)
     return {**parsed.document, versions.DIGEST_FIELD: parsed.digest}
 
 
@@ -1010,8 +1019,8 @@ def generate(
     """
     organizations = max(2, users // 5) if organizations is None else organizations
     generator = _Generator(seed)
-    for kind in ["email"] * 3 + ["phone", "username"]:
-        generator.create(kind)
+    for contact in ["email"] * 3 + ["phone", "username"]:
+        generator.create(contact)
     finale = (
         generator.delete_bulk_organization,
         generator.race_organization_deletion,

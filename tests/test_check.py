@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -299,10 +300,15 @@ def damaged(db: firestore.Client) -> dict[str, set[tuple[str, str]]]:
     write.tombstone(PATHS.user_tombstones, "user_afterwards")
     write.organization("org_zombie")
     write.tombstone(PATHS.organization_tombstones, "org_zombie")
-    unfixable |= {
+    write.set(f"{o}/org_app", APP_FIELDS)  # the app wrote it after the deletion
+    write.tombstone(PATHS.organization_tombstones, "org_app")
+    fixable |= {
         ("user_under_tombstone", f"{u}/user_zombie"),
-        ("user_under_tombstone", f"{u}/user_afterwards"),
         ("organization_under_tombstone", f"{o}/org_zombie"),
+    }
+    unfixable |= {
+        ("user_under_tombstone", f"{u}/user_afterwards"),
+        ("organization_under_tombstone", f"{o}/org_app"),
     }
     # 4. Memberships left behind by deletions (org_gone's document went, its members stayed), and one
     # under its own tombstone; members of an organization or user never synced are legal.
@@ -357,7 +363,7 @@ def test_each_kind_of_violation_is_reported_by_ids_only(
     assert_no_email(out, err)
     lines = out.splitlines()
     summary = next(line for line in lines if " violations (" in line)
-    assert summary.startswith("18 violations (8 fixable with --repair): claim_missing 1, claim_stale 3, ")
+    assert summary.startswith("19 violations (10 fixable with --repair): claim_missing 1, claim_stale 3, ")
     advice = {line.split(":")[0] for line in lines if line.startswith("what to do, ")}
     assert advice == {f"what to do, {key}" for key in check.ADVICE} - {"what to do, claim_blocked"}
     assert lines[-1] == f"({check.CLAIM_NAMES})"
@@ -432,11 +438,14 @@ def test_repair_fixes_each_fixable_kind_and_the_recheck_passes(
     assert "11 violations (11 fixable with --repair)" in before
     assert "NOT DONE" not in repairs
     # The deletions are stale (the tombstones exist); what their sweeps removed makes them applied.
-    assert "done     organizations/org_gone: re-run the organization's deletion sweep: " \
-           "check_repair_organization_org_gone: applied, 3 swept" in repairs  # fmt: skip
-    assert "done     users/user_left: re-run the user's deletion sweep: check_repair_user_user_left: applied, 2 swept" \
+    run_id = re.search(r"check_repair_([0-9a-f]{8})_", repairs)
+    assert run_id is not None, repairs
+    prefix = f"check_repair_{run_id.group(1)}"
+    assert f"done     organizations/org_gone: {check.REPAIR_VERBS['sweep_organization']}: " \
+           f"{prefix}_organization_org_gone: applied, 3 swept" in repairs  # fmt: skip
+    assert f"done     users/user_left: {check.REPAIR_VERBS['sweep_user']}: {prefix}_user_user_left: applied, 2 swept" \
            in repairs  # fmt: skip
-    assert "check_repair_membership_orgmem_old: applied" in repairs
+    assert f"{prefix}_membership_orgmem_old: applied" in repairs
     assert f"done     {claim_name('ghost@example.com')} (owner user_ghost): delete the claim: deleted" in repairs
     assert f"done     users/user_taker -> {claim_name('taken@example.com')}: create the claim: created" in repairs
     assert after.endswith("no violations\n")
@@ -454,7 +463,7 @@ def test_repair_fixes_each_fixable_kind_and_the_recheck_passes(
     left = [doc.reference.path for doc in db.collection_group(paths.MEMBERSHIPS).stream(timeout=10)]
     assert left == []
     assert db.collection(PATHS.membership_tombstones).document("orgmem_old").get(timeout=10).exists
-    record = db.collection(PATHS.events).document("check_repair_user_user_left").get(timeout=10).to_dict()
+    record = db.collection(PATHS.events).document(f"{prefix}_user_user_left").get(timeout=10).to_dict()
     assert record is not None
     assert (record["type"], record["outcome"], record["clerk_id"]) == ("user.deleted", "stale", "user_left")
 
@@ -467,15 +476,13 @@ def test_repair_reports_what_it_cannot_fix_and_exit_stays_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     write = Writer(db)
-    # A live user whose address a document under its tombstone still holds (and claims).
+    # A live user whose address a deleted user's document still holds (and claims): the first round
+    # re-applies the deletion, which releases the claim; the second claims it for the live user.
     write.user_with_claim("user_dead", "held@example.com")
     write.tombstone(PATHS.user_tombstones, "user_dead")
     write.user("user_alive", "held@example.com")
     write.commit()
-    unfixable = damaged["unfixable"] | {
-        ("user_under_tombstone", f"{PATHS.users}/user_dead"),
-        ("claim_missing", f"{PATHS.users}/user_alive"),
-    }
+    unfixable = damaged["unfixable"]
 
     code, out, err = run_check(capsys, tmp_path, emulator_host, "--repair")
     json_code, json_out, _ = run_check(capsys, tmp_path, emulator_host, "--repair", "--json")
@@ -488,20 +495,50 @@ def test_repair_reports_what_it_cannot_fix_and_exit_stays_1(
     assert len(not_done) == len(unfixable)
     assert len([line for line in not_done if ": wrong_type: " in line]) == 6
     assert f"what to do, wrong_type: {check.ADVICE['wrong_type']}\n" in after
-    assert f"what to do, claim_blocked: {check.ADVICE['claim_blocked']}\n" in after
-    assert len(repairs) - len(not_done) == 7  # one sweep for both of org_gone's members
+    done = [line for line in repairs if line.startswith("  done")]
+    assert len(done) == len(repairs) - len(not_done) == 11  # one sweep for both of org_gone's members
+    assert f"done     users/user_alive -> {claim_name('held@example.com')}: create the claim: created" in out
     assert_no_email(out, err, json_out)
     shared = db.collection(PATHS.claims).document(claim_id("twin@example.com")).get(timeout=10).to_dict()
     assert shared is not None
     assert shared["clerk_id"] == "user_twin1"  # a conflict is not settled here
     held = db.collection(PATHS.claims).document(claim_id("held@example.com")).get(timeout=10).to_dict()
     assert held is not None
-    assert held["clerk_id"] == "user_dead"
+    assert held["clerk_id"] == "user_alive"
+    assert not db.collection(PATHS.users).document("user_dead").get(timeout=10).exists
     summary = json.loads(json_out)
     assert json_code == 1
     assert summary["ok"] is False
     assert {(entry["kind"], entry["subject"]) for entry in summary["after_repair"]["violations"]} == unfixable
     assert all(not entry["done"] for entry in summary["repairs"])  # the fixable ones are already fixed
+
+
+@pytest.mark.parametrize("on_user_deleted", ["delete", "keep-app-fields"])
+def test_repair_removes_a_deleted_users_synced_data_per_on_user_deleted(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], on_user_deleted: str
+) -> None:
+    os.environ["ON_USER_DELETED"] = on_user_deleted
+    write = Writer(db)
+    write.set(f"{PATHS.users}/user_zombie", {**user_document("user_zombie", "zombie@example.com"), **APP_FIELDS})
+    write.claim("zombie@example.com", "user_zombie")
+    write.tombstone(PATHS.user_tombstones, "user_zombie")
+    write.set(f"{PATHS.organizations}/org_zombie", {**organization_document("org_zombie"), **APP_FIELDS})
+    write.tombstone(PATHS.organization_tombstones, "org_zombie")
+    write.commit()
+
+    code, out, err = run_check(capsys, tmp_path, emulator_host, "--repair")
+
+    assert code == 0, out
+    assert out.endswith("no violations\n")
+    assert_no_email(out, err)
+    left = db.collection(PATHS.users).document("user_zombie").get(timeout=10).to_dict()
+    if on_user_deleted == "delete":
+        assert left is None
+    else:
+        assert left is not None
+        assert set(left) == {*APP_FIELDS, users.DELETED_AT_FIELD}
+    assert not db.collection(PATHS.organizations).document("org_zombie").get(timeout=10).exists
+    assert list(db.collection(PATHS.claims).stream(timeout=10)) == []
 
 
 def test_claim_repairs_re_read_what_they_change(db: firestore.Client) -> None:

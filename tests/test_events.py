@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from clerk_events import BASE_MS, deletion_event, envelope, new_user_id, user_data, user_event
 
-from clerk_sync import events, users
+from clerk_sync import events, kind, users
 from clerk_sync.payload import MalformedEvent
 from clerk_sync.users import normalise_email
 
@@ -30,15 +30,17 @@ DOCUMENT_FIELDS = {
     "unsafe_metadata",
     "banned",
     "locked",
+    "deprovisioned",
     "created_at",
     "updated_at",
     "last_sign_in_at",
 }
 
 
-def _upsert(body: str | bytes) -> users.UserUpsert:
+def _upsert(body: str | bytes) -> kind.Upsert:
     event = events.parse_event(body.encode() if isinstance(body, str) else body)
-    assert isinstance(event, users.UserUpsert)
+    assert isinstance(event, kind.Upsert)
+    assert event.kind is users.KIND
     return event
 
 
@@ -57,7 +59,7 @@ def test_clerk_user_created_payload_becomes_the_documented_document() -> None:
     event = _upsert(_payload("user_created"))
 
     assert event.event_type == "user.created"
-    assert event.user_id == "user_2abcDEFghiJKLmnoPQRstuVWxyz"
+    assert event.clerk_id == "user_2abcDEFghiJKLmnoPQRstuVWxyz"
     assert set(event.document) == DOCUMENT_FIELDS
     assert event.document == {
         "clerk_id": "user_2abcDEFghiJKLmnoPQRstuVWxyz",
@@ -74,11 +76,12 @@ def test_clerk_user_created_payload_becomes_the_documented_document() -> None:
         "unsafe_metadata": {},
         "banned": False,
         "locked": False,
+        "deprovisioned": False,
         "created_at": datetime(2025, 8, 28, 12, 0, 0, 123_000, tzinfo=UTC),
         "updated_at": datetime(2025, 8, 28, 12, 0, 0, 138_000, tzinfo=UTC),
         "last_sign_in_at": None,
     }
-    assert event.email_key == "alice@example.com"
+    assert users.email_key(event.document) == "alice@example.com"
 
 
 def test_milliseconds_become_aware_utc_datetimes_exact_to_the_millisecond() -> None:
@@ -95,7 +98,7 @@ def test_primary_email_is_found_by_id_not_position() -> None:
 
     assert event.document["email_addresses"] == ["alice@example.com", "alice.work@example.com"]
     assert event.document["email"] == "alice.work@example.com"
-    assert event.email_key == "alice.work@example.com"
+    assert users.email_key(event.document) == "alice.work@example.com"
 
 
 def test_primary_email_keeps_clerk_spelling_but_key_is_normalised() -> None:
@@ -104,7 +107,7 @@ def test_primary_email_keeps_clerk_spelling_but_key_is_normalised() -> None:
     )
 
     assert event.document["email"] == " Bob@Example.COM "
-    assert event.email_key == "bob@example.com"
+    assert users.email_key(event.document) == "bob@example.com"
 
 
 def test_phone_only_user_has_no_email_and_no_key() -> None:
@@ -114,14 +117,18 @@ def test_phone_only_user_has_no_email_and_no_key() -> None:
     assert event.document["email_addresses"] == []
     assert event.document["email_verified"] is False
     assert event.document["phone_number"] == "+15555550123"
-    assert event.email_key is None
+    assert users.email_key(event.document) is None
 
 
 def test_username_only_user_is_not_an_error() -> None:
     event = _upsert(user_event("user.created", new_user_id(), emails=[], primary=None, username="ada_l"))
 
     assert event.document["username"] == "ada_l"
-    assert (event.document["email"], event.document["phone_number"], event.email_key) == (None, None, None)
+    assert (event.document["email"], event.document["phone_number"], users.email_key(event.document)) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_primary_id_pointing_nowhere_means_no_email() -> None:
@@ -129,7 +136,7 @@ def test_primary_id_pointing_nowhere_means_no_email() -> None:
 
     event = _upsert(json.dumps(envelope("user.updated", data)))
 
-    assert (event.document["email"], event.email_key) == (None, None)
+    assert (event.document["email"], users.email_key(event.document)) == (None, None)
 
 
 @pytest.mark.parametrize(("status", "verified"), [("verified", True), ("unverified", False), (None, False)])
@@ -215,14 +222,17 @@ def test_deletion_is_ordered_by_the_envelope_timestamp() -> None:
 
     event = events.parse_event(deletion_event(user_id, timestamp=BASE_MS + 5).encode())
 
-    assert event == users.UserDeletion("user.deleted", user_id, datetime.fromtimestamp((BASE_MS + 5) / 1000, UTC))
+    assert event == kind.Deletion(
+        users.KIND, "user.deleted", {"clerk_id": user_id}, datetime.fromtimestamp((BASE_MS + 5) / 1000, UTC)
+    )
 
 
 def test_clerk_user_deleted_payload_parses() -> None:
     event = events.parse_event(_payload("user_deleted"))
 
-    assert isinstance(event, users.UserDeletion)
-    assert event.user_id == "user_2abcDEFghiJKLmnoPQRstuVWxyz"
+    assert isinstance(event, kind.Deletion)
+    assert event.kind is users.KIND
+    assert event.clerk_id == "user_2abcDEFghiJKLmnoPQRstuVWxyz"
 
 
 def test_deletion_without_timestamp_still_deletes() -> None:
@@ -230,7 +240,7 @@ def test_deletion_without_timestamp_still_deletes() -> None:
 
     event = events.parse_event(json.dumps(body).encode())
 
-    assert event == users.UserDeletion("user.deleted", "user_x", None)
+    assert event == kind.Deletion(users.KIND, "user.deleted", {"clerk_id": "user_x"}, None)
 
 
 @pytest.mark.parametrize("name", ["email_created", "session_created", "organizationInvitation_created"])
@@ -311,7 +321,7 @@ def test_unpaired_surrogate_anywhere_in_user_data_is_malformed(changes: dict[str
 def test_unpaired_surrogate_outside_user_data_does_not_matter() -> None:
     body = json.dumps({**envelope("user.created", user_data("user_ok")), "instance_id": "ins_\udfff"}).encode()
 
-    assert isinstance(events.parse_event(body), users.UserUpsert)
+    assert isinstance(events.parse_event(body), kind.Upsert)
 
 
 def test_null_metadata_and_flags_become_empty_and_false() -> None:

@@ -17,7 +17,7 @@ from conftest import PATHS, PROJECT, apply_event, snapshot_all
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 
-from clerk_sync import events, ids, users
+from clerk_sync import events, ids, kind, users
 from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.payload import MalformedEvent
 
@@ -29,7 +29,8 @@ LONG_INPUT = "x" * 1_501
 def apply(db: firestore.Client, body: str, message_id: str | None = None, deadline: float = 8.0) -> Outcome:
     """Parse a body and apply it as the function would."""
     event = events.parse_event(body.encode())
-    assert isinstance(event, users.UserUpsert | users.UserDeletion)
+    assert isinstance(event, kind.Upsert | kind.Deletion)
+    assert event.kind is users.KIND
     return apply_event(db, message_id or new_message_id(), event, deadline_seconds=deadline)
 
 
@@ -87,6 +88,7 @@ def test_created_user_has_every_documented_field_with_firestore_types(db: firest
         "unsafe_metadata": {"theme": "dark"},
         "banned": True,
         "locked": False,
+        "deprovisioned": False,
         "created_at": ms(BASE_MS - 60_000),
         "updated_at": ms(BASE_MS + 123),
         "last_sign_in_at": None,
@@ -320,15 +322,16 @@ def test_update_after_delete_does_not_resurrect_user_nor_take_its_claim(db: fire
 
 
 def test_delete_of_unknown_user_records_a_tombstone_without_personal_data(db: firestore.Client) -> None:
-    user_id = new_user_id()
+    user_id, message_id = new_user_id(), new_message_id()
 
-    outcome = apply(db, deletion_event(user_id, timestamp=BASE_MS + 99))
+    outcome = apply(db, deletion_event(user_id, timestamp=BASE_MS + 99), message_id)
 
     tombstone = document(db, PATHS.user_tombstones, user_id)
     assert outcome is Outcome.APPLIED
     assert tombstone is not None
-    assert set(tombstone) == {"clerk_id", "deleted_at", "recorded_at"}
+    assert set(tombstone) == {"clerk_id", "deleted_at", "deleted_by", "recorded_at"}
     assert (tombstone["clerk_id"], tombstone["deleted_at"]) == (user_id, ms(BASE_MS + 99))
+    assert tombstone["deleted_by"] == message_id  # reconcile's undo finds the tombstones a run wrote by it
 
 
 def test_delete_removes_user_and_releases_claim(db: firestore.Client) -> None:
@@ -358,6 +361,22 @@ def test_duplicate_delete_changes_nothing(db: firestore.Client) -> None:
     assert after_same == before
     assert new_message is Outcome.STALE
     assert document(db, PATHS.user_tombstones, user_id) == tombstone
+
+
+def test_a_deletion_again_removes_a_synced_copy_found_under_its_tombstone(db: firestore.Client) -> None:
+    user_id = new_user_id()
+    apply(db, user_event("user.created", user_id, emails=["zombie@example.com"]))
+    copy = document(db, PATHS.users, user_id)
+    assert copy is not None
+    apply(db, deletion_event(user_id))
+    tombstone = document(db, PATHS.user_tombstones, user_id)
+    db.collection(PATHS.users).document(user_id).set(copy, timeout=10)  # by hand, or by a bug
+
+    again = apply(db, deletion_event(user_id))
+
+    assert again is Outcome.APPLIED  # Clerk never reuses ids: synced data under a tombstone is a deleted user's
+    assert document(db, PATHS.users, user_id) is None
+    assert document(db, PATHS.user_tombstones, user_id) == tombstone  # the first deletion's, kept
 
 
 @pytest.mark.parametrize("message_id", ["msg/with/slashes", "__msg__", "..", "msg é 🙂"])

@@ -13,12 +13,16 @@ A document with none of the function's fields is the app's (say, written before 
 is not type-checked. Claim document ids are email addresses, so a claim is named by its owner and
 `sha256:` + the first 12 hex digits of the SHA-256 of its id; no address is ever printed.
 
-`--repair` fixes what the transactions can: leftover memberships go by re-running the deletion's
-sweep (a synthesised `user.deleted` / `organization.deleted` under `check_repair_...`, stale because
-of the tombstone, sweeps all the same); a membership under its tombstone by a synthesised
-`organizationMembership.deleted`; a stale claim is deleted, and a missing one created, each in a
-transaction that re-reads what the check saw. The rest (two users with one address, synced fields
-under a tombstone, wrong types) needs Clerk's data or a hand: each is reported with what to do.
+`--repair` fixes what the transactions can: a deleted user's or organization's leftovers (synced
+fields under its tombstone, memberships) go by applying its deletion again (a synthesised
+`user.deleted` / `organization.deleted` under `check_repair_...`: the shared deletion body removes
+a synced copy under its own tombstone, per `ON_USER_DELETED`, and the sweep takes the memberships);
+a membership under its tombstone by a synthesised `organizationMembership.deleted`; a stale claim is
+deleted, and a missing one created, each in a transaction that re-reads what the check saw. A repair
+can make another fixable (a deleted user's claim released lets a live user take it), so repairs run
+again, up to three rounds, while a round fixes something. The rest (two users with one address,
+the app's fields under a tombstone, wrong types) needs Clerk's data or a hand: each is reported with
+what to do.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +51,7 @@ from clerk_sync.payload import MalformedEvent
 from clerk_sync.transaction import NO_RETRY, Attempt
 from tools.common import ToolError
 
-__all__ = ["PAGE_SIZE", "Fix", "Report", "Violation", "claim_name", "repair", "run", "scan"]
+__all__ = ["PAGE_SIZE", "Fix", "Report", "Violation", "claim_name", "repair", "repair_rounds", "run", "scan"]
 
 # Documents per query page, each page one call bounded by --timeout. The emulator scans the whole
 # collection for every page, so fewer, bigger pages are faster there; 2,500 stream well inside 10 s.
@@ -54,6 +59,7 @@ PAGE_SIZE = 2500
 # Collections read at once: Firestore serves them in parallel, the decoding here overlaps the waits.
 READERS = 4
 REPAIR_ATTEMPTS = 3
+REPAIR_ROUNDS = 3
 HASH_DIGITS = 12
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 CLAIM_NAMES = (
@@ -66,13 +72,9 @@ CLAIM_NAMES = (
 ADVICE = {
     "email_shared": "Clerk says which user holds the address: correct the other's document by hand, or change "
     "that user in Clerk (a fresh user.updated); then check --repair puts the claims right",
-    "claim_blocked": "the document under its tombstone that still holds the address must go first "
-    "(see user_under_tombstone); the live user's next event then takes the claim",
-    "user_under_tombstone": "delete the document by hand (keep-app-fields: only its synced fields); "
-    "a deletion under a tombstone is stale, so neither the webhook nor reconcile removes it",
-    "app_fields_under_tombstone": "the app wrote this document after the user was deleted: the app's to remove",
-    "organization_under_tombstone": "delete the document by hand; a deletion under a tombstone is stale, "
-    "so neither the webhook nor reconcile removes it",
+    "claim_blocked": "a document under its tombstone that names no Clerk id still holds the address: remove its "
+    "email by hand; the live user's next event (or check --repair) then takes the claim",
+    "app_fields_under_tombstone": "the app wrote this document after its object was deleted: the app's to remove",
     "wrong_type": "a fresh update from Clerk rewrites the document (change the object in Clerk), or correct the "
     "field by hand; reconcile skips documents whose updated_at and sync_digest match Clerk's",
 }
@@ -158,8 +160,8 @@ class Repair:
 
 
 REPAIR_VERBS = {
-    "sweep_organization": "re-run the organization's deletion sweep",
-    "sweep_user": "re-run the user's deletion sweep",
+    "sweep_organization": "re-apply the organization's deletion (its synced fields, its memberships)",
+    "sweep_user": "re-apply the user's deletion (its synced fields, its claim, its memberships)",
     "delete_membership": "apply organizationMembership.deleted",
     "delete_claim": "delete the claim",
     "create_claim": "create the claim",
@@ -223,6 +225,7 @@ USER_TYPES: dict[str, FieldType] = {
     "unsafe_metadata": METADATA,
     "banned": BOOLEAN,
     "locked": BOOLEAN,
+    "deprovisioned": BOOLEAN,
     "created_at": TIMESTAMP_OR_NULL,
     "updated_at": TIMESTAMP,
     "last_sign_in_at": TIMESTAMP_OR_NULL,
@@ -443,11 +446,12 @@ def _check_users(found: Snapshot, paths: Paths) -> Iterator[Violation]:
         subject = f"{paths.users}/{user_id}"
         if user_id in dead:
             if _owned(data, users.OWNED_FIELDS):
+                # A deleted user's personal data: Clerk never reuses ids, so it is always wrong.
                 yield Violation(
                     "user_under_tombstone",
                     subject,
                     f"synced fields under {paths.user_tombstones}/{user_id}",
-                    advice="user_under_tombstone",
+                    Fix("sweep_user", (user_id,)),
                 )
             elif users.DELETED_AT_FIELD not in data:
                 yield Violation(
@@ -468,11 +472,14 @@ def _check_organizations(found: Snapshot, paths: Paths) -> Iterator[Violation]:
     for organization_id, data in sorted(found.organizations.items()):
         subject = f"{paths.organizations}/{organization_id}"
         if organization_id in dead:
+            owned = _owned(data, organizations.OWNED_FIELDS)
             yield Violation(
                 "organization_under_tombstone",
                 subject,
+                f"{'synced' if owned else 'only the app' + chr(39) + 's'} fields "
                 f"under {paths.organization_tombstones}/{organization_id}",
-                advice="organization_under_tombstone",
+                Fix("sweep_organization", (organization_id,)) if owned else None,
+                advice="" if owned else "app_fields_under_tombstone",
             )
         elif _owned(data, organizations.OWNED_FIELDS):
             problems = type_problems(data, ORGANIZATION_TYPES, {"clerk_id": organization_id})
@@ -600,8 +607,12 @@ def _create_claim(attempt: Attempt, paths: Paths, claim_id: str, user_id: str) -
     return "created"
 
 
-def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeout: float) -> Repair:
-    """Carry out one fix; ids only in what it returns."""
+def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeout: float, run_id: str) -> Repair:
+    """Carry out one fix; ids only in what it returns.
+
+    Each run's repairs have message ids of their own: a repeated repair is applied again, not
+    answered `duplicate` by the record an earlier run left.
+    """
     paths = settings.paths
     subject: str
     try:
@@ -611,12 +622,12 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
             change = _synthesised(
                 "organization.deleted", {"object": "organization", "id": organization_id, "deleted": True}
             )
-            result = _apply(db, settings, change, f"check_repair_organization_{organization_id}")
+            result = _apply(db, settings, change, f"check_repair_{run_id}_organization_{organization_id}")
         elif fix.action == "sweep_user":
             (user_id,) = fix.ids
             subject = f"{paths.users}/{user_id}"
             change = _synthesised("user.deleted", {"object": "user", "id": user_id, "deleted": True})
-            result = _apply(db, settings, change, f"check_repair_user_{user_id}")
+            result = _apply(db, settings, change, f"check_repair_{run_id}_user_{user_id}")
         elif fix.action == "delete_membership":
             membership_id, organization_id, user_id = fix.ids
             subject = f"{paths.memberships(organization_id)}/{user_id}"
@@ -627,7 +638,7 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
                 "public_user_data": {"user_id": user_id},
             }
             change = _synthesised("organizationMembership.deleted", data)
-            result = _apply(db, settings, change, f"check_repair_membership_{membership_id}")
+            result = _apply(db, settings, change, f"check_repair_{run_id}_membership_{membership_id}")
         elif fix.action == "delete_claim":
             claim_id, owner = fix.ids
             subject = f"{paths.claims}[{claim_name(claim_id)}] (owner {owner or '-'})"
@@ -646,19 +657,43 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
     return Repair(fix.action, subject, result, done=done)
 
 
-def repair(db: firestore.Client, settings: config.Settings, report: Report, *, timeout: float) -> list[Repair]:
-    """Apply each distinct fix once, in REPAIR_ORDER; the unfixable violations are listed as such."""
+def repair(
+    db: firestore.Client, settings: config.Settings, report: Report, *, timeout: float, run_id: str | None = None
+) -> list[Repair]:
+    """Apply each distinct fix once, in REPAIR_ORDER (no unfixable violation listed)."""
+    run_id = run_id or uuid.uuid4().hex[:8]
     fixes = list(dict.fromkeys(violation.fix for violation in report.violations if violation.fix is not None))
     fixes.sort(key=lambda fix: REPAIR_ORDER.index(fix.action))
     # A repair's deadline is the tool's --timeout, not the webhook's 8 s budget: nobody waits on it.
     repair_settings = dataclasses.replace(settings, firestore_deadline_seconds=timeout)
-    done = [_repair_one(db, repair_settings, fix, timeout) for fix in fixes]
-    unfixable = [
+    return [_repair_one(db, repair_settings, fix, timeout, run_id) for fix in fixes]
+
+
+def _unfixable(report: Report) -> list[Repair]:
+    """What --repair leaves for a person, as lines of the repair list."""
+    return [
         Repair("none", violation.subject, f"{violation.kind}: {violation.detail}", done=False)
         for violation in report.violations
         if violation.fix is None
     ]
-    return done + unfixable
+
+
+def repair_rounds(
+    db: firestore.Client, settings: config.Settings, report: Report, *, timeout: float
+) -> tuple[list[Repair], Report]:
+    """Repair, check again, and repeat while a round fixed something and fixable violations remain."""
+    run_id = uuid.uuid4().hex[:8]
+    repairs: list[Repair] = []
+    after = report
+    for _ in range(REPAIR_ROUNDS):
+        if not any(violation.fix is not None for violation in after.violations):
+            break
+        done = repair(db, settings, after, timeout=timeout, run_id=run_id)
+        repairs += done
+        after = scan(db, settings.paths, timeout=timeout)
+        if not any(repaired.done for repaired in done):
+            break
+    return repairs + _unfixable(after), after
 
 
 def _write_report(out: TextIO, report: Report, paths: Paths) -> None:
@@ -705,9 +740,7 @@ def run(
         else:
             _write_report(out, report, paths)
         return 0 if report.ok else 1
-    repairs = repair(db, settings, report, timeout=timeout) if not report.ok else []
-    attempted = any(done.action in REPAIR_VERBS for done in repairs)
-    after = scan(db, paths, timeout=timeout) if attempted else report
+    repairs, after = repair_rounds(db, settings, report, timeout=timeout) if not report.ok else ([], report)
     if as_json:
         summary = {
             "ok": after.ok,

@@ -1,0 +1,312 @@
+"""What a kind of Clerk object declares, and the two transaction bodies every kind runs on.
+
+Every synced object is a versioned document keyed by Clerk ids: an upsert is stored unless the
+event was seen (`duplicate`), the object or something it belongs to is deleted (a tombstone), or the
+stored version is newer (`updated_at`, ties by digest: `stale`); a deletion tombstones the object,
+removes its document and sweeps what it leaves. Those rules live here once. A kind (users,
+organizations, memberships, ...) declares where its documents and tombstones live, which fields
+are its own, and adds only what is its own through hooks: email claims for users, the re-join rule
+for memberships, cascades for organizations. This module names no kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from google.cloud import firestore
+
+from clerk_sync import event_log, versions
+from clerk_sync.cascade import Sweep
+from clerk_sync.delivery import Delivery
+from clerk_sync.outcome import Outcome
+from clerk_sync.paths import Paths
+from clerk_sync.transaction import Attempt
+
+__all__ = [
+    "DELETED_AT_FIELD",
+    "Admission",
+    "Deletion",
+    "Ids",
+    "Kind",
+    "Snapshots",
+    "Upsert",
+    "delete",
+    "parsed_upsert",
+    "upsert",
+]
+
+Ids = Mapping[str, str]
+Snapshots = dict[str, firestore.DocumentSnapshot[Any]]
+# Where a kind whose removal is "strip" records that its object is gone (the app's fields stay).
+DELETED_AT_FIELD = "clerk_deleted_at"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a kind's `admit` hook decided about an upsert that is neither seen, tombstoned nor older.
+
+    `document` is what to merge-write (None: write nothing); `outcome` is APPLIED, or CONFLICT (the
+    event is not recorded, so Svix retries it).
+    """
+
+    outcome: Outcome
+    document: dict[str, Any] | None
+
+
+def _no_paths(_paths: Paths, _ids: Ids) -> tuple[str, ...]:
+    return ()
+
+
+def _no_reads(_db: firestore.Client, _paths: Paths, _change: Upsert) -> list[firestore.DocumentReference]:
+    return []
+
+
+def _no_sweeps(_db: firestore.Client, _paths: Paths, _ids: Ids) -> list[Sweep]:
+    return []
+
+
+def _delete_always(_settings: Any) -> Literal["delete", "strip"]:
+    return "delete"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of Clerk object: where it lives, what it owns, and its own rules (the hooks)."""
+
+    family: str  # the event types' prefix: `user` for user.created / .updated / .deleted
+    collection: Callable[[Paths, Ids], str]  # the collection of its document
+    tombstones: Callable[[Paths], str]  # the collection of its tombstones, keyed by its own id
+    synced_fields: tuple[str, ...]  # the fields parsed from Clerk (its content digest covers these)
+    id_field: str = "clerk_id"  # the key of `ids` (and the document field) holding the object's own id
+    id_fields: tuple[str, ...] = ("clerk_id",)  # every key of `ids`: what its tombstone and event record hold
+    place: tuple[str, ...] = ("clerk_id",)  # the keys of `ids` that place its document; the last is its id
+    # Paths of other tombstones that forbid an upsert (a membership's organization and user).
+    guards: Callable[[Paths, Ids], tuple[str, ...]] = _no_paths
+    # More documents the upsert reads in its one batched read (a user's email claim).
+    reads: Callable[[firestore.Client, Paths, Upsert], list[firestore.DocumentReference]] = _no_reads
+    # The kind's own say on an upsert about to be written; None: write the document as parsed.
+    admit: Callable[[Attempt, Delivery, Upsert, Snapshots, dict[str, Any] | None], Admission] | None = None
+    # What a deletion also does to the removed document's belongings in the transaction (a claim).
+    on_removal: Callable[[Attempt, Delivery, Ids, dict[str, Any] | None], None] | None = None
+    # "delete" the document, or "strip" only the owned fields (the app's stay, DELETED_AT_FIELD set).
+    removal: Callable[[Any], Literal["delete", "strip"]] = _delete_always
+    # What a deletion leaves elsewhere, swept in batches after its transaction.
+    sweeps: Callable[[firestore.Client, Paths, Ids], list[Sweep]] = _no_sweeps
+    extra_owned: tuple[str, ...] = field(default=())  # fields the sync writes beyond the synced ones
+
+    @property
+    def upsert_type(self) -> str:
+        """The event type that carries the whole object (reconcile and check repair with it)."""
+        return f"{self.family}.updated"
+
+    @property
+    def deletion_type(self) -> str:
+        """The event type of its deletion."""
+        return f"{self.family}.deleted"
+
+    @property
+    def owned_fields(self) -> tuple[str, ...]:
+        """Every field the sync writes; any other field of the document is the app's."""
+        return (*self.synced_fields, *self.extra_owned, "synced_at", versions.DIGEST_FIELD)
+
+    def key(self, ids: Ids) -> str:
+        """The object's place as one string (`user_1`, `org_1/user_1`): reconcile and lock keys."""
+        return "/".join(ids[name] for name in self.place)
+
+    def document(self, db: firestore.Client, paths: Paths, ids: Ids) -> firestore.DocumentReference:
+        """The object's document."""
+        return db.collection(self.collection(paths, ids)).document(ids[self.place[-1]])
+
+    def tombstone(self, db: firestore.Client, paths: Paths, clerk_id: str) -> firestore.DocumentReference:
+        """The object's tombstone."""
+        return db.collection(self.tombstones(paths)).document(clerk_id)
+
+    def ids_of(self, document: Mapping[str, Any]) -> dict[str, str] | None:
+        """The ids a stored document names (None when it names no synced object: only the app's fields)."""
+        found = {name: document.get(name) for name in self.id_fields}
+        if not all(isinstance(value, str) and value for value in found.values()):
+            return None
+        return {name: str(value) for name, value in found.items()}
+
+    def holds(self, stored: Mapping[str, Any] | None, clerk_id: str) -> bool:
+        """Whether a stored document is this object's synced copy (a member's may hold a newer membership)."""
+        return stored is not None and stored.get(self.id_field) == clerk_id
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What every change of a kind carries: which object, and the event type that said so."""
+
+    kind: Kind
+    event_type: str
+    ids: Ids
+
+    @property
+    def clerk_id(self) -> str:
+        """The object's own id (logged)."""
+        return self.ids[self.kind.id_field]
+
+    @property
+    def lock_key(self) -> str:
+        """Deliveries for one document take turns in an instance."""
+        return f"{self.kind.family}/{self.kind.key(self.ids)}"
+
+
+@dataclass(frozen=True)
+class Upsert(_Change):
+    """A created or updated object: its document as parsed, ordered by `updated_at` then digest."""
+
+    updated_at: datetime
+    document: dict[str, Any]
+    digest: str
+
+    def transact(self, attempt: Attempt, delivery: Delivery) -> Outcome:
+        """The shared upsert body."""
+        return upsert(self, attempt, delivery)
+
+    def sweeps(self, db: firestore.Client, paths: Paths) -> list[Sweep]:
+        """An upsert leaves nothing behind to delete."""
+        return []
+
+
+@dataclass(frozen=True)
+class Deletion(_Change):
+    """A deleted object: only its ids matter; `deleted_at` (the envelope's time) is informational."""
+
+    deleted_at: datetime | None
+
+    def transact(self, attempt: Attempt, delivery: Delivery) -> Outcome:
+        """The shared deletion body."""
+        return delete(self, attempt, delivery)
+
+    def sweeps(self, db: firestore.Client, paths: Paths) -> list[Sweep]:
+        """What the object leaves elsewhere (every delivery sweeps: a retry finishes a cut-off sweep)."""
+        return self.kind.sweeps(db, paths, self.ids)
+
+
+def _record(
+    attempt: Attempt,
+    delivery: Delivery,
+    change: Upsert | Deletion,
+    event_ref: firestore.DocumentReference,
+    outcome: Outcome,
+) -> Outcome:
+    kind = change.kind
+    return event_log.record(
+        attempt,
+        event_ref,
+        message_id=delivery.message_id,
+        event_type=change.event_type,
+        clerk_id=change.clerk_id,
+        outcome=outcome,
+        ttl=delivery.event_ttl,
+        extra={name: value for name, value in change.ids.items() if name != kind.id_field} or None,
+    )
+
+
+def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
+    """Store the object unless the event was seen, it (or what it belongs to) is deleted, or it is older.
+
+    One batched read (event record, document, tombstones, the kind's own reads), then the writes:
+    two round trips with the commit.
+    """
+    kind, db, paths = change.kind, attempt.db, delivery.paths
+    event_ref = event_log.reference(db, paths.events, delivery.message_id)
+    document_ref = kind.document(db, paths, change.ids)
+    tombstone_refs = [
+        kind.tombstone(db, paths, change.clerk_id),
+        *(db.document(path) for path in kind.guards(paths, change.ids)),
+    ]
+    snapshots = attempt.read([event_ref, document_ref, *tombstone_refs, *kind.reads(db, paths, change)])
+    if snapshots[event_ref.path].exists:
+        return Outcome.DUPLICATE
+    snapshot = snapshots[document_ref.path]
+    stored = (snapshot.to_dict() or {}) if snapshot.exists else None
+    if any(snapshots[ref.path].exists for ref in tombstone_refs) or versions.is_older(
+        change.updated_at, change.digest, stored
+    ):
+        return _record(attempt, delivery, change, event_ref, Outcome.STALE)
+    admission = (
+        kind.admit(attempt, delivery, change, snapshots, stored)
+        if kind.admit is not None
+        else Admission(Outcome.APPLIED, change.document)
+    )
+    if admission.document is not None:
+        attempt.set(
+            document_ref,
+            {**admission.document, "synced_at": firestore.SERVER_TIMESTAMP, versions.DIGEST_FIELD: change.digest},
+            merge=kind.owned_fields,
+        )
+    if admission.outcome is Outcome.CONFLICT:
+        return Outcome.CONFLICT  # not recorded: Svix's retry tries again
+    return _record(attempt, delivery, change, event_ref, admission.outcome)
+
+
+def delete(change: Deletion, attempt: Attempt, delivery: Delivery) -> Outcome:
+    """Tombstone the object and remove its synced copy; what it leaves elsewhere goes in the sweeps.
+
+    The document is removed when it is this object's synced copy, even under its own tombstone (a
+    copy written there by hand, or by a bug, is a deleted object's data: Clerk never reuses ids);
+    a document keyed by the object's own id that holds only the app's fields goes too, on the
+    first deletion, per the kind's removal rule.
+    """
+    kind, db, paths = change.kind, attempt.db, delivery.paths
+    event_ref = event_log.reference(db, paths.events, delivery.message_id)
+    document_ref = kind.document(db, paths, change.ids)
+    tombstone_ref = kind.tombstone(db, paths, change.clerk_id)
+    snapshots = attempt.read([event_ref, document_ref, tombstone_ref])
+    if snapshots[event_ref.path].exists:
+        return Outcome.DUPLICATE
+    tombstoned = snapshots[tombstone_ref.path].exists
+    snapshot = snapshots[document_ref.path]
+    stored = (snapshot.to_dict() or {}) if snapshot.exists else None
+    keyed_by_own_id = kind.place[-1] == kind.id_field
+    unnamed = stored is not None and kind.id_field not in stored  # only the app's fields
+    remove = kind.holds(stored, change.clerk_id) or (unnamed and keyed_by_own_id and not tombstoned)
+    if remove:
+        if kind.on_removal is not None:
+            kind.on_removal(attempt, delivery, change.ids, stored)
+        _remove(attempt, document_ref, kind, delivery, change.deleted_at)
+    if not tombstoned:
+        attempt.set(
+            tombstone_ref,
+            {
+                **change.ids,
+                "deleted_at": change.deleted_at,
+                "deleted_by": delivery.message_id,
+                "recorded_at": firestore.SERVER_TIMESTAMP,
+            },
+        )
+    outcome = Outcome.APPLIED if remove or not tombstoned else Outcome.STALE
+    return _record(attempt, delivery, change, event_ref, outcome)
+
+
+def _remove(
+    attempt: Attempt,
+    reference: firestore.DocumentReference,
+    kind: Kind,
+    delivery: Delivery,
+    deleted_at: datetime | None,
+) -> None:
+    """`delete`: the whole document goes; `strip`: only what the sync wrote (subcollections always stay)."""
+    if kind.removal(delivery.settings) == "delete":
+        attempt.delete(reference)
+        return
+    removal: dict[str, Any] = dict.fromkeys(kind.owned_fields, firestore.DELETE_FIELD)
+    removal[DELETED_AT_FIELD] = deleted_at or firestore.SERVER_TIMESTAMP
+    attempt.set(reference, removal, merge=[*kind.owned_fields, DELETED_AT_FIELD])
+
+
+def parsed_upsert(kind: Kind, event_type: str, ids: Ids, document: dict[str, Any], updated_at: datetime) -> Upsert:
+    """An upsert with the digest of its synced fields, which breaks `updated_at` ties."""
+    return Upsert(
+        kind=kind,
+        event_type=event_type,
+        ids=ids,
+        updated_at=updated_at,
+        document=document,
+        digest=versions.content_digest(document),
+    )

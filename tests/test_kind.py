@@ -1,0 +1,95 @@
+"""A kind of Clerk object is a parser and a declaration: a test-only kind gets every guarantee.
+
+`notes` below is not a Clerk kind; it is the smallest declaration there can be, and the shared bodies
+in `clerk_sync.kind` give it ordering, duplicates, tombstones, sweeps and the app's own fields
+without a line of transaction code of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from clerk_events import BASE_MS, new_message_id
+from conftest import apply_event
+from google.cloud import firestore
+
+from clerk_sync import kind, payload
+from clerk_sync.cascade import Sweep
+from clerk_sync.kind import Deletion, Upsert
+from clerk_sync.outcome import Outcome
+
+NOTES = "test_notes"
+NOTE_TOMBSTONES = "test_note_tombstones"
+COMMENTS = "comments"  # a subcollection a note's deletion sweeps
+
+
+def _comments(db: firestore.Client, _paths: Any, ids: kind.Ids) -> list[Sweep]:
+    return [Sweep(query=db.collection(f"{NOTES}/{ids['clerk_id']}/{COMMENTS}"), ours=lambda _path: True)]
+
+
+# The whole declaration of a new kind.
+KIND = kind.Kind(
+    family="note",
+    sweeps=_comments,
+    collection=lambda _paths, _ids: NOTES,
+    tombstones=lambda _paths: NOTE_TOMBSTONES,
+    synced_fields=("clerk_id", "text", "updated_at"),
+)
+
+
+def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
+    """The whole parser of a new kind."""
+    data = envelope["data"]
+    note_id = payload.clerk_id(data.get("id"), "data.id", "note")
+    updated_at = payload.required_time(data, "updated_at")
+    document = {"clerk_id": note_id, "text": payload.optional_str(data, "text"), "updated_at": updated_at}
+    return kind.parsed_upsert(KIND, event_type, {"clerk_id": note_id}, document, updated_at)
+
+
+def parse_deletion(event_type: str, envelope: dict[str, Any], body: bytes) -> Deletion:
+    """A deletion carries only the id."""
+    note_id = payload.clerk_id(envelope["data"].get("id"), "data.id", "note")
+    return Deletion(KIND, event_type, {"clerk_id": note_id}, payload.lenient_time(envelope.get("timestamp")))
+
+
+def note(db: firestore.Client, event_type: str, note_id: str, message_id: str | None = None, **data: Any) -> Outcome:
+    envelope = {"type": event_type, "timestamp": BASE_MS, "data": {"id": note_id, **data}}
+    body = json.dumps(envelope).encode()
+    parse = parse_deletion if event_type == "note.deleted" else parse_upsert
+    return apply_event(db, message_id or new_message_id(), parse(event_type, envelope, body))
+
+
+def stored(db: firestore.Client, path: str) -> dict[str, Any] | None:
+    return db.document(path).get(timeout=10).to_dict()
+
+
+def test_a_test_only_kind_is_ordered_deduplicated_and_kept_deleted_by_the_shared_bodies(db: firestore.Client) -> None:
+    message_id = new_message_id()
+    db.document(f"{NOTES}/note_1").set({"app_field": "kept"}, timeout=10)
+
+    created = note(db, "note.created", "note_1", message_id, text="first", updated_at=BASE_MS + 1)
+    again = note(db, "note.created", "note_1", message_id, text="first", updated_at=BASE_MS + 1)
+    newer = note(db, "note.updated", "note_1", text="second", updated_at=BASE_MS + 3)
+    older = note(db, "note.updated", "note_1", text="late", updated_at=BASE_MS + 2)
+    kept = stored(db, f"{NOTES}/note_1")
+
+    assert (created, again, newer, older) == (Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED, Outcome.STALE)
+    assert kept is not None
+    assert (kept["text"], kept["app_field"]) == ("second", "kept")
+
+
+def test_a_test_only_kind_is_deleted_for_good_and_its_sweep_runs(db: firestore.Client) -> None:
+    note(db, "note.created", "note_2", text="doomed", updated_at=BASE_MS + 1)
+    for index in range(3):
+        db.document(f"{NOTES}/note_2/{COMMENTS}/c{index}").set({"by": "app"}, timeout=10)
+
+    deleted = note(db, "note.deleted", "note_2")
+    resurrection = note(db, "note.updated", "note_2", text="back", updated_at=BASE_MS + 99)
+
+    assert (deleted, resurrection) == (Outcome.APPLIED, Outcome.STALE)
+    assert stored(db, f"{NOTES}/note_2") is None
+    tombstone = stored(db, f"{NOTE_TOMBSTONES}/note_2")
+    assert tombstone is not None
+    assert tombstone["clerk_id"] == "note_2"
+    assert list(db.collection(f"{NOTES}/note_2/{COMMENTS}").stream(timeout=10)) == []

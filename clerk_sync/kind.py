@@ -235,9 +235,11 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
         else Admission(Outcome.APPLIED, change.document)
     )
     if admission.document is not None:
+        # An extra field the admission leaves out is not wanted any more: deleted with the write.
+        written = {**dict.fromkeys(kind.extra_owned, firestore.DELETE_FIELD), **admission.document}
         attempt.set(
             document_ref,
-            {**admission.document, "synced_at": firestore.SERVER_TIMESTAMP, versions.DIGEST_FIELD: change.digest},
+            {**written, "synced_at": firestore.SERVER_TIMESTAMP, versions.DIGEST_FIELD: change.digest},
             merge=kind.owned_fields,
         )
     if admission.outcome is Outcome.CONFLICT:

@@ -26,6 +26,7 @@ __all__ = [
     "DELETED_AT_FIELD",
     "KIND",
     "OWNED_FIELDS",
+    "PENDING_FIELD",
     "SYNCED_FIELDS",
     "email_key",
     "normalise_email",
@@ -54,6 +55,8 @@ SYNCED_FIELDS = (
     "last_sign_in_at",
 )
 DELETED_AT_FIELD = kind.DELETED_AT_FIELD
+# The primary address a stored user is waiting to take while another user still holds it.
+PENDING_FIELD = "pending_email"
 
 
 def normalise_email(address: str) -> str | None:
@@ -84,15 +87,32 @@ def _admit(
     """Primary emails stay unique: the incoming address must be free or ours; a released one is let go."""
     db, paths = attempt.db, delivery.paths
     key = email_key(change.document)
+    old_key = email_key(stored)
     if key is not None:
         claim_ref = _claim(db, paths, key)
         if _claim_blocked(attempt, delivery, change.clerk_id, key, snapshots[claim_ref.path], claim_ref):
-            return Admission(Outcome.CONFLICT, None)
-    old_key = email_key(stored)
+            if not KIND.holds(stored, change.clerk_id):
+                return Admission(Outcome.CONFLICT, None)  # not stored yet: nothing to keep current
+            return _parked(attempt, delivery, change, old_key)
     if old_key is not None and old_key != key:
         # The stored document held this address, so its claim is ours to release.
         attempt.delete(_claim(db, paths, old_key))
     return Admission(Outcome.APPLIED, change.document)
+
+
+def _parked(attempt: Attempt, delivery: Delivery, change: Upsert, old_key: str | None) -> Admission:
+    """A stored user whose new address another user still holds: all but the move is stored now.
+
+    The ban, names and metadata must not wait for an address (or forever, in a cycle whose
+    intermediate step was lost). The old address is let go as Clerk has let it go, so a user waiting
+    for it (the other half of a swap) can take it, which frees this one's: cycles resolve through
+    Svix's retries alone. The answer stays 409, so the move itself is retried.
+    """
+    if old_key is not None:
+        attempt.delete(_claim(attempt.db, delivery.paths, old_key))
+    delivery.notes["email_parked"] = 1
+    document = {**change.document, "email": None, "email_verified": False, PENDING_FIELD: change.document["email"]}
+    return Admission(Outcome.CONFLICT, document)
 
 
 def _claim_blocked(
@@ -150,6 +170,7 @@ KIND = kind.Kind(
     on_removal=_release_claim,
     removal=_removal,
     sweeps=_memberships,
+    extra_owned=(PENDING_FIELD,),
 )
 # Every field the function writes; any other field of a user document belongs to the app.
 OWNED_FIELDS = KIND.owned_fields

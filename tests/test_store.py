@@ -482,6 +482,61 @@ def test_email_moving_between_users_in_the_wrong_order_waits_then_applies(db: fi
     assert claims(db) == {"moving@example.com": user_b, "a-new@example.com": user_a}
 
 
+def test_a_stored_users_blocked_address_move_waits_but_the_rest_of_the_update_is_stored(db: firestore.Client) -> None:
+    user_a, user_b = new_user_id(), new_user_id()
+    apply(db, user_event("user.created", user_a, emails=["a@example.com"]))
+    apply(db, user_event("user.created", user_b, emails=["b@example.com"]))
+    a_message = new_message_id()
+    a_banned_with_b = user_event(
+        "user.updated", user_a, emails=["b@example.com"], banned=True, first_name="Ann", updated_at=BASE_MS + 20
+    )
+
+    parked = apply(db, a_banned_with_b, a_message)
+    while_parked = document(db, PATHS.users, user_a)
+    claims_while_parked = claims(db)
+    release = apply(db, user_event("user.updated", user_b, emails=["c@example.com"], updated_at=BASE_MS + 10))
+    retry = apply(db, a_banned_with_b, a_message)
+    moved = document(db, PATHS.users, user_a)
+
+    assert (parked, release, retry) == (Outcome.CONFLICT, Outcome.APPLIED, Outcome.APPLIED)
+    assert while_parked is not None
+    assert (while_parked["banned"], while_parked["first_name"]) == (True, "Ann")  # stored at once, not after the move
+    assert (while_parked["email"], while_parked[users.PENDING_FIELD]) == (None, "b@example.com")
+    assert claims_while_parked == {"b@example.com": user_b}  # a@ let go, as Clerk let it go
+    assert moved is not None
+    assert moved["email"] == "b@example.com"
+    assert users.PENDING_FIELD not in moved
+    assert claims(db) == {"b@example.com": user_a, "c@example.com": user_b}
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_an_address_rotation_whose_intermediate_steps_were_lost_converges_through_retries(
+    db: firestore.Client, size: int
+) -> None:
+    # Clerk keeps addresses unique at every instant, so a rotation passes through intermediate states;
+    # here none of those were delivered, only each user's final address (user i takes user i+1's).
+    people = [new_user_id() for _ in range(size)]
+    for index, user_id in enumerate(people):
+        apply(db, user_event("user.created", user_id, emails=[f"addr{index}@example.com"]))
+    takes = [f"addr{(index + 1) % size}@example.com" for index in range(size)]
+    waiting = [
+        (new_message_id(), user_event("user.updated", user_id, emails=[address], updated_at=BASE_MS + 50))
+        for user_id, address in zip(people, takes, strict=True)
+    ]
+
+    answers = []
+    for _ in range(size + 1):  # Svix's retries, in rounds
+        waiting = [(message, body) for message, body in waiting if apply(db, body, message) is Outcome.CONFLICT]
+        answers.append(len(waiting))
+
+    assert waiting == [], answers
+    assert claims(db) == {f"addr{(index + 1) % size}@example.com": user_id for index, user_id in enumerate(people)}
+    for index, user_id in enumerate(people):
+        stored = document(db, PATHS.users, user_id)
+        assert stored is not None
+        assert (stored["email"], users.PENDING_FIELD in stored) == (f"addr{(index + 1) % size}@example.com", False)
+
+
 @pytest.mark.parametrize("owner_state", ["holds_another_address", "document_gone"])
 def test_claim_whose_owner_no_longer_holds_the_address_is_taken_over(db: firestore.Client, owner_state: str) -> None:
     user_a, user_b = new_user_id(), new_user_id()

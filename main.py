@@ -19,7 +19,7 @@ if not os.environ.get("K_SERVICE"):
 
 from clerk_sync import config, events, signature, transaction, web
 from clerk_sync.delivery import Delivery
-from clerk_sync.outcome import Outcome, StoreUnavailable
+from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 
 MAX_BODY_BYTES = 1024 * 1024
 SIGNATURE_STATUS = {"bad_signature": 401}
@@ -95,6 +95,9 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
     delivery = Delivery(message_id=signed.message_id, settings=settings)
     try:
         outcome = events.apply_event(transaction.client(settings.project_id, settings.database), event, delivery)
+    except FollowUpFailed as failed:
+        fields.update(delivery.notes, reason=str(failed))
+        return web.Reply(503, "unavailable", f"{event.event_type} stored, follow-up failed: retry completes it")
     except StoreUnavailable as unavailable:
         fields.update(delivery.notes, reason=str(unavailable))
         return web.Reply(503, "unavailable", f"{event.event_type} not stored: Firestore unavailable")

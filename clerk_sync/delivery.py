@@ -19,6 +19,8 @@ class Delivery:
     settings: Settings
     notes: dict[str, str | int | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Work outside Firestore the committed change asks for (events.FOLLOW_UPS names each).
+    follow_ups: tuple[str, ...] = ()
 
     @property
     def paths(self) -> Paths:

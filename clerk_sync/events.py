@@ -20,7 +20,17 @@ from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
 
-__all__ = ["KINDS", "PARSERS", "Change", "Event", "IgnoredEvent", "MalformedEvent", "apply_event", "parse_event"]
+__all__ = [
+    "FOLLOW_UPS",
+    "KINDS",
+    "PARSERS",
+    "Change",
+    "Event",
+    "IgnoredEvent",
+    "MalformedEvent",
+    "apply_event",
+    "parse_event",
+]
 
 
 class Change(Protocol):
@@ -50,6 +60,10 @@ class IgnoredEvent:
 
 Event = Change | IgnoredEvent
 Parser = Callable[[str, dict[str, Any], bytes], Change]
+# Work outside Firestore that a kind's changes name (Kind.follow_ups), run after the commit. Each
+# raises FollowUpFailed (503: the retry finds the event recorded and runs it again).
+FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
+FOLLOW_UPS: dict[str, FollowUp] = {}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
 KINDS = (users.KIND, organizations.KIND, memberships.KIND)
@@ -94,12 +108,17 @@ def apply_event(db: firestore.Client, change: Change, delivery: Delivery) -> Out
     deadline = time.monotonic() + delivery.settings.firestore_deadline_seconds
     with transaction.turn(change.lock_key, deadline):
         outcome = transaction.run(db, deadline, lambda attempt: change.transact(attempt, delivery))
-    if outcome is Outcome.CONFLICT:
-        return outcome
-    # Outside the turn: a long sweep must not hold up other deliveries that share its lock.
-    sweeps = change.sweeps(db, delivery.paths)
-    removed = cascade.sweep(db, sweeps, deadline) if sweeps else 0
-    if removed:
-        delivery.notes["swept"] = removed
-        return Outcome.APPLIED
+    if outcome is not Outcome.CONFLICT:
+        # Outside the turn: a long sweep must not hold up other deliveries that share its lock.
+        sweeps = change.sweeps(db, delivery.paths)
+        removed = cascade.sweep(db, sweeps, deadline) if sweeps else 0
+        if removed:
+            delivery.notes["swept"] = removed
+            outcome = Outcome.APPLIED
+    for name in delivery.follow_ups:
+        follow_up = FOLLOW_UPS.get(name)
+        if follow_up is None:  # named by an older deployment's record: nothing left to do
+            delivery.warn(f"follow-up {name} unknown, skipped")
+            continue
+        follow_up(db, change, delivery, deadline)
     return outcome

@@ -72,6 +72,10 @@ def _delete_always(_settings: Any) -> Literal["delete", "strip"]:
     return "delete"
 
 
+def _no_follow_ups(_change: Upsert | Deletion, _stored: dict[str, Any] | None) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Kind:
     """A kind of Clerk object: where it lives, what it owns, and its own rules (the hooks)."""
@@ -96,6 +100,10 @@ class Kind:
     # What a deletion leaves elsewhere, swept in batches after its transaction.
     sweeps: Callable[[firestore.Client, Paths, Ids], list[Sweep]] = _no_sweeps
     extra_owned: tuple[str, ...] = field(default=())  # fields the sync writes beyond the synced ones
+    # Work outside Firestore an applied change needs (by name, from events.FOLLOW_UPS), given what
+    # was stored before. Named in the event record, so a retry that finds the event already recorded
+    # (a follow-up failed after the commit: 503) completes it.
+    follow_ups: Callable[[Upsert | Deletion, dict[str, Any] | None], tuple[str, ...]] = _no_follow_ups
 
     @property
     def upsert_type(self) -> str:
@@ -195,6 +203,9 @@ def _record(
     outcome: Outcome,
 ) -> Outcome:
     kind = change.kind
+    extra: dict[str, Any] = {name: value for name, value in change.ids.items() if name != kind.id_field}
+    if delivery.follow_ups:
+        extra["follow_ups"] = list(delivery.follow_ups)
     return event_log.record(
         attempt,
         event_ref,
@@ -203,8 +214,18 @@ def _record(
         clerk_id=change.clerk_id,
         outcome=outcome,
         ttl=delivery.event_ttl,
-        extra={name: value for name, value in change.ids.items() if name != kind.id_field} or None,
+        extra=extra or None,
     )
+
+
+def _seen(snapshot: firestore.DocumentSnapshot[Any], delivery: Delivery) -> bool:
+    """Whether the event is recorded already; its follow-ups then run again (the first try may have failed)."""
+    if not snapshot.exists:
+        return False
+    named = (snapshot.to_dict() or {}).get("follow_ups")
+    if isinstance(named, list):
+        delivery.follow_ups = tuple(str(name) for name in named)
+    return True
 
 
 def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
@@ -214,6 +235,7 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
     two round trips with the commit.
     """
     kind, db, paths = change.kind, attempt.db, delivery.paths
+    delivery.follow_ups = ()  # a re-run after contention decides again
     event_ref = event_log.reference(db, paths.events, delivery.message_id)
     document_ref = kind.document(db, paths, change.ids)
     tombstone_refs = [
@@ -221,7 +243,7 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
         *(db.document(path) for path in kind.guards(paths, change.ids)),
     ]
     snapshots = attempt.read([event_ref, document_ref, *tombstone_refs, *kind.reads(db, paths, change)])
-    if snapshots[event_ref.path].exists:
+    if _seen(snapshots[event_ref.path], delivery):
         return Outcome.DUPLICATE
     snapshot = snapshots[document_ref.path]
     stored = (snapshot.to_dict() or {}) if snapshot.exists else None
@@ -235,6 +257,7 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
         else Admission(Outcome.APPLIED, change.document)
     )
     if admission.document is not None:
+        delivery.follow_ups = kind.follow_ups(change, stored)  # a parked move's ban is followed up too
         # An extra field the admission leaves out is not wanted any more: deleted with the write.
         written = {**dict.fromkeys(kind.extra_owned, firestore.DELETE_FIELD), **admission.document}
         attempt.set(
@@ -256,11 +279,12 @@ def delete(change: Deletion, attempt: Attempt, delivery: Delivery) -> Outcome:
     first deletion, per the kind's removal rule.
     """
     kind, db, paths = change.kind, attempt.db, delivery.paths
+    delivery.follow_ups = ()  # a re-run after contention decides again
     event_ref = event_log.reference(db, paths.events, delivery.message_id)
     document_ref = kind.document(db, paths, change.ids)
     tombstone_ref = kind.tombstone(db, paths, change.clerk_id)
     snapshots = attempt.read([event_ref, document_ref, tombstone_ref])
-    if snapshots[event_ref.path].exists:
+    if _seen(snapshots[event_ref.path], delivery):
         return Outcome.DUPLICATE
     tombstoned = snapshots[tombstone_ref.path].exists
     snapshot = snapshots[document_ref.path]
@@ -283,6 +307,8 @@ def delete(change: Deletion, attempt: Attempt, delivery: Delivery) -> Outcome:
             },
         )
     outcome = Outcome.APPLIED if remove or not tombstoned else Outcome.STALE
+    if outcome is Outcome.APPLIED:
+        delivery.follow_ups = kind.follow_ups(change, stored)
     return _record(attempt, delivery, change, event_ref, outcome)
 
 

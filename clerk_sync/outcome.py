@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Outcome", "StoreUnavailable"]
+__all__ = ["FollowUpFailed", "Outcome", "StoreUnavailable"]
 
 
 class Outcome(enum.StrEnum):
@@ -18,3 +18,7 @@ class Outcome(enum.StrEnum):
 
 class StoreUnavailable(Exception):
     """Firestore could not be reached, was too slow, or contention outlasted the retries (503)."""
+
+
+class FollowUpFailed(StoreUnavailable):
+    """Work outside Firestore (Firebase Auth) failed after the commit; the retry completes it (503)."""

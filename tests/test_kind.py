@@ -7,17 +7,21 @@ without a line of transaction code of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from typing import Any
 
+import pytest
 from clerk_events import BASE_MS, new_message_id
 from conftest import apply_event
 from google.cloud import firestore
 
-from clerk_sync import kind, payload
+from clerk_sync import events, kind, payload
 from clerk_sync.cascade import Sweep
+from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Deletion, Upsert
-from clerk_sync.outcome import Outcome
+from clerk_sync.outcome import FollowUpFailed, Outcome
 
 NOTES = "test_notes"
 NOTE_TOMBSTONES = "test_note_tombstones"
@@ -93,3 +97,30 @@ def test_a_test_only_kind_is_deleted_for_good_and_its_sweep_runs(db: firestore.C
     assert tombstone is not None
     assert tombstone["clerk_id"] == "note_2"
     assert list(db.collection(f"{NOTES}/note_2/{COMMENTS}").stream(timeout=10)) == []
+
+
+def test_a_follow_up_that_fails_after_the_commit_is_completed_by_the_retry(
+    db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, str]] = []
+
+    def flaky(_db: firestore.Client, change: events.Change, delivery: Delivery, _deadline: float) -> None:
+        calls.append((change.clerk_id, delivery.message_id))
+        if len(calls) == 1:
+            raise FollowUpFailed("test follow-up: first try fails")
+
+    monkeypatch.setitem(events.FOLLOW_UPS, "test_flaky", flaky)
+    followed = dataclasses.replace(KIND, follow_ups=lambda change, stored: ("test_flaky",))
+    monkeypatch.setattr(sys.modules[__name__], "KIND", followed)
+    message_id = new_message_id()
+
+    with pytest.raises(FollowUpFailed):
+        note(db, "note.created", "note_3", message_id, text="kept", updated_at=BASE_MS + 5)
+    committed = stored(db, f"{NOTES}/note_3")
+    retried = note(db, "note.created", "note_3", message_id, text="kept", updated_at=BASE_MS + 5)
+    older = note(db, "note.updated", "note_3", text="old", updated_at=BASE_MS + 1)
+
+    assert committed is not None  # the commit stood; only the follow-up failed
+    assert retried is Outcome.DUPLICATE
+    assert older is Outcome.STALE
+    assert calls == [("note_3", message_id), ("note_3", message_id)]  # the retry ran it; the stale event did not

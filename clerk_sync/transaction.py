@@ -13,7 +13,9 @@ attributes. `tests/test_transaction.py` fails loudly if the pinned library chang
 from __future__ import annotations
 
 import contextlib
+import datetime
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,11 +26,12 @@ from google.api_core import retry as api_retry
 from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
-from google.cloud.firestore_v1.types import common
+from google.cloud.firestore_v1.types import common, document, write
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from clerk_sync.outcome import StoreUnavailable
 
-__all__ = ["MAX_ATTEMPTS", "NO_RETRY", "Attempt", "client", "remaining", "reset_client", "run", "turn"]
+__all__ = ["MAX_ATTEMPTS", "NO_RETRY", "Attempt", "client", "encode", "remaining", "reset_client", "run", "turn"]
 
 MAX_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.25
@@ -40,6 +43,21 @@ T = TypeVar("T")
 # error (it calls `retry._predicate`); a policy that never retries raises the error itself.
 NO_RETRY = api_retry.Retry(predicate=lambda _error: False)
 Snapshot = firestore.DocumentSnapshot
+
+# Write protobufs are built here, from the raw message classes: the library's `set(..., merge=[...])`
+# spent about half of an event's CPU on field-path bookkeeping (quadratic in the number of fields)
+# and on proto-plus wrappers. tests/test_transaction.py holds these to the library's own output.
+_Value = document.Value.pb()
+_ArrayValue = document.ArrayValue.pb()
+_MapValue = document.MapValue.pb()
+_Document = document.Document.pb()
+_Write = write.Write.pb()
+_Mask = common.DocumentMask.pb()
+_Transform = write.DocumentTransform.FieldTransform.pb()
+_NULL = struct_pb2.NULL_VALUE
+_REQUEST_TIME = write.DocumentTransform.FieldTransform.ServerValue.REQUEST_TIME
+# Top-level field names written as they are in a mask (anything else would need backquotes).
+_SIMPLE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _client: firestore.Client | None = None
 _client_lock = threading.Lock()
@@ -92,6 +110,38 @@ def turn(key: str, deadline: float) -> Iterator[None]:
         lock.release()
 
 
+def _timestamp(moment: datetime.datetime) -> timestamp_pb2.Timestamp:
+    """As the library encodes it: a naive datetime is UTC; nanoseconds when the value carries them."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    nanoseconds = getattr(moment, "nanosecond", 0) or moment.microsecond * 1000
+    whole = moment.replace(microsecond=0)
+    return timestamp_pb2.Timestamp(seconds=int(whole.timestamp()), nanos=nanoseconds)
+
+
+def encode(value: object) -> Any:
+    """A Python value as a Firestore `Value` protobuf; TypeError for anything a synced document never holds."""
+    if value is None:
+        return _Value(null_value=_NULL)
+    if isinstance(value, bool):
+        return _Value(boolean_value=value)
+    if isinstance(value, int):
+        return _Value(integer_value=value)
+    if isinstance(value, float):
+        return _Value(double_value=value)
+    if isinstance(value, str):
+        return _Value(string_value=value)
+    if isinstance(value, datetime.datetime):
+        return _Value(timestamp_value=_timestamp(value))
+    if isinstance(value, dict):
+        return _Value(map_value=_MapValue(fields={key: encode(item) for key, item in value.items()}))
+    if isinstance(value, list | tuple):
+        return _Value(array_value=_ArrayValue(values=[encode(item) for item in value]))
+    if isinstance(value, bytes):
+        return _Value(bytes_value=value)
+    raise TypeError(f"{type(value).__name__} is not written by the sync")
+
+
 class Attempt:
     """One attempt of a read-write transaction: the first read begins it, the commit sends the writes."""
 
@@ -100,11 +150,11 @@ class Attempt:
         self.deadline = deadline
         self.retry_id = retry_id
         self.id: bytes | None = None
-        self._writes = db.batch()  # only builds write protobufs; its own commit is never called
+        self._writes: list[Any] = []  # raw Write protobufs
 
     def read(self, references: Sequence[firestore.DocumentReference]) -> dict[str, Snapshot[Any]]:
         """All these documents in one round trip, keyed by path; the first read begins the transaction."""
-        if self._writes._write_pbs:
+        if self._writes:
             raise RuntimeError("reads must come before writes in a transaction")
         paths = {reference._document_path: reference for reference in references}
         request: dict[str, Any] = {"database": self.db._database_string, "documents": list(paths)}
@@ -129,24 +179,52 @@ class Attempt:
         return snapshots
 
     def set(self, reference: firestore.DocumentReference, data: dict[str, Any], *, merge: Sequence[str] = ()) -> None:
-        """Write `data`; with `merge`, only those fields (each replaced whole) and nothing else."""
-        self._writes.set(reference, data, merge=list(merge) if merge else False)
+        """Write `data`; with `merge`, only those fields (each replaced whole) and nothing else.
+
+        `firestore.SERVER_TIMESTAMP` and (with `merge`) `firestore.DELETE_FIELD` work at the top
+        level, as the library's `set` has them.
+        """
+        fields: dict[str, Any] = {}
+        deleted: list[str] = []
+        stamped: list[str] = []
+        for name in merge or data:
+            if name not in data:
+                raise ValueError(f"merge names {name!r}, which the data does not hold")
+            if not _SIMPLE_FIELD.fullmatch(name):
+                raise ValueError(f"field name {name!r} needs a field path; the sync writes plain names")
+            value = data[name]
+            if value is firestore.SERVER_TIMESTAMP:
+                stamped.append(name)
+            elif value is firestore.DELETE_FIELD:
+                if not merge:
+                    raise ValueError("DELETE_FIELD needs merge")
+                deleted.append(name)
+            else:
+                fields[name] = encode(value)
+        pb = _Write(update=_Document(name=reference._document_path, fields=fields))
+        if merge:
+            pb.update_mask.CopyFrom(_Mask(field_paths=sorted([*fields, *deleted])))
+        if stamped:
+            pb.update_transforms.extend(
+                _Transform(field_path=name, set_to_server_value=_REQUEST_TIME) for name in stamped
+            )
+        self._writes.append(pb)
 
     def delete(self, reference: firestore.DocumentReference) -> None:
         """Delete the document (its subcollections stay, as Firestore always does)."""
-        self._writes.delete(reference)
+        self._writes.append(_Write(delete=reference._document_path))
 
     @property
     def write_count(self) -> int:
         """How many writes the commit will send."""
-        return len(self._writes._write_pbs)
+        return len(self._writes)
 
     def commit(self) -> None:
         """Send every write with the transaction (an empty commit just ends it and frees its locks)."""
         if self.id is None:
             raise RuntimeError("a transaction body must read before it commits")
         self.db._firestore_api.commit(
-            request={"database": self.db._database_string, "writes": self._writes._write_pbs, "transaction": self.id},
+            request={"database": self.db._database_string, "writes": self._writes, "transaction": self.id},
             metadata=self.db._rpc_metadata,
             retry=None,
             timeout=remaining(self.deadline),

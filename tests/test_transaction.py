@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -23,6 +24,7 @@ from clerk_events import (
     user_event,
 )
 from conftest import PATHS, PROJECT, ROOT, apply_event
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
 from rpc_count import CallCounter, counting_client
@@ -192,6 +194,69 @@ def test_the_pinned_library_still_has_what_the_core_relies_on(db: firestore.Clie
     assert isinstance(db._database_string, str)
     assert isinstance(db._rpc_metadata, list)
     assert batch._write_pbs == []
+
+
+EVERY_VALUE: dict[str, Any] = {
+    "null": None,
+    "flag": True,
+    "off": False,
+    "count": 2**63 - 1,
+    "negative": -(2**63),
+    "ratio": 0.25,
+    "text": "Zoë 🙂 \u0000 end",
+    "empty_text": "",
+    "moment": datetime(2025, 8, 28, 12, 0, 0, 138_000, tzinfo=UTC),
+    "early": datetime(1, 1, 1, tzinfo=UTC),
+    "late": datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC),
+    "naive": datetime(2025, 1, 2, 3, 4, 5, 6),
+    "precise": DatetimeWithNanoseconds(2025, 1, 2, 3, 4, 5, nanosecond=123_456_789, tzinfo=UTC),  # type: ignore[no-untyped-call]
+    "raw": b"\x00\xff",
+    "strings": ["a", "b"],
+    "empty_list": [],
+    "empty_map": {},
+    "nested": {"a": {"b": [1, {"c": None}], "d": 1.5}, "e": [], "weird key.with `dots`": "ok"},
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["merge with transform and deletions", "no merge with transform", "no merge, values only", "merge, values only"],
+)
+def test_write_protobufs_are_those_the_library_builds(db: firestore.Client, case: str) -> None:
+    reference = db.collection(PATHS.users).document("user_same")
+    data: dict[str, Any] = dict(EVERY_VALUE)
+    merge: list[str] = []
+    if "transform" in case:
+        data["synced_at"] = firestore.SERVER_TIMESTAMP
+    if "deletions" in case:
+        data["gone"] = firestore.DELETE_FIELD
+    if case.startswith("merge"):
+        merge = sorted(data)
+    library: Any = db.batch()
+    library.set(reference, data, merge=merge or False)
+    ours = transaction.Attempt(db, threading_deadline(), None)
+
+    ours.set(reference, data, merge=merge)
+    ours.delete(reference)
+    library.delete(reference)
+
+    assert ours.write_count == 2
+    assert [pb.SerializeToString(deterministic=True) for pb in ours._writes] == [
+        type(pb).pb(pb).SerializeToString(deterministic=True) for pb in library._write_pbs
+    ]
+
+
+def test_a_value_the_sync_never_writes_is_refused_before_anything_is_sent(db: firestore.Client) -> None:
+    attempt = transaction.Attempt(db, threading_deadline(), None)
+    reference = db.collection(PATHS.users).document("user_odd")
+
+    with pytest.raises(TypeError, match="set is not written"):
+        attempt.set(reference, {"odd": {1, 2}})
+    with pytest.raises(ValueError, match="DELETE_FIELD needs merge"):
+        attempt.set(reference, {"gone": firestore.DELETE_FIELD})
+    with pytest.raises(ValueError, match="does not hold"):
+        attempt.set(reference, {"a": 1}, merge=["a", "b"])
+    assert attempt.write_count == 0
 
 
 def test_reads_after_writes_are_refused_as_firestore_requires(db: firestore.Client) -> None:

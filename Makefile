@@ -96,13 +96,21 @@ USER_ID_INDEX = {"indexConfig": {"indexes": [ \
   {"queryScope": "COLLECTION", "fields": [{"fieldPath": "user_id", "order": "ASCENDING"}]}, \
   {"queryScope": "COLLECTION_GROUP", "fields": [{"fieldPath": "user_id", "order": "ASCENDING"}]}]}}
 
-indexes: ## metadata maps unindexed; memberships queryable by user_id across organizations (PROJECT=... required)
+# group:field pairs nobody queries, exempted from single-field indexing: metadata maps (each key an
+# index entry, 40,000 at most per document) and every timestamp the sync writes (values that rise
+# with time keep a collection's index writes on one tablet, capped near 500 writes/s; docs/deploy.md).
+EXEMPT_FIELDS = $(users-group):public_metadata $(users-group):unsafe_metadata \
+  $(organizations-group):public_metadata memberships:public_metadata \
+  $(foreach field,synced_at updated_at created_at last_sign_in_at,$(users-group):$(field)) \
+  $(foreach field,synced_at updated_at created_at,$(organizations-group):$(field) memberships:$(field)) \
+  webhook_events:svix_id webhook_events:received_at webhook_events:expires_at email_claims:claimed_at \
+  $(foreach group,user_tombstones organization_tombstones membership_tombstones,$(group):deleted_at $(group):recorded_at)
+exempt-field = gcloud firestore indexes fields update $(word 2,$(subst :, ,$(1))) --collection-group=$(word 1,$(subst :, ,$(1))) \
+  --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
+
+indexes: ## exempt metadata and timestamps from indexing; memberships queryable by user_id (PROJECT=... required)
 	$(require-project)
-	gcloud firestore indexes fields update public_metadata --collection-group=$(users-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
-	gcloud firestore indexes fields update unsafe_metadata --collection-group=$(users-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
-	gcloud firestore indexes fields update public_metadata --collection-group=$(organizations-group) --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
-	gcloud firestore indexes fields update public_metadata --collection-group=memberships --disable-indexes --database='$(FIRESTORE_DATABASE)' --project=$(PROJECT)
-	curl --fail-with-body --silent --show-error --max-time 60 -X PATCH \
+	$(foreach pair,$(EXEMPT_FIELDS),$(call exempt-field,$(pair))$(newline))	curl --fail-with-body --silent --show-error --max-time 60 -X PATCH \
 	  -H "Authorization: Bearer $$(gcloud auth print-access-token)" -H "Content-Type: application/json" \
 	  '$(FIRESTORE_ADMIN_API)/projects/$(PROJECT)/databases/$(FIRESTORE_DATABASE)/collectionGroups/memberships/fields/user_id?updateMask=indexConfig' \
 	  -d '$(USER_ID_INDEX)'

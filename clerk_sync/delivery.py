@@ -21,6 +21,8 @@ class Delivery:
     warnings: list[str] = field(default_factory=list)
     # Work outside Firestore the committed change asks for (events.FOLLOW_UPS names each).
     follow_ups: tuple[str, ...] = ()
+    # Whether records of earlier versions, keyed by the svix id as it is, may still exist (event_log).
+    legacy_event_ids: bool = False
 
     @property
     def paths(self) -> Paths:

@@ -10,11 +10,12 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from clerk_sync import cascade, memberships, organizations, transaction, users
+from clerk_sync import cascade, event_log, memberships, organizations, transaction, users
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
@@ -106,6 +107,8 @@ def apply_event(db: firestore.Client, change: Change, delivery: Delivery) -> Out
     removed documents is `applied`, never `duplicate`.
     """
     deadline = time.monotonic() + delivery.settings.firestore_deadline_seconds
+    legacy_until = event_log.legacy_ids_until(db, delivery.paths, delivery.event_ttl, deadline)
+    delivery.legacy_event_ids = datetime.now(UTC) < legacy_until
     with transaction.turn(change.lock_key, deadline):
         outcome = transaction.run(db, deadline, lambda attempt: change.transact(attempt, delivery))
     if outcome is not Outcome.CONFLICT:

@@ -218,11 +218,12 @@ def _record(
     )
 
 
-def _seen(snapshot: firestore.DocumentSnapshot[Any], delivery: Delivery) -> bool:
+def _seen(snapshots: Snapshots, event_refs: list[firestore.DocumentReference], delivery: Delivery) -> bool:
     """Whether the event is recorded already; its follow-ups then run again (the first try may have failed)."""
-    if not snapshot.exists:
+    found = [snapshots[ref.path] for ref in event_refs if snapshots[ref.path].exists]
+    if not found:
         return False
-    named = (snapshot.to_dict() or {}).get("follow_ups")
+    named = (found[0].to_dict() or {}).get("follow_ups")
     if isinstance(named, list):
         delivery.follow_ups = tuple(str(name) for name in named)
     return True
@@ -236,14 +237,15 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
     """
     kind, db, paths = change.kind, attempt.db, delivery.paths
     delivery.follow_ups = ()  # a re-run after contention decides again
-    event_ref = event_log.reference(db, paths.events, delivery.message_id)
+    event_refs = event_log.references(db, paths.events, delivery.message_id, legacy=delivery.legacy_event_ids)
+    event_ref = event_refs[0]
     document_ref = kind.document(db, paths, change.ids)
     tombstone_refs = [
         kind.tombstone(db, paths, change.clerk_id),
         *(db.document(path) for path in kind.guards(paths, change.ids)),
     ]
-    snapshots = attempt.read([event_ref, document_ref, *tombstone_refs, *kind.reads(db, paths, change)])
-    if _seen(snapshots[event_ref.path], delivery):
+    snapshots = attempt.read([*event_refs, document_ref, *tombstone_refs, *kind.reads(db, paths, change)])
+    if _seen(snapshots, event_refs, delivery):
         return Outcome.DUPLICATE
     snapshot = snapshots[document_ref.path]
     stored = (snapshot.to_dict() or {}) if snapshot.exists else None
@@ -280,11 +282,12 @@ def delete(change: Deletion, attempt: Attempt, delivery: Delivery) -> Outcome:
     """
     kind, db, paths = change.kind, attempt.db, delivery.paths
     delivery.follow_ups = ()  # a re-run after contention decides again
-    event_ref = event_log.reference(db, paths.events, delivery.message_id)
+    event_refs = event_log.references(db, paths.events, delivery.message_id, legacy=delivery.legacy_event_ids)
+    event_ref = event_refs[0]
     document_ref = kind.document(db, paths, change.ids)
     tombstone_ref = kind.tombstone(db, paths, change.clerk_id)
-    snapshots = attempt.read([event_ref, document_ref, tombstone_ref])
-    if _seen(snapshots[event_ref.path], delivery):
+    snapshots = attempt.read([*event_refs, document_ref, tombstone_ref])
+    if _seen(snapshots, event_refs, delivery):
         return Outcome.DUPLICATE
     tombstoned = snapshots[tombstone_ref.path].exists
     snapshot = snapshots[document_ref.path]

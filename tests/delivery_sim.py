@@ -37,7 +37,7 @@ from clerk_events import BASE_MS, email_entry, envelope, membership_data, organi
 from conftest import PATHS
 from google.cloud import firestore
 
-from clerk_sync import events, ids, kind, memberships, paths, versions
+from clerk_sync import event_log, events, ids, kind, memberships, paths, versions
 from clerk_sync.users import normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
@@ -1355,7 +1355,7 @@ def _document_problems(history: History, store: _Store) -> list[str]:
 
     def applied(clerk_id: str, document: dict[str, Any]) -> SimEvent | None:
         event = by_state.get((clerk_id, _epoch_ms(document.get("updated_at")), document.get(versions.DIGEST_FIELD)))
-        record = store.records.get(ids.document_id(event.svix_id)) if event else None
+        record = store.records.get(event_log.record_id(event.svix_id)) if event else None
         return event if record is not None and record.get("outcome") == "applied" else None
 
     for user_id, document in store.users.items():
@@ -1392,7 +1392,7 @@ def _claim_problems(users: dict[str, dict[str, Any]], claims: dict[str, dict[str
 
 
 def _record_problems(history: History, store: _Store) -> list[str]:
-    by_record = {ids.document_id(event.svix_id): event for event in history.stored_events}
+    by_record = {event_log.record_id(event.svix_id): event for event in history.stored_events}
     problems = []
     for record_id, record in store.records.items():
         event = by_record.get(record_id)
@@ -1560,7 +1560,7 @@ def _accounting_problems(
             problems.append(f"SIM_SEED={history.seed}: {event.svix_id} log lines do not match the answers seen")
         problems += [
             f"SIM_SEED={history.seed}: {event.svix_id} ({event.event_type}) {problem}"
-            for problem in _outcome_problems(event, seen, records.get(ids.document_id(event.svix_id)))
+            for problem in _outcome_problems(event, seen, records.get(event_log.record_id(event.svix_id)))
         ]
     leaked = sorted(address for address in history.addresses if address in log_text)
     if leaked:

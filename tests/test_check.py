@@ -33,7 +33,7 @@ from conftest import PATHS, PROJECT, apply_event
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import config, events, ids, memberships, organizations, paths, users, versions
+from clerk_sync import config, event_log, events, ids, memberships, organizations, paths, users, versions
 from clerk_sync.paths import Paths
 from tools import check, cli
 
@@ -463,7 +463,9 @@ def test_repair_fixes_each_fixable_kind_and_the_recheck_passes(
     left = [doc.reference.path for doc in db.collection_group(paths.MEMBERSHIPS).stream(timeout=10)]
     assert left == []
     assert db.collection(PATHS.membership_tombstones).document("orgmem_old").get(timeout=10).exists
-    record = db.collection(PATHS.events).document(f"{prefix}_user_user_left").get(timeout=10).to_dict()
+    record = (
+        db.collection(PATHS.events).document(event_log.record_id(f"{prefix}_user_user_left")).get(timeout=10).to_dict()
+    )
     assert record is not None
     assert (record["type"], record["outcome"], record["clerk_id"]) == ("user.deleted", "stale", "user_left")
 

@@ -18,6 +18,7 @@ from clerk_events import new_user_id, user_event
 from conftest import PATHS, PROJECT, ROOT, Server, start_server, stop_server
 from google.cloud import firestore
 
+from clerk_sync import event_log
 from tools import cli
 from tools import reconcile as terminal
 
@@ -129,7 +130,7 @@ def test_send_with_a_reused_svix_id_is_a_duplicate_delivery(
     document = stored(db, user_id)
     assert document is not None
     assert document["email"] != "x@y.z"
-    assert db.collection(PATHS.events).document("msg_cli_dup").get(timeout=10).exists
+    assert db.collection(PATHS.events).document(event_log.record_id("msg_cli_dup")).get(timeout=10).exists
 
 
 def test_send_user_updated_moves_the_user_to_a_new_email(

@@ -28,7 +28,7 @@ from clerk_events import (
 from conftest import PATHS, Server, start_server, stop_server
 from google.cloud import firestore
 
-from clerk_sync import ids, versions
+from clerk_sync import event_log, versions
 from clerk_sync.users import normalise_email
 
 QUICK = {"users": 40, "events_target": 400}
@@ -208,7 +208,7 @@ def test_final_state_check_notices_each_kind_of_divergence(server: Server, db: f
     assert delivery_sim.final_state_problems(db, history, report.attempts, log_text) == []
     live_id, live = next((uid, doc) for uid, doc in history.expected_documents().items() if doc["email"])
     gone_id = next(iter(history.deleted))
-    record_id = ids.document_id(history.user_events[-1].svix_id)
+    record_id = event_log.record_id(history.user_events[-1].svix_id)
     users, records = db.collection(PATHS.users), db.collection(PATHS.events)
     saved_record = records.document(record_id).get(timeout=10).to_dict() or {}
     dropped_line = next(line for line in log_text.splitlines() if history.user_events[0].svix_id in line)

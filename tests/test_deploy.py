@@ -274,22 +274,38 @@ def commands(*arguments: str) -> list[list[str]]:
     return [shlex.split(line) for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-def test_make_indexes_exempts_every_metadata_map_and_indexes_memberships_by_user_across_organizations() -> None:
+def test_make_indexes_exempts_metadata_and_every_rising_timestamp_and_indexes_memberships_by_user() -> None:
     printed = commands("indexes", "PROJECT=demo-x", "FIRESTORE_DATABASE=clerk", "USERS_COLLECTION=tenants/acme/members")
 
     *exemptions, patch = printed
-    assert exemptions == [
-        shlex.split(
-            f"gcloud firestore indexes fields update {field} --collection-group={group} --disable-indexes "
-            "--database=clerk --project=demo-x"
-        )
-        for field, group in (
-            ("public_metadata", "members"),
-            ("unsafe_metadata", "members"),
-            ("public_metadata", "organizations"),
-            ("public_metadata", "memberships"),
-        )
-    ]
+    exempted = set()
+    for command in exemptions:
+        assert command[:4] == ["gcloud", "firestore", "indexes", "fields"]
+        assert command[4:6] == ["update", command[5]]
+        assert command[6:] == [next(w for w in command if w.startswith("--collection-group=")), "--disable-indexes",
+                               "--database=clerk", "--project=demo-x"]  # fmt: skip
+        exempted.add((command[6].removeprefix("--collection-group="), command[5]))
+    assert len(exempted) == len(exemptions)
+    rising = {"synced_at", "updated_at", "created_at"}
+    assert exempted == {
+        ("members", "public_metadata"),
+        ("members", "unsafe_metadata"),
+        ("organizations", "public_metadata"),
+        ("memberships", "public_metadata"),
+        ("members", "last_sign_in_at"),
+        *{(group, field) for group in ("members", "organizations", "memberships") for field in rising},
+        ("webhook_events", "svix_id"),
+        ("webhook_events", "received_at"),
+        ("webhook_events", "expires_at"),
+        ("email_claims", "claimed_at"),
+        *{
+            (group, field)
+            for group in ("user_tombstones", "organization_tombstones", "membership_tombstones")
+            for field in ("deleted_at", "recorded_at")
+        },
+    }
+    # Nothing the sync or its tools query is exempted: a user's memberships, a user's event records.
+    assert not {field for _, field in exempted} & {"user_id", "clerk_id", "organization_id"}
     assert patch[:2] == ["curl", "--fail-with-body"]
     url = next(word for word in patch if word.startswith("https://"))
     body = json.loads(patch[patch.index("-d") + 1])

@@ -202,7 +202,10 @@ def test_concurrent_deliveries_of_one_message_apply_once(url: str, db: firestore
     # (503, yet committed) everyone may read "duplicate". Never two "applied".
     assert finals.count("applied") <= 1, results
     assert set(finals) <= {"applied", "duplicate"}, results
-    records = {document.id: document.get("outcome") for document in db.collection("webhook_events").stream(timeout=10)}
+    records = {
+        document.get("svix_id"): document.get("outcome")
+        for document in db.collection("webhook_events").stream(timeout=10)
+    }
     assert records == {message_id: "applied"}
     assert _user(db, user_id) is not None
 

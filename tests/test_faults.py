@@ -24,6 +24,8 @@ from clerk_events import BASE_MS, new_message_id, user_event
 from conftest import PATHS, PROJECT, ROOT, Server, snapshot_all, start_server, stop_server
 from google.cloud import firestore
 
+from clerk_sync import event_log
+
 DEADLINE_SECONDS = 2.0
 # The function answers within its Firestore deadline plus a rollback (<= 0.5 s once the deadline
 # is spent); the margin is for a loaded 2-core machine, and Svix's own limit is 15 s.
@@ -274,7 +276,7 @@ def test_crash_between_verification_and_commit_writes_nothing_and_the_retry_succ
 
     claims = {document.id: document.get("clerk_id") for document in dedicated.db.collection(PATHS.claims).stream()}
     stored = dedicated.db.collection(PATHS.users).document(user_id).get().to_dict() or {}
-    record = dedicated.db.collection(PATHS.events).document(update.svix_id).get().to_dict() or {}
+    record = dedicated.db.collection(PATHS.events).document(event_log.record_id(update.svix_id)).get().to_dict() or {}
     print(f"retry after the crash: {retry.summary()}, statuses {dict(retry.statuses())}")
     assert crashed.status is None  # the instance died without answering
     assert marker.read_text().startswith("4 writes prepared")  # new claim, old claim, user, record

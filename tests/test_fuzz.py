@@ -47,7 +47,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from clerk_sync import events, ids, memberships, organizations
+from clerk_sync import event_log, events, memberships, organizations
 
 MAX_BODY = 1024 * 1024
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -1049,7 +1049,7 @@ def test_valid_events_under_odd_ids_and_headers_are_applied_or_refused_cleanly(
             assert_rejected_and_unchanged(response, Baseline(db, documents={}))
             return
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
-        record = db.collection(PATHS.events).document(ids.document_id(wire_id)).get(timeout=10)
+        record = db.collection(PATHS.events).document(event_log.record_id(wire_id)).get(timeout=10)
         assert record.exists
         assert record.get("svix_id") == wire_id
 
@@ -1110,7 +1110,7 @@ def test_odd_but_valid_organizations_are_stored_exactly_as_sent(
 
         assert (response.status_code, response.get_json()) == (200, {"outcome": "applied"})
         documents = snapshot_all(db)
-        path, record = f"{PATHS.organizations}/{data['id']}", f"{PATHS.events}/{ids.document_id(message_id)}"
+        path, record = f"{PATHS.organizations}/{data['id']}", f"{PATHS.events}/{event_log.record_id(message_id)}"
         assert set(documents) == {path, record}
         assert_organization_stored_as_sent(data, documents[path])
         assert_recorded(documents[record], message_id, event_type, data["id"])
@@ -1135,7 +1135,7 @@ def test_odd_but_valid_memberships_are_stored_exactly_as_sent(
         documents = snapshot_all(db)
         path, record = (
             f"{PATHS.memberships(organization_id)}/{user_id}",
-            f"{PATHS.events}/{ids.document_id(message_id)}",
+            f"{PATHS.events}/{event_log.record_id(message_id)}",
         )
         assert set(documents) == {path, record}  # not the organization: only the organization's events write it
         assert_membership_stored_as_sent(data, documents[path])

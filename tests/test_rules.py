@@ -24,7 +24,7 @@ from conftest import PATHS, PROJECT, ROOT, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import ids
+from clerk_sync import event_log, ids
 from clerk_sync.users import normalise_email
 
 RULES = (ROOT / "firestore.rules").read_text()
@@ -326,7 +326,7 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
         stranger=new_user_id(),
         owner_claim=_claim_id("Owner@Example.com"),
         other_claim=_claim_id("other@example.com"),
-        owner_event=ids.document_id(owner_event),
+        owner_event=event_log.record_id(owner_event),
     )
     # Every denial below must be a denial of a real document, not a miss.
     for path in (

@@ -17,7 +17,7 @@ from conftest import PATHS, PROJECT, apply_event, snapshot_all
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
 
-from clerk_sync import events, ids, kind, users
+from clerk_sync import event_log, events, ids, kind, users
 from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.payload import MalformedEvent
 
@@ -106,7 +106,7 @@ def test_applied_event_is_recorded_with_ids_outcome_and_expiry(db: firestore.Cli
 
     apply(db, user_event("user.created", user_id), message_id)
 
-    record = document(db, PATHS.events, ids.document_id(message_id))
+    record = document(db, PATHS.events, event_log.record_id(message_id))
     assert record is not None
     assert {key: record[key] for key in ("svix_id", "type", "clerk_id", "outcome")} == {
         "svix_id": message_id,
@@ -237,10 +237,10 @@ def test_duplicate_delivery_writes_once(db: firestore.Client) -> None:
 
     outcome = apply(db, body, message_id)
 
-    record = document(db, PATHS.events, message_id)
+    record = document(db, PATHS.events, event_log.record_id(message_id))
     assert outcome is Outcome.DUPLICATE
     assert record is not None
-    assert record["received_at"] == before[f"{PATHS.events}/{message_id}"]["received_at"]
+    assert record["received_at"] == before[f"{PATHS.events}/{event_log.record_id(message_id)}"]["received_at"]
     assert snapshot_all(db) == before  # synced_at and everything else included: nothing rewritten
 
 
@@ -268,7 +268,7 @@ def test_stale_update_after_newer_changes_nothing_but_is_recorded(db: firestore.
         db, user_event("user.updated", user_id, emails=["old@example.com"], updated_at=BASE_MS + 5), stale_id
     )
 
-    record = document(db, PATHS.events, stale_id)
+    record = document(db, PATHS.events, event_log.record_id(stale_id))
     assert outcome is Outcome.STALE
     assert document(db, PATHS.users, user_id) == user_before
     assert claims(db) == claims_before == {"new@example.com": user_id}
@@ -385,7 +385,7 @@ def test_any_svix_id_is_recorded_and_deduplicated(db: firestore.Client, message_
 
     outcomes = [apply(db, body, message_id), apply(db, body, message_id)]
 
-    record = document(db, PATHS.events, ids.document_id(message_id))
+    record = document(db, PATHS.events, event_log.record_id(message_id))
     assert outcomes == [Outcome.APPLIED, Outcome.DUPLICATE]
     assert record is not None
     assert record["svix_id"] == message_id
@@ -669,7 +669,7 @@ def test_commit_blocked_past_the_deadline_raises_store_unavailable_and_the_retry
     retry = apply(db, update, message_id)
 
     stored = document(db, PATHS.users, user_id)
-    record = document(db, PATHS.events, message_id)
+    record = document(db, PATHS.events, event_log.record_id(message_id))
     assert not holder.is_alive()
     assert retry in {Outcome.APPLIED, Outcome.DUPLICATE}
     assert stored is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from typing import Any
 
@@ -29,7 +29,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1 import base_client
 from rpc_count import CallCounter, counting_client
 
-from clerk_sync import events, transaction
+from clerk_sync import event_log, events, transaction
 from clerk_sync.outcome import Outcome
 
 COUNTED = ("BeginTransaction", "BatchGetDocuments", "RunQuery", "Commit", "Rollback")
@@ -41,6 +41,8 @@ def counted(db: firestore.Client) -> tuple[firestore.Client, CallCounter]:
     counter = CallCounter()
     client = counting_client(PROJECT, counter)
     list(client.collection("warm").limit(1).stream(timeout=10))
+    # Once per instance, not per event: when records under the old ids may still exist.
+    event_log.legacy_ids_until(client, PATHS, timedelta(days=30), threading_deadline())
     counter.take()
     return client, counter
 

@@ -131,7 +131,7 @@ def read_settings() -> Settings:
     organizations = _collection("ORGANIZATIONS_COLLECTION", "organizations")
     layout = paths.paths_for(users, organizations)
     taken = {layout.claims, layout.user_tombstones, layout.organization_tombstones}
-    taken |= {layout.membership_tombstones, layout.events, layout.state}
+    taken |= {layout.membership_tombstones, layout.events, layout.state, layout.ended_sessions}
     if users == organizations or organizations in taken or users in taken:
         raise Misconfigured("ORGANIZATIONS_COLLECTION", "must differ from USERS_COLLECTION and the bookkeeping ones")
     return Settings(

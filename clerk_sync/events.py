@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from clerk_sync import cascade, memberships, organizations, transaction, users
+from clerk_sync import cascade, memberships, organizations, sessions, transaction, users
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
@@ -78,6 +78,10 @@ PARSERS: dict[str, Parser] = {
     "organizationMembership.created": memberships.parse_upsert,
     "organizationMembership.updated": memberships.parse_upsert,
     "organizationMembership.deleted": memberships.parse_deletion,
+    # session.created / .pending: nothing to keep (acknowledged as ignored).
+    "session.ended": sessions.parse_end,
+    "session.removed": sessions.parse_end,
+    "session.revoked": sessions.parse_end,
 }
 
 

@@ -63,7 +63,7 @@ Parser = Callable[[str, dict[str, Any], bytes], Change]
 # Work outside Firestore that a kind's changes name (Kind.follow_ups), run after the commit. Each
 # raises FollowUpFailed (503: the retry finds the event recorded and runs it again).
 FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
-FOLLOW_UPS: dict[str, FollowUp] = {}
+FOLLOW_UPS: dict[str, FollowUp] = {users.AUTH_FOLLOW_UP: users.align_auth_user}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
 KINDS = (users.KIND, organizations.KIND, memberships.KIND)

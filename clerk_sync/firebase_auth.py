@@ -16,26 +16,30 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from firebase_admin import App
 
 __all__ = [
+    "ACCESS_STATES",
     "CALL_TIMEOUT_SECONDS",
     "AuthFailed",
     "create_custom_token",
-    "emulator_problem",
+    "disabled_states",
     "reset_app",
+    "set_user_access",
 ]
 
 APP_NAME = "clerk-firestore-sync"
 CALL_TIMEOUT_SECONDS = 5.0  # below Svix's 15 s with Firestore's share, and a browser's patience
 HTTP_TIMEOUT_SECONDS = 4.0  # firebase-admin's own requests (each retry gets this much)
 POOL_THREADS = 4
-AUTH_EMULATOR_VARIABLE = "FIREBASE_AUTH_EMULATOR_HOST"
+# What a user's Auth record must be: `deleted` (gone: its refresh token dies), `disabled` (a refresh
+# answers USER_DISABLED, a sign-in too), `enabled`.
+ACCESS_STATES = ("enabled", "disabled", "deleted")
+MAX_USERS_PER_LOOKUP = 100  # Firebase's limit for get_users
 PROJECT_VARIABLE = "GOOGLE_CLOUD_PROJECT"
-_HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}")
 _STATUS_CODE = re.compile(r'"code":\s*([0-9]{3})')
 
 _app: App | None = None
@@ -55,28 +59,7 @@ class AuthFailed(Exception):
         self.reason = reason
 
 
-def emulator_problem() -> tuple[str, str] | None:
-    """Why FIREBASE_AUTH_EMULATOR_HOST cannot be used as set, as (variable, problem); None when it can.
-
-    With the emulator firebase-admin finds no project id in any credentials, so it needs
-    GOOGLE_CLOUD_PROJECT; and an emulator on Cloud Functions would mint tokens nobody accepts.
-    """
-    host = os.environ.get(AUTH_EMULATOR_VARIABLE, "").strip()
-    if not host:
-        return None
-    if os.environ.get("K_SERVICE"):
-        return AUTH_EMULATOR_VARIABLE, "is for local development only and refused on Cloud Functions"
-    if not _HOST_PORT.fullmatch(host):
-        return AUTH_EMULATOR_VARIABLE, "must be HOST:PORT of the Auth emulator, e.g. 127.0.0.1:9099"
-    if not os.environ.get(PROJECT_VARIABLE, "").strip():
-        return (
-            PROJECT_VARIABLE,
-            f"must be set with {AUTH_EMULATOR_VARIABLE}: the emulator's project, e.g. demo-clerk-sync",
-        )
-    return None
-
-
-def _firebase_app() -> App:
+def _firebase_app(project: str | None = None) -> App:
     """The firebase-admin app, created once per instance on first use (cold start stays cheap)."""
     global _app
     import firebase_admin  # noqa: PLC0415 (kept off the webhook's import path)
@@ -84,9 +67,10 @@ def _firebase_app() -> App:
     with _lock:
         if _app is None:
             # Application Default Credentials: a key file from GOOGLE_APPLICATION_CREDENTIALS signs
-            # locally; on Cloud Functions the runtime service account signs through IAM signBlob.
+            # locally; on Cloud Functions the runtime service account signs through IAM signBlob
+            # and calls Auth's API with its own access token.
             options: dict[str, object] = {"httpTimeout": HTTP_TIMEOUT_SECONDS}
-            project = os.environ.get(PROJECT_VARIABLE, "").strip()
+            project = project or os.environ.get(PROJECT_VARIABLE, "").strip()
             if project:
                 options["projectId"] = project
             _app = firebase_admin.initialize_app(options=options, name=APP_NAME)
@@ -106,8 +90,8 @@ def reset_app() -> None:
             _app = None
 
 
-def _bounded(call: Callable[[], T]) -> T:
-    """`call()` on the pool, given up after CALL_TIMEOUT_SECONDS (AuthFailed `unavailable`)."""
+def _bounded(call: Callable[[], T], timeout: float = CALL_TIMEOUT_SECONDS) -> T:
+    """`call()` on the pool, given up after `timeout` seconds (AuthFailed `unavailable`)."""
     global _pool
     with _lock:
         if _pool is None:
@@ -115,7 +99,7 @@ def _bounded(call: Callable[[], T]) -> T:
         pool = _pool
     future = pool.submit(call)
     try:
-        return future.result(timeout=CALL_TIMEOUT_SECONDS)
+        return future.result(timeout=max(0.0, timeout))
     except concurrent.futures.TimeoutError:
         future.cancel()  # still queued behind stuck calls: never runs
         raise AuthFailed("unavailable") from None
@@ -149,3 +133,64 @@ def create_custom_token(uid: str, claims: dict[str, str]) -> str:
     except ValueError:
         # No key file and no service account to sign with (firebase-admin wraps this in ValueError).
         raise AuthFailed("no_credentials") from None
+
+
+def _call_failure(error: Exception) -> AuthFailed:
+    """An Auth API error as AuthFailed: a refused service account is `denied`, the rest may pass."""
+    from firebase_admin import exceptions  # noqa: PLC0415
+
+    if isinstance(error, exceptions.PermissionDeniedError | exceptions.UnauthenticatedError):
+        return AuthFailed("denied")
+    return AuthFailed("unavailable")
+
+
+def set_user_access(uid: str, access: str, project: str | None, timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+    """Make `uid`'s Auth record `enabled`, `disabled` or `deleted`; a uid without one (it never
+    signed in to Firebase) is done already. Raises AuthFailed."""
+    import google.auth.exceptions  # noqa: PLC0415
+    from firebase_admin import auth, exceptions  # noqa: PLC0415
+
+    assert access in ACCESS_STATES
+
+    def call() -> None:
+        app = _firebase_app(project)
+        try:
+            if access == "deleted":
+                auth.delete_user(uid, app=app)
+            else:
+                auth.update_user(uid, disabled=access == "disabled", app=app)
+        except auth.UserNotFoundError:
+            pass  # no Firebase session was ever made for this user: nothing to end
+
+    try:
+        _bounded(call, timeout)
+    except exceptions.FirebaseError as failed:
+        raise _call_failure(failed) from None
+    except google.auth.exceptions.GoogleAuthError as failed:
+        raise AuthFailed("unavailable" if failed.retryable else "no_credentials") from None
+    except ValueError:  # no project id or no credentials to call with
+        raise AuthFailed("no_credentials") from None
+
+
+def disabled_states(uids: list[str], project: str | None, timeout: float = CALL_TIMEOUT_SECONDS) -> dict[str, bool]:
+    """Whether each uid's Auth record is disabled, for the uids that have one (100 per call); raises AuthFailed."""
+    import google.auth.exceptions  # noqa: PLC0415
+    from firebase_admin import auth, exceptions  # noqa: PLC0415
+
+    found: dict[str, bool] = {}
+    for start in range(0, len(uids), MAX_USERS_PER_LOOKUP):
+        batch = [auth.UidIdentifier(uid) for uid in uids[start : start + MAX_USERS_PER_LOOKUP]]
+
+        def call(batch: list[auth.UidIdentifier] = batch) -> Any:
+            return auth.get_users(batch, app=_firebase_app(project))
+
+        try:
+            result = _bounded(call, timeout)
+        except exceptions.FirebaseError as failed:
+            raise _call_failure(failed) from None
+        except google.auth.exceptions.GoogleAuthError as failed:
+            raise AuthFailed("unavailable" if failed.retryable else "no_credentials") from None
+        except ValueError:
+            raise AuthFailed("no_credentials") from None
+        found.update({user.uid: bool(user.disabled) for user in result.users})
+    return found

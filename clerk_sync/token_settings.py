@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from clerk_sync import firebase_auth, jwks
+from clerk_sync import config, jwks
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -193,7 +193,7 @@ def read_settings() -> TokenSettings:
     """Read and validate the settings now; raises `Misconfigured` naming the first bad variable."""
     parties, any_party = _authorized_parties()
     public_key, key_set = _verification_keys()
-    emulator = firebase_auth.emulator_problem()
+    emulator = config.auth_emulator_problem()
     if emulator is not None:
         raise Misconfigured(*emulator)
     return TokenSettings(

@@ -198,7 +198,9 @@ def firebase_token(request: flask.Request) -> ResponseReturnValue:
 
 
 def _token(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
-    from clerk_sync import session_token as tokens  # noqa: PLC0415 (the webhook never loads PyJWT, firebase-admin)
+    # Imported here: the webhook never loads PyJWT or firebase-admin.
+    from clerk_sync import custom_token, firebase_auth, jwks, token_settings  # noqa: PLC0415
+    from clerk_sync import session_token as tokens  # noqa: PLC0415
 
     headers = {"Vary": "Origin", "Cache-Control": "no-store"}
     if request.content_length is not None and request.content_length <= TOKEN_BODY_BYTES:
@@ -209,8 +211,8 @@ def _token(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         return web.Reply(405, "method_not_allowed", f"{request.method} is not allowed",
                          body={"error": "method_not_allowed"}, headers=headers)  # fmt: skip
     try:
-        settings = tokens.settings()
-    except tokens.Misconfigured as problem:
+        settings = token_settings.settings()
+    except token_settings.Misconfigured as problem:
         fields["reason"] = problem.variable
         return web.Reply(500, "misconfigured", str(problem), body={"error": "misconfigured"}, headers=headers)
     origin = request.headers.get("Origin")
@@ -237,19 +239,32 @@ def _token(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
             headers["WWW-Authenticate"] = "Bearer" if missing else 'Bearer error="invalid_token"'
         return web.Reply(status, "rejected", f"session token rejected: {rejected.reason}",
                          body={"error": rejected.reason}, headers=headers)  # fmt: skip
-    except tokens.KeysUnavailable:
+    except jwks.KeysUnavailable:
         fields["reason"] = "jwks_unavailable"
         return web.Reply(503, "unavailable", "Clerk's JWKS could not be fetched (network, or CLERK_SECRET_KEY)",
                          body={"error": "unavailable"}, headers=headers)  # fmt: skip
     fields["clerk_id"] = session.user_id
     try:
-        custom_token = tokens.mint_custom_token(session)
-    except tokens.MintFailed as failed:
-        fields["reason"] = failed.reason
-        if failed.reason == "no_credentials":
-            message = "no credentials to sign with: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
-            return web.Reply(500, "misconfigured", message, body={"error": "misconfigured"}, headers=headers)
-        message = "signBlob failed: grant the function's service account roles/iam.serviceAccountTokenCreator on itself"
-        return web.Reply(500, "sign_failed", message, body={"error": "sign_failed"}, headers=headers)
+        minted = custom_token.mint(session)
+    except firebase_auth.AuthFailed as failed:
+        return _mint_failed(failed.reason, fields, headers)
     fields["org_id"] = session.organization.id if session.organization is not None else None
-    return web.Reply(200, "minted", "custom token minted", body={"token": custom_token}, headers=headers)
+    return web.Reply(200, "minted", "custom token minted", body={"token": minted}, headers=headers)
+
+
+def _mint_failed(reason: str, fields: dict[str, Any], headers: dict[str, str]) -> web.Reply:
+    """What a signing failure tells the caller (and the log line, the operator)."""
+    if reason == "no_credentials":
+        fields["reason"] = "no_credentials"
+        message = "no credentials to sign with: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+        return web.Reply(500, "misconfigured", message, body={"error": "misconfigured"}, headers=headers)
+    if reason == "denied":
+        fields["reason"] = "sign_failed"
+        message = (
+            "signBlob refused: grant the function's service account roles/iam.serviceAccountTokenCreator on itself"
+        )
+        return web.Reply(500, "sign_failed", message, body={"error": "sign_failed"}, headers=headers)
+    fields["reason"] = "sign_unavailable"
+    headers["Retry-After"] = "1"
+    return web.Reply(503, "unavailable", "signing is unavailable for now (IAM signBlob: quota, network or Google)",
+                     body={"error": "unavailable"}, headers=headers)  # fmt: skip

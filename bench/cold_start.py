@@ -31,7 +31,7 @@ IMPORTS = {
     "google.cloud.firestore": "google.cloud.firestore",
     "clerk_sync.signature (the verifier: hmac over the raw body)": "clerk_sync.signature",
     "svix.webhooks (not used by the function)": "svix.webhooks",
-    "firebase_admin + jwt (firebase_token only, never the webhook)": "firebase_admin.auth, jwt",
+    "firebase_admin + jwt (firebase_token; the webhook: bans, deletions)": "firebase_admin.auth, jwt",
     "clerk_backend_api (clerk_reconcile only, never the webhook)": "clerk_backend_api",
 }
 

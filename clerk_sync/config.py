@@ -22,6 +22,7 @@ __all__ = [
     "Misconfigured",
     "ReconcileSettings",
     "Settings",
+    "auth_emulator_problem",
     "load_env_file",
     "read_reconcile_settings",
     "read_settings",
@@ -40,6 +41,9 @@ SVIX_TIMEOUT_SECONDS = 15.0
 MIN_EVENT_TTL_DAYS = 2
 DATABASE_ID = re.compile(r"\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9]")
 ON_USER_DELETED = ("delete", "keep-app-fields")
+AUTH_VARIABLE = "SYNC_FIREBASE_AUTH"
+AUTH_EMULATOR_VARIABLE = "FIREBASE_AUTH_EMULATOR_HOST"
+HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}")
 
 
 class Misconfigured(Exception):
@@ -60,6 +64,8 @@ class Settings:
     event_ttl_days: int
     on_user_deleted: str
     paths: paths.Paths
+    # SYNC_FIREBASE_AUTH: bans, deprovisioning and deletions reach the users' Firebase Auth records.
+    firebase_auth: bool = True
 
     @property
     def event_ttl(self) -> timedelta:
@@ -112,6 +118,46 @@ def _collection(name: str, default: str) -> str:
     return value
 
 
+def auth_emulator_problem(project: str | None = None) -> tuple[str, str] | None:
+    """Why FIREBASE_AUTH_EMULATOR_HOST cannot be used as set, as (variable, problem); None when it can.
+
+    With the emulator firebase-admin finds no project id in any credentials, so it needs one
+    (`project`, else GOOGLE_CLOUD_PROJECT); on Cloud Functions an emulator would take calls meant
+    for the real Firebase Auth, and mint tokens nobody accepts.
+    """
+    host = _text(AUTH_EMULATOR_VARIABLE)
+    if not host:
+        return None
+    if _text("K_SERVICE"):
+        return AUTH_EMULATOR_VARIABLE, "is for local development only and refused on Cloud Functions"
+    if not HOST_PORT.fullmatch(host):
+        return AUTH_EMULATOR_VARIABLE, "must be HOST:PORT of the Auth emulator, e.g. 127.0.0.1:9099"
+    if not project and not _text("GOOGLE_CLOUD_PROJECT"):
+        return (
+            "GOOGLE_CLOUD_PROJECT",
+            f"must be set with {AUTH_EMULATOR_VARIABLE}: the emulator's project, e.g. demo-clerk-sync",
+        )
+    return None
+
+
+def _firebase_auth(project: str | None) -> bool:
+    """SYNC_FIREBASE_AUTH, on unless `false`; off with a local Firestore and no Auth emulator to call.
+
+    The Firestore emulator's users exist nowhere else: the calls would go to a real Firebase Auth
+    (of a `demo-` project, which cannot exist), so `make dev` and the tests without an Auth emulator
+    run with them off. On Cloud Functions neither emulator is ever set.
+    """
+    raw = _text(AUTH_VARIABLE).lower()
+    if raw not in {"", "true", "false"}:
+        raise Misconfigured(AUTH_VARIABLE, "must be true or false")
+    if raw == "false" or (_text("FIRESTORE_EMULATOR_HOST") and not _text(AUTH_EMULATOR_VARIABLE)):
+        return False
+    problem = auth_emulator_problem(project)
+    if problem is not None:
+        raise Misconfigured(*problem)
+    return True
+
+
 def _choice(name: str, choices: tuple[str, ...]) -> str:
     value = _text(name) or choices[0]
     if value not in choices:
@@ -131,7 +177,7 @@ def read_settings() -> Settings:
     organizations = _collection("ORGANIZATIONS_COLLECTION", "organizations")
     layout = paths.paths_for(users, organizations)
     taken = {layout.claims, layout.user_tombstones, layout.organization_tombstones}
-    taken |= {layout.membership_tombstones, layout.events, layout.state}
+    taken |= {layout.membership_tombstones, layout.events, layout.state, layout.ended_sessions}
     if users == organizations or organizations in taken or users in taken:
         raise Misconfigured("ORGANIZATIONS_COLLECTION", "must differ from USERS_COLLECTION and the bookkeeping ones")
     return Settings(
@@ -141,6 +187,7 @@ def read_settings() -> Settings:
         event_ttl_days=_ttl_days("EVENT_LOG_TTL_DAYS", 30),
         on_user_deleted=_choice("ON_USER_DELETED", ON_USER_DELETED),
         paths=layout,
+        firebase_auth=_firebase_auth(project),
     )
 
 

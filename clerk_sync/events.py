@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from clerk_sync import cascade, event_log, memberships, organizations, transaction, users
+from clerk_sync import cascade, event_log, memberships, organizations, sessions, transaction, users
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
@@ -64,7 +64,7 @@ Parser = Callable[[str, dict[str, Any], bytes], Change]
 # Work outside Firestore that a kind's changes name (Kind.follow_ups), run after the commit. Each
 # raises FollowUpFailed (503: the retry finds the event recorded and runs it again).
 FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
-FOLLOW_UPS: dict[str, FollowUp] = {}
+FOLLOW_UPS: dict[str, FollowUp] = {users.AUTH_FOLLOW_UP: users.align_auth_user}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
 KINDS = (users.KIND, organizations.KIND, memberships.KIND)
@@ -79,6 +79,10 @@ PARSERS: dict[str, Parser] = {
     "organizationMembership.created": memberships.parse_upsert,
     "organizationMembership.updated": memberships.parse_upsert,
     "organizationMembership.deleted": memberships.parse_deletion,
+    # session.created / .pending: nothing to keep (acknowledged as ignored).
+    "session.ended": sessions.parse_end,
+    "session.removed": sessions.parse_end,
+    "session.revoked": sessions.parse_end,
 }
 
 

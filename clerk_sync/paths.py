@@ -3,7 +3,7 @@
 The app chooses where users and organizations go (`USERS_COLLECTION`, `ORGANIZATIONS_COLLECTION`,
 nested paths allowed). The bookkeeping collections live beside the users collection, so two syncs
 writing `tenants/a/users` and `tenants/b/users` in one database never share email claims,
-tombstones or event records.
+tombstones, event records or ended sessions.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ BOOKKEEPING = (
     "membership_tombstones",
     "webhook_events",
     "sync_state",
+    "ended_sessions",
 )
 
 
@@ -40,6 +41,7 @@ class Paths:
     membership_tombstones: str
     events: str
     state: str
+    ended_sessions: str  # Clerk sessions that ended: the rules deny Firebase sessions exchanged from them
 
     def memberships(self, organization_id: str) -> str:
         """An organization's memberships, one document per member keyed by Clerk user id."""
@@ -82,4 +84,5 @@ def paths_for(users: str, organizations: str) -> Paths:
         membership_tombstones=names["membership_tombstones"],
         events=names["webhook_events"],
         state=names["sync_state"],
+        ended_sessions=names["ended_sessions"],
     )

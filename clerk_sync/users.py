@@ -8,26 +8,33 @@ Documents (names are part of the data contract):
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
+from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 
 from clerk_sync import ids, kind, payload
 from clerk_sync.cascade import Sweep
+from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Admission, Deletion, Ids, Snapshots, Upsert
-from clerk_sync.outcome import Outcome
+from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.payload import MalformedEvent
-from clerk_sync.transaction import Attempt
+from clerk_sync.transaction import NO_RETRY, Attempt, remaining
 
 __all__ = [
+    "AUTH_FOLLOW_UP",
     "DELETED_AT_FIELD",
     "KIND",
     "OWNED_FIELDS",
     "PENDING_FIELD",
     "SYNCED_FIELDS",
+    "align_auth_record",
+    "align_auth_user",
+    "blocked",
     "email_key",
     "normalise_email",
     "parse_deletion",
@@ -57,6 +64,11 @@ SYNCED_FIELDS = (
 DELETED_AT_FIELD = kind.DELETED_AT_FIELD
 # The primary address a stored user is waiting to take while another user still holds it.
 PENDING_FIELD = "pending_email"
+# The follow-up that brings the user's Firebase Auth record in line (events.FOLLOW_UPS).
+AUTH_FOLLOW_UP = "firebase_auth_user"
+# Auth may use part of the time between Firestore's budget (8 s) and Svix's 15 s.
+AUTH_SECONDS_PAST_DEADLINE = 5.0
+MAX_AUTH_ROUNDS = 3
 
 
 def normalise_email(address: str) -> str | None:
@@ -160,6 +172,71 @@ def _memberships(db: firestore.Client, paths: Paths, user_ids: Ids) -> list[Swee
     return [Sweep(query=query, ours=paths.is_membership)]
 
 
+def blocked(document: dict[str, Any] | None) -> bool:
+    """Whether Clerk keeps this user out: banned or deprovisioned. (A lockout ends no session: Clerk's
+    `locked` only stops new sign-ins until it expires, and failed attempts, an attacker's too, set it.)"""
+    return document is not None and (document.get("banned") is True or document.get("deprovisioned") is True)
+
+
+def _auth_follow_ups(change: Upsert | Deletion, stored: dict[str, Any] | None) -> tuple[str, ...]:
+    """A deletion, or a change of whether Clerk keeps the user out, reaches their Firebase Auth record."""
+    if isinstance(change, Deletion) or blocked(change.document) != blocked(stored):
+        return (AUTH_FOLLOW_UP,)
+    return ()
+
+
+def _access(db: firestore.Client, paths: Paths, user_id: str, deadline: float) -> str:
+    """What the user's Auth record must be, from what Firestore holds now (after the commit)."""
+    user_ref = db.collection(paths.users).document(user_id)
+    tombstone_ref = db.collection(paths.user_tombstones).document(user_id)
+    try:
+        found = {
+            snapshot.reference.path: snapshot
+            for snapshot in db.get_all([user_ref, tombstone_ref], retry=NO_RETRY, timeout=remaining(deadline))
+        }
+    except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError, StoreUnavailable) as error:
+        raise FollowUpFailed(f"firebase_auth: reading the user: {type(error).__name__}") from None
+    if found[tombstone_ref.path].exists:
+        return "deleted"
+    user = found[user_ref.path]
+    return "disabled" if blocked(user.to_dict() if user.exists else None) else "enabled"
+
+
+def align_auth_user(db: firestore.Client, change: Any, delivery: Delivery, deadline: float) -> None:
+    """The follow-up of a ban, unban, deprovisioning or deletion (events.FOLLOW_UPS; `change` is the
+    user's Upsert or Deletion); raises FollowUpFailed (503: Svix's retry finds the event recorded and
+    runs this again)."""
+    if not delivery.settings.firebase_auth:
+        return
+    delivery.notes["firebase_auth"] = align_auth_record(db, delivery.settings, change.clerk_id, deadline)
+
+
+def align_auth_record(db: firestore.Client, settings: Settings, user_id: str, deadline: float) -> str:
+    """Make the user's Firebase Auth record follow what Firestore holds now; what it became
+    (`enabled`, `disabled`, `deleted`). Raises FollowUpFailed.
+
+    The state comes from Firestore, never from the event: deliveries of one user on several
+    instances may commit in one order and reach Auth in another. So each round applies what
+    Firestore holds, then reads again, and stops when nothing changed in between: the last call to
+    reach Auth was then made after the last commit (any later commit makes a later call of its own).
+    """
+    from clerk_sync import firebase_auth  # noqa: PLC0415 (firebase-admin only for the events that need it)
+
+    auth_deadline = deadline + AUTH_SECONDS_PAST_DEADLINE
+    access = _access(db, settings.paths, user_id, auth_deadline)
+    for _ in range(MAX_AUTH_ROUNDS):
+        try:
+            firebase_auth.set_user_access(user_id, access, settings.project_id, auth_deadline - time.monotonic())
+        except firebase_auth.AuthFailed as failed:
+            advice = ": grant the service account roles/firebaseauth.admin" if failed.reason == "denied" else ""
+            raise FollowUpFailed(f"firebase_auth {failed.reason}{advice}") from None
+        now = _access(db, settings.paths, user_id, auth_deadline)
+        if now == access:
+            return access
+        access = now
+    raise FollowUpFailed("firebase_auth: the user's state kept changing; the retry aligns it")
+
+
 KIND = kind.Kind(
     family="user",
     collection=lambda paths, _ids: paths.users,
@@ -171,6 +248,7 @@ KIND = kind.Kind(
     removal=_removal,
     sweeps=_memberships,
     extra_owned=(PENDING_FIELD,),
+    follow_ups=_auth_follow_ups,
 )
 # Every field the function writes; any other field of a user document belongs to the app.
 OWNED_FIELDS = KIND.owned_fields

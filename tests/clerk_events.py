@@ -216,3 +216,23 @@ def signed_headers(
         f"{prefix}-signature": Webhook(secret).sign(message_id, when, body),
         "content-type": "application/json",
     }
+
+
+def session_event(
+    event_type: str, session_id: str, user_id: str, *, status: str | None = None, updated_at: int = BASE_MS
+) -> str:
+    """A `session.*` body: the Session (Clerk also nests the whole user, which nothing here reads)."""
+    data = {
+        "object": "session",
+        "id": session_id,
+        "user_id": user_id,
+        "client_id": "client_test",
+        "status": status if status is not None else event_type.removeprefix("session."),
+        "last_active_at": updated_at,
+        "expire_at": updated_at + 7 * 86_400_000,
+        "abandon_at": updated_at + 30 * 86_400_000,
+        "updated_at": updated_at,
+        "created_at": updated_at - 3_600_000,
+        "user": user_data(user_id),
+    }
+    return json.dumps(envelope(event_type, data))

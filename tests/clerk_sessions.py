@@ -61,6 +61,11 @@ def new_clerk_user_id() -> str:
     return _id("user_")
 
 
+def new_session_id() -> str:
+    """A Clerk-shaped session id, different each call."""
+    return _id("sess_")
+
+
 def new_org_id() -> str:
     """A Clerk-shaped organization id, different each call."""
     return _id("org_")
@@ -77,7 +82,7 @@ def session_claims(user_id: str, *, azp: str | None = APP_ORIGIN, lifetime: int 
         "iss": ISSUER,
         "jti": secrets.token_hex(10),
         "nbf": now - 10,
-        "sid": _id("sess_"),
+        "sid": new_session_id(),
         "sts": "active",
         "sub": user_id,
         "v": 2,

@@ -209,23 +209,34 @@ def token_environment(token_service_account: Path) -> Iterator[None]:
     """The exchange configured as deployed (test key, two origins, key file); fresh settings and app."""
     import clerk_sessions  # noqa: PLC0415
 
-    from clerk_sync import session_token  # noqa: PLC0415
-
     # CLERK_SECRET_KEY too: a developer's .env may hold it (backfill); these tests verify with the PEM.
-    optional = ("ALLOW_ANY_AUTHORIZED_PARTY", "ALLOW_PENDING_SESSIONS", "CLERK_TOKEN_LEEWAY_SECONDS")
+    optional = (
+        "ALLOW_ANY_AUTHORIZED_PARTY",
+        "ALLOW_MISSING_AZP",
+        "ALLOW_PENDING_SESSIONS",
+        "CLERK_ISSUER",
+        "CLERK_TOKEN_LEEWAY_SECONDS",
+    )
     for name in (*optional, "CLERK_SECRET_KEY", "CLERK_JWKS_URL"):
         os.environ.pop(name, None)
     os.environ.pop("FIREBASE_AUTH_EMULATOR_HOST", None)  # firebase-admin would mint unsigned tokens
     os.environ["CLERK_JWT_KEY"] = clerk_sessions.CLERK_PUBLIC_PEM
     os.environ["CLERK_AUTHORIZED_PARTIES"] = clerk_sessions.AUTHORIZED_PARTIES
     os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(token_service_account)
-    session_token.settings.cache_clear()
-    session_token.reset_app()
+    fresh_exchange()
     try:
         yield
     finally:
-        session_token.settings.cache_clear()
-        session_token.reset_app()
+        fresh_exchange()
+
+
+def fresh_exchange() -> None:
+    """The exchange as on a new instance: settings read again, a new firebase-admin app, nothing reused."""
+    from clerk_sync import custom_token, firebase_auth, token_settings  # noqa: PLC0415
+
+    token_settings.settings.cache_clear()
+    firebase_auth.reset_app()
+    custom_token.forget_minted()
 
 
 @pytest.fixture(scope="session")

@@ -378,6 +378,9 @@ def test_rules_for_a_named_database_and_nested_collections(tmp_path: Path) -> No
     assert "match /tenants/acme/users/{userId}" in rules
     assert "match /tenants/acme/orgs/{orgId}" in rules
     assert "documents/tenants/acme/orgs/$(orgId)/memberships/$(request.auth.uid)" in rules
+    assert "documents/tenants/acme/ended_sessions/$(request.auth.token.clerk_sid)" in rules
+    assert "documents/tenants/acme/user_tombstones/$(userId)" in rules
+    assert "documents/tenants/acme/users/$(request.auth.uid)" in rules
     assert "match /users/" not in rules
 
 

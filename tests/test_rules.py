@@ -30,6 +30,7 @@ from clerk_sync.users import normalise_email
 RULES = (ROOT / "firestore.rules").read_text()
 REQUEST_TIMEOUT_SECONDS = 10
 DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
+LIVE_SESSION = "sess_live0000000000000000000000"  # never ended in these tests
 UNMENTIONED = "app_settings"
 
 
@@ -49,6 +50,7 @@ def id_token(uid: str) -> str:
         "auth_time": now,
         "exp": now + 3600,
         "firebase": {"sign_in_provider": "custom", "identities": {}},
+        "clerk_sid": LIVE_SESSION,  # as firebase_token puts it in every custom token
     }
     return f"{_base64url({'alg': 'none', 'typ': 'JWT'})}.{_base64url(claims)}."
 
@@ -385,20 +387,21 @@ def test_claims_tombstones_event_log_and_unmentioned_collections_are_closed(
 
 
 # Each variant is a plausible mistake; the matrix must notice every one of them.
+USERS_GET = "allow get: if clerkSyncSessionLive() && request.auth.uid == userId"
 OPENED_VARIANTS = {
     "read instead of get on users": (
-        "allow get: if request.auth != null && request.auth.uid == userId;",
-        "allow read: if request.auth != null && request.auth.uid == userId;",
+        USERS_GET,
+        USERS_GET.replace("allow get", "allow read"),
         "owner queries users where the document id is own id",
     ),
     "signed-in users read (and list) users": (
-        "allow get: if request.auth != null && request.auth.uid == userId;",
-        "allow read: if request.auth != null;",
+        USERS_GET,
+        "allow read: if request.auth != null || request.auth.uid == userId",
         "owner lists users",
     ),
     "any signed-in user gets any user": (
-        "allow get: if request.auth != null && request.auth.uid == userId;",
-        "allow get: if request.auth != null;",
+        USERS_GET,
+        "allow get: if request.auth != null || request.auth.uid == userId",
         "other user gets owner's document",
     ),
     "owner may write own user document": (

@@ -31,6 +31,7 @@ from clerk_sessions import (
     OTHER_KEY,
     new_clerk_user_id,
     new_org_id,
+    new_session_id,
     session_claims,
     session_token,
     sign,
@@ -135,12 +136,14 @@ def test_clerk_session_signs_in_to_firebase_and_reads_only_its_own_user_document
             client,
             membership_event("organizationMembership.created", f"orgmem_{member[-10:]}", organization_id, member),
         )
-    clerk_token = session_token(owner, **v2_organization(org_id, role="admin", slug="acme"))
+    session_id = new_session_id()
+    clerk_token = session_token(owner, sid=session_id, **v2_organization(org_id, role="admin", slug="acme"))
 
     id_token = signed_in_id_token(auth_emulator_host, token_server, clerk_token)
 
     payload = jwt_payload(id_token)
     assert payload["user_id"] == payload["sub"] == owner
+    assert payload["clerk_sid"] == session_id  # what the rules check against ended sessions
     assert payload["firebase"]["sign_in_provider"] == "custom"
     assert (payload["org_id"], payload["org_role"], payload["org_slug"]) == (org_id, "admin", "acme")
     status, document = firestore_get(rules_host, f"users/{owner}", id_token)
@@ -191,6 +194,14 @@ def test_forged_session_mints_nothing_over_loopback(token_server: Server) -> Non
     status, answer = exchange(token_server, sign(session_claims(new_clerk_user_id()), OTHER_KEY))
 
     assert (status, answer) == (401, {"error": "bad_signature"})
+
+
+def test_jwt_template_and_long_lived_tokens_mint_nothing_over_loopback(token_server: Server) -> None:
+    user_id = new_clerk_user_id()
+    template = sign(session_claims(user_id, lifetime=3600, sid=None, v=None, sts=None, fva=None))
+
+    assert exchange(token_server, template) == (401, {"error": "not_a_session_token"})
+    assert exchange(token_server, session_token(user_id, lifetime=3600)) == (401, {"error": "lifetime_too_long"})
 
 
 def test_huge_declared_body_is_answered_without_waiting_for_it(token_server: Server) -> None:

@@ -34,6 +34,7 @@ from conftest import ROOT
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from clerk_sync import custom_token, token_settings
 from clerk_sync import session_token as tokens
 
 pytestmark = pytest.mark.usefixtures("token_environment")
@@ -97,7 +98,12 @@ def test_valid_session_gets_a_custom_token_for_its_user(
     assert set(answer) == {"token"}
     payload = jwt.decode(answer["token"], options={"verify_signature": False})
     assert payload["uid"] == user_id
-    assert payload["claims"] == {"org_id": org_id, "org_role": "admin", "org_slug": "secret-slug"}
+    assert payload["claims"] == {
+        "clerk_sid": jwt.decode(token, options={"verify_signature": False})["sid"],
+        "org_id": org_id,
+        "org_role": "admin",
+        "org_slug": "secret-slug",
+    }
     assert response.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
     assert response.headers["Vary"] == "Origin"
     assert response.headers["Cache-Control"] == "no-store"
@@ -141,6 +147,13 @@ BAD_REQUESTS: dict[str, tuple[Callable[[], dict[str, str]], int, str]] = {
     "no sub": (_token_for(lambda user: sign({**session_claims(user), "sub": None})), 401, "bad_subject"),
     "sub not a Clerk user id": (lambda: bearer(session_token("12345")), 401, "bad_subject"),
     "pending session": (_token_for(lambda user: session_token(user, sts="pending")), 403, "pending_session"),
+    "JWT template token (no sid)": (
+        _token_for(lambda user: sign(session_claims(user, sid=None, v=None, sts=None, fva=None))),
+        401,
+        "not_a_session_token",
+    ),
+    "token living an hour": (_token_for(lambda user: session_token(user, lifetime=3600)), 401, "lifetime_too_long"),
+    "unknown version": (_token_for(lambda user: session_token(user, v=3)), 401, "unsupported_version"),
 }
 
 
@@ -213,7 +226,7 @@ def test_preflight_and_post_from_another_origin_are_403_without_cors_headers(
 def test_any_party_mode_echoes_any_origin(token_app: FlaskClient) -> None:
     os.environ.pop("CLERK_AUTHORIZED_PARTIES")
     os.environ["ALLOW_ANY_AUTHORIZED_PARTY"] = "true-local-only"
-    tokens.settings.cache_clear()
+    token_settings.settings.cache_clear()
     origin = "http://localhost:5173"
 
     response = exchange(token_app, {**bearer(session_token(new_clerk_user_id(), azp=origin)), "Origin": origin})
@@ -231,6 +244,8 @@ def test_any_party_mode_echoes_any_origin(token_app: FlaskClient) -> None:
         ("CLERK_AUTHORIZED_PARTIES", "*"),
         ("CLERK_TOKEN_LEEWAY_SECONDS", "-1"),
         ("ALLOW_PENDING_SESSIONS", "maybe"),
+        ("ALLOW_MISSING_AZP", "maybe"),
+        ("CLERK_ISSUER", "clerk.example.com"),
     ],
 )
 def test_missing_or_invalid_setting_is_500_misconfigured_and_the_log_names_it(
@@ -240,7 +255,7 @@ def test_missing_or_invalid_setting_is_500_misconfigured_and_the_log_names_it(
         os.environ.pop(variable)
     else:
         os.environ[variable] = value
-    tokens.settings.cache_clear()
+    token_settings.settings.cache_clear()
 
     for method in ("POST", "OPTIONS"):
         response = exchange(token_app, {**bearer(session_token(new_clerk_user_id())), "Origin": APP_ORIGIN}, method)
@@ -249,6 +264,43 @@ def test_missing_or_invalid_setting_is_500_misconfigured_and_the_log_names_it(
         line = the_log_line(capsys)
         assert (line["outcome"], line["reason"], line["severity"]) == ("misconfigured", variable, "ERROR")
         assert variable in line["message"]
+
+
+def test_auth_emulator_without_a_project_is_500_naming_google_cloud_project(
+    token_app: FlaskClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = "127.0.0.1:9099"
+    os.environ.pop("GOOGLE_CLOUD_PROJECT")
+    token_settings.settings.cache_clear()
+
+    response = exchange(token_app, bearer(session_token(new_clerk_user_id())))
+
+    assert (response.status_code, error_of(response)) == (500, "misconfigured")
+    line = the_log_line(capsys)
+    assert line["reason"] == "GOOGLE_CLOUD_PROJECT"
+    assert "FIREBASE_AUTH_EMULATOR_HOST" in line["message"]
+    assert "GOOGLE_APPLICATION_CREDENTIALS" not in line["message"]
+
+
+def test_env_example_lists_the_project_beside_the_auth_emulator_host() -> None:
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    emulator = next(index for index, line in enumerate(lines) if "FIREBASE_AUTH_EMULATOR_HOST=" in line)
+
+    assert lines[emulator + 1] == "# GOOGLE_CLOUD_PROJECT=demo-clerk-sync"
+
+
+def test_native_client_without_azp_is_served_only_with_allow_missing_azp(token_app: FlaskClient) -> None:
+    token = session_token(new_clerk_user_id(), azp=None)
+    refused = exchange(token_app, bearer(token))
+    os.environ["ALLOW_MISSING_AZP"] = "true"
+    token_settings.settings.cache_clear()
+
+    served = exchange(token_app, bearer(token))
+    wrong_party = exchange(token_app, bearer(session_token(new_clerk_user_id(), azp="https://evil.example.com")))
+
+    assert (refused.status_code, error_of(refused)) == (401, "missing_azp")
+    assert served.status_code == 200
+    assert (wrong_party.status_code, error_of(wrong_party)) == (401, "bad_azp")
 
 
 def test_no_credentials_to_sign_with_is_500_misconfigured_naming_the_key_file(
@@ -273,7 +325,7 @@ def test_unexpected_error_is_500_generic_with_frames_but_no_message_on_stderr(
     def broken(session: tokens.Session) -> str:
         raise RuntimeError(f"{detail} {session.user_id}")
 
-    monkeypatch.setattr(tokens, "mint_custom_token", broken)  # a bug in our own code, not a library mock
+    monkeypatch.setattr(custom_token, "mint", broken)  # a bug in our own code, not a library mock
     token = session_token(new_clerk_user_id())
 
     response = exchange(token_app, bearer(token))
@@ -404,7 +456,7 @@ def test_webhook_import_path_never_loads_pyjwt_or_firebase_admin(tmp_path: Path)
         "import json, os, sys\n"
         "import functions_framework\n"
         "from clerk_events import envelope, signed_headers\n"
-        "watched = ('jwt', 'firebase_admin', 'clerk_sync.session_token')\n"
+        "watched = ('jwt', 'firebase_admin', 'clerk_sync.session_token', 'clerk_sync.firebase_auth')\n"
         "def loaded():\n"
         "    return sorted(name for name in watched if name in sys.modules)\n"
         "import main\n"
@@ -441,4 +493,4 @@ def test_webhook_import_path_never_loads_pyjwt_or_firebase_admin(tmp_path: Path)
     assert report["statuses"] == [200, 400, 405, 200]
     assert report["after_import"] == report["after_webhook"] == []
     # The probe can see the modules: the exchange does load them.
-    assert report["after_token"] == ["clerk_sync.session_token", "firebase_admin", "jwt"]
+    assert report["after_token"] == ["clerk_sync.firebase_auth", "clerk_sync.session_token", "firebase_admin", "jwt"]

@@ -7,7 +7,9 @@ What is checked, from one paged pass over each collection (only the fields neede
      `ON_USER_DELETED=keep-app-fields` left, with only the app's fields and `clerk_deleted_at`, is legal);
   4. no membership of a deleted organization or user (one whose organization or user was never
      synced is fine: order is not guaranteed);
-  5. every synced field of its documented type, and the ids inside a document equal to its path's.
+  5. every synced field of its documented type, and the ids inside a document equal to its path's;
+  6. with SYNC_FIREBASE_AUTH on: no banned or deprovisioned user whose Firebase Auth user is enabled,
+     and no deleted user who still has one (a call the webhook could not make, and Svix gave up on).
 
 A document with none of the function's fields is the app's (say, written before its user arrived) and
 is not type-checked. Claim document ids are email addresses, so a claim is named by its owner and
@@ -17,7 +19,8 @@ is not type-checked. Claim document ids are email addresses, so a claim is named
 fields under its tombstone, memberships) go by applying its deletion again (a synthesised
 `user.deleted` / `organization.deleted` under `check_repair_...`: the shared deletion body removes
 a synced copy under its own tombstone, per `ON_USER_DELETED`, and the sweep takes the memberships);
-a membership under its tombstone by a synthesised `organizationMembership.deleted`; a stale claim is
+a membership under its tombstone by a synthesised `organizationMembership.deleted`; a Firebase Auth
+user is disabled or deleted as the webhook does it, from what Firestore holds; a stale claim is
 deleted, and a missing one created, each in a transaction that re-reads what the check saw. A repair
 can make another fixable (a deleted user's claim released lets a live user take it), so repairs run
 again, up to three rounds, while a round fixes something. The rest (two users with one address,
@@ -43,9 +46,9 @@ from typing import Any, TextIO
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import config, events, ids, memberships, organizations, transaction, users, versions
+from clerk_sync import config, events, firebase_auth, ids, memberships, organizations, transaction, users, versions
 from clerk_sync.delivery import Delivery
-from clerk_sync.outcome import StoreUnavailable
+from clerk_sync.outcome import FollowUpFailed, StoreUnavailable
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.payload import MalformedEvent
 from clerk_sync.transaction import NO_RETRY, Attempt
@@ -160,6 +163,7 @@ class Repair:
 
 
 REPAIR_VERBS = {
+    "align_auth_user": "disable or delete the Firebase Auth user, as Firestore says",
     "sweep_organization": "re-apply the organization's deletion (its synced fields, its memberships)",
     "sweep_user": "re-apply the user's deletion (its synced fields, its claim, its memberships)",
     "delete_membership": "apply organizationMembership.deleted",
@@ -291,6 +295,7 @@ class Snapshot:
     organizations: dict[str, dict[str, Any]]
     memberships: list[tuple[str, str, dict[str, Any]]]  # (organization id, user id, fields)
     tombstones: dict[str, set[str]]
+    auth_disabled: dict[str, bool] | None = None  # uid -> disabled, of the users 6 looks up (None: not checked)
 
 
 def _pages(query: firestore.Query, read_time: datetime, timeout: float) -> Iterator[firestore.DocumentSnapshot[Any]]:
@@ -527,16 +532,57 @@ def _check_memberships(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
 
-def scan(db: firestore.Client, paths: Paths, *, timeout: float) -> Report:
-    """Read everything once and check every promise; raises ToolError when Firestore fails."""
+def _auth_candidates(found: Snapshot) -> list[str]:
+    """The users whose Firebase Auth record must not be enabled: blocked ones, and deleted ones."""
+    dead = found.tombstones["user_tombstones"]
+    blocked = [user_id for user_id, data in found.users.items() if user_id not in dead and users.blocked(data)]
+    return sorted({*blocked, *dead})
+
+
+def _read_auth(found: Snapshot, project: str | None, timeout: float) -> dict[str, bool]:
+    """The Firebase Auth records of the candidates (100 per call); raises ToolError when Auth fails."""
+    try:
+        return firebase_auth.disabled_states(_auth_candidates(found), project, timeout)
+    except firebase_auth.AuthFailed as failed:
+        advice = " (grant roles/firebaseauth.admin to who runs this)" if failed.reason == "denied" else ""
+        raise ToolError(f"Firebase Auth did not answer: {failed.reason}{advice}") from None
+
+
+def _check_auth(found: Snapshot, paths: Paths) -> Iterator[Violation]:
+    """Promise 6: Clerk's bans, deprovisioning and deletions reached the users' Firebase Auth records."""
+    if found.auth_disabled is None:
+        return
+    dead = found.tombstones["user_tombstones"]
+    for user_id in _auth_candidates(found):
+        if user_id not in found.auth_disabled:
+            continue  # never signed in to Firebase, or deleted there: nothing to end
+        fix = Fix("align_auth_user", (user_id,))
+        if user_id in dead:
+            state = "disabled" if found.auth_disabled[user_id] else "enabled"
+            detail = f"deleted ({paths.user_tombstones}/{user_id}), but its Firebase Auth user remains ({state})"
+            yield Violation("auth_user_of_deleted_user", f"{paths.users}/{user_id}", detail, fix)
+        elif not found.auth_disabled[user_id]:
+            flags = [name for name in ("banned", "deprovisioned") if found.users[user_id].get(name) is True]
+            detail = f"{' and '.join(flags)}, but its Firebase Auth user is enabled"
+            yield Violation("auth_user_enabled", f"{paths.users}/{user_id}", detail, fix)
+
+
+def scan(
+    db: firestore.Client, paths: Paths, *, timeout: float, auth: bool = False, project: str | None = None
+) -> Report:
+    """Read everything once and check every promise (6 only with `auth`, against `project`'s Firebase
+    Auth); raises ToolError when Firestore or Auth fails."""
     started = time.monotonic()
     found = _read(db, paths, timeout)
+    if auth:
+        found.auth_disabled = _read_auth(found, project, timeout)
     violations = [
         *_check_claims(found, paths),
         *_check_holders(found, paths),
         *_check_users(found, paths),
         *_check_organizations(found, paths),
         *_check_memberships(found, paths),
+        *_check_auth(found, paths),
     ]
     checked = {
         "users": len(found.users),
@@ -544,6 +590,7 @@ def scan(db: firestore.Client, paths: Paths, *, timeout: float) -> Report:
         "organizations": len(found.organizations),
         "memberships": len(found.memberships),
         **{name: len(found.tombstones[name]) for name in TOMBSTONES},
+        **({"firebase_auth_users": len(_auth_candidates(found))} if found.auth_disabled is not None else {}),
     }
     return Report(checked=checked, violations=violations, seconds=time.monotonic() - started)
 
@@ -620,7 +667,12 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
     paths = settings.paths
     subject: str
     try:
-        if fix.action == "sweep_organization":
+        if fix.action == "align_auth_user":
+            (user_id,) = fix.ids
+            subject = f"{paths.users}/{user_id}"
+            result = users.align_auth_record(db, settings, user_id, time.monotonic() + timeout)
+            result = f"Firebase Auth user {result}"
+        elif fix.action == "sweep_organization":
             (organization_id,) = fix.ids
             subject = f"{paths.organizations}/{organization_id}"
             change = _synthesised(
@@ -655,6 +707,8 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
             result = transaction.run(db, deadline, lambda attempt: _create_claim(attempt, paths, claim_id, user_id))
     except MalformedEvent as problem:  # an id the function's parser refuses (a hand-made document)
         return Repair(fix.action, subject, f"not repaired: {problem}", done=False)
+    except FollowUpFailed as problem:  # a Firebase Auth call, after what Firestore needed was done
+        return Repair(fix.action, subject, f"not repaired: {problem}; run again", done=False)
     except StoreUnavailable as problem:
         return Repair(fix.action, subject, f"not repaired: Firestore unavailable ({problem}); run again", done=False)
     done = not result.startswith("left alone")
@@ -694,7 +748,7 @@ def repair_rounds(
             break
         done = repair(db, settings, after, timeout=timeout, run_id=run_id)
         repairs += done
-        after = scan(db, settings.paths, timeout=timeout)
+        after = scan(db, settings.paths, timeout=timeout, auth=settings.firebase_auth, project=settings.project_id)
         if not any(repaired.done for repaired in done):
             break
     return repairs + _unfixable(after), after
@@ -707,8 +761,13 @@ def _write_report(out: TextIO, report: Report, paths: Paths) -> None:
         f"checked {checked['users']} users ({paths.users}), {checked['email_claims']} email claims, "
         f"{checked['organizations']} organizations ({paths.organizations}), {checked['memberships']} memberships, "
         f"{checked['user_tombstones']} + {checked['organization_tombstones']} + "
-        f"{checked['membership_tombstones']} user + organization + membership tombstones "
-        f"in {report.seconds:.1f} s\n"
+        f"{checked['membership_tombstones']} user + organization + membership tombstones"
+        + (
+            f", the Firebase Auth users of {checked['firebase_auth_users']} banned, deprovisioned or deleted users"
+            if "firebase_auth_users" in checked
+            else ""
+        )
+        + f" in {report.seconds:.1f} s\n"
     )
     for violation in report.violations:
         out.write(violation.line() + "\n")
@@ -737,7 +796,7 @@ def run(
 ) -> int:
     """Check (and with `repair_found`, repair and check again); 1 while any violation remains."""
     paths = settings.paths
-    report = scan(db, paths, timeout=timeout)
+    report = scan(db, paths, timeout=timeout, auth=settings.firebase_auth, project=settings.project_id)
     if not repair_found:
         if as_json:
             out.write(json.dumps({**report.as_json(), "claim_names": CLAIM_NAMES}, indent=2) + "\n")

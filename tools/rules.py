@@ -35,7 +35,16 @@ FOOTER = """
 
 def block(paths: Paths, template: Path = BLOCK_TEMPLATE) -> str:
     """The block for these collection paths, to paste inside `match /databases/{database}/documents`."""
-    return template.read_text().replace("{{USERS}}", paths.users).replace("{{ORGANIZATIONS}}", paths.organizations)
+    names = {
+        "{{USERS}}": paths.users,
+        "{{ORGANIZATIONS}}": paths.organizations,
+        "{{USER_TOMBSTONES}}": paths.user_tombstones,
+        "{{ENDED_SESSIONS}}": paths.ended_sessions,
+    }
+    text = template.read_text()
+    for placeholder, path in names.items():
+        text = text.replace(placeholder, path)
+    return text
 
 
 def complete(paths: Paths) -> str:

@@ -200,7 +200,7 @@ CLERK_SECRET_KEY_SECRET ?= clerk-secret-key
 RECONCILE_URL ?= https://$(REGION)-$(PROJECT).cloudfunctions.net/$(RECONCILE_FUNCTION)
 # A run stops itself (checkpointed) after RECONCILE_BUDGET seconds, well before the 30-minute timeout.
 RECONCILE_BUDGET ?= 1500
-# More variables, @-separated (the separator is @ here), e.g. RECONCILE_ENV_VARS=FIRESTORE_DATABASE=clerk
+# More variables, ;-separated, e.g. RECONCILE_ENV_VARS='FIRESTORE_DATABASE=clerk;USERS_COLLECTION=tenants/acme/users'
 RECONCILE_ENV_VARS ?=
 INCREMENTAL_SCHEDULE ?= 17 * * * *
 FULL_SCHEDULE ?= 43 3 * * *
@@ -208,6 +208,8 @@ TIME_ZONE ?= Etc/UTC
 
 .PHONY: deploy-reconcile schedule
 
+# `^;^` makes ; gcloud's separator: RECONCILE_INVOKERS holds service-account emails (an @ each) and
+# commas between them, so neither , nor @ can separate the variables here.
 deploy-reconcile: ## deploy clerk_reconcile, callable only by the scheduler's service account (PROJECT=... required)
 	$(require-project)
 	gcloud functions deploy $(RECONCILE_FUNCTION) --gen2 --runtime=python313 --region=$(REGION) \
@@ -215,7 +217,7 @@ deploy-reconcile: ## deploy clerk_reconcile, callable only by the scheduler's se
 	  --trigger-http --no-allow-unauthenticated \
 	  --service-account=$(RECONCILE_SERVICE_ACCOUNT) \
 	  --set-secrets=CLERK_SECRET_KEY=$(CLERK_SECRET_KEY_SECRET):latest \
-	  --set-env-vars=^@^GOOGLE_CLOUD_PROJECT=$(PROJECT)@RECONCILE_AUDIENCE=$(RECONCILE_URL)@RECONCILE_INVOKERS=$(SCHEDULER_SERVICE_ACCOUNT)@RECONCILE_BUDGET_SECONDS=$(RECONCILE_BUDGET)$(if $(RECONCILE_ENV_VARS),@$(RECONCILE_ENV_VARS)) \
+	  '--set-env-vars=^;^GOOGLE_CLOUD_PROJECT=$(PROJECT);RECONCILE_AUDIENCE=$(RECONCILE_URL);RECONCILE_INVOKERS=$(SCHEDULER_SERVICE_ACCOUNT);RECONCILE_BUDGET_SECONDS=$(RECONCILE_BUDGET)$(if $(RECONCILE_ENV_VARS),;$(RECONCILE_ENV_VARS))' \
 	  --memory=512Mi --cpu=1 --concurrency=1 --timeout=1800s --max-instances=1 \
 	  --project=$(PROJECT)
 	gcloud functions add-invoker-policy-binding $(RECONCILE_FUNCTION) --region=$(REGION) \

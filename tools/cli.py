@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clerk_sync import config
+from clerk_sync import config, ids
 from tools.common import (
     DEFAULT_EMULATOR_PORT,
     DEFAULT_FUNCTION_PORT,
@@ -99,12 +99,22 @@ def _run_users(args: argparse.Namespace) -> int:
     )
 
 
+def clerk_id(value: str, kind: str, example: str) -> str:
+    """`value` when it can be a Clerk id, and so a document id; else a ToolError saying what one looks like."""
+    if not ids.is_clerk_id(value):
+        shown = repr(value) if value else "an empty id"
+        raise ToolError(
+            f"{shown[:140]} is not a Clerk {kind} id: those are letters, digits, _ and - only, such as {example} "
+            "(the ids `users` and `organizations` list); the webhook stores nothing under any other id"
+        )
+    return value
+
+
 def _run_user(args: argparse.Namespace) -> int:
     from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
 
-    return show.show_user(
-        firestore_client_for(args), settings().paths, args.user_id, timeout=args.timeout, out=sys.stdout
-    )
+    user_id = clerk_id(args.user_id, "user", "user_2abc...")
+    return show.show_user(firestore_client_for(args), settings().paths, user_id, timeout=args.timeout, out=sys.stdout)
 
 
 def _run_organizations(args: argparse.Namespace) -> int:
@@ -117,8 +127,9 @@ def _run_organizations(args: argparse.Namespace) -> int:
 def _run_organization(args: argparse.Namespace) -> int:
     from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
 
+    organization_id = clerk_id(args.organization_id, "organization", "org_2abc...")
     db = firestore_client_for(args)
-    return show.show_organization(db, settings().paths, args.organization_id, timeout=args.timeout, out=sys.stdout)
+    return show.show_organization(db, settings().paths, organization_id, timeout=args.timeout, out=sys.stdout)
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -221,21 +232,26 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
     send.add_argument(
         "event",
         metavar="EVENT|FILE.json",
-        help="user.created|updated|deleted, organization.created|updated|deleted, "
-        "organizationMembership.created|updated|deleted, or a JSON file sent as it is",
+        help="user.created|updated|deleted (updated, deleted: --user-id), organization.created|updated|deleted "
+        "(updated, deleted: --org-id), organizationMembership.created|updated|deleted (all: --org-id and --user-id; "
+        "updated, deleted: --membership-id too), or a JSON file sent as it is",
     )
     send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
     send.add_argument("--user-id", help="Clerk user id (user.created: default a new one; memberships: the member)")
     send.add_argument("--email", help="primary email (default: per user; user.updated picks a new one)")
-    send.add_argument("--first-name", help="default: Ada")
-    send.add_argument("--last-name", help="default: Lovelace")
+    send.add_argument("--first-name", help="default: Ada (an update sends it too: it replaces the stored name)")
+    send.add_argument("--last-name", help="default: Lovelace (an update sends it too)")
     send.add_argument(
         "--org-id", dest="organization_id", help="organization id (organization.created: default a new one)"
     )
-    send.add_argument("--name", help="organization name (default: Analytical Engines)")
+    send.add_argument("--name", help="organization name (default: Analytical Engines; an update sends it too)")
     send.add_argument("--slug", help="organization slug (default: from the name)")
-    send.add_argument("--membership-id", help="membership id (organizationMembership.created: default a new one)")
-    send.add_argument("--role", help="membership role (default: org:member)")
+    send.add_argument(
+        "--membership-id",
+        help="membership id: organizationMembership.updated and .deleted need the one .created printed "
+        "(organizationMembership.created: default a new one)",
+    )
+    send.add_argument("--role", help="membership role (default: org:member; an update sends it too)")
     send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
     send.add_argument(
         "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (deletions: the event timestamp)"

@@ -24,6 +24,7 @@ __all__ = [
     "ROOT",
     "FirestoreTarget",
     "ToolError",
+    "checked_emulator_host",
     "emulator_answers",
     "firestore_client",
     "firestore_target",
@@ -63,15 +64,32 @@ class FirestoreTarget:
         return f"Firestore: {where}, project {self.project}{database}"
 
 
+def checked_emulator_host(value: str, given_as: str) -> str:
+    """`HOST:PORT` as given, or a ToolError naming `given_as` (`--emulator`, `FIRESTORE_EMULATOR_HOST=`)."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ToolError(
+            f"{given_as}{value[:100]} needs a port: HOST:PORT, such as {DEFAULT_EMULATOR_HOST} "
+            "(what `make dev` prints as the emulator's address)"
+        )
+    return value
+
+
 def firestore_target(project: str | None, emulator: str | None, database: str | None) -> FirestoreTarget:
     """`--emulator` wins; `--project` alone means the real project; neither means the local emulator."""
     database = database or os.environ.get("FIRESTORE_DATABASE", "").strip() or "(default)"
     environment_project = os.environ.get("GOOGLE_CLOUD_PROJECT", "").strip() or None
-    if emulator:
-        return FirestoreTarget(project or environment_project or config.EMULATOR_PROJECT, database, emulator)
+    if emulator is not None:
+        host = checked_emulator_host(emulator.strip(), "--emulator ")
+        return FirestoreTarget(project or environment_project or config.EMULATOR_PROJECT, database, host)
     if project:
         return FirestoreTarget(project, database, None)
-    host = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip() or DEFAULT_EMULATOR_HOST
+    from_environment = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip()
+    host = (
+        checked_emulator_host(from_environment, "FIRESTORE_EMULATOR_HOST=")
+        if from_environment
+        else DEFAULT_EMULATOR_HOST
+    )
     return FirestoreTarget(environment_project or config.EMULATOR_PROJECT, database, host)
 
 

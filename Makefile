@@ -18,7 +18,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 
 venv: $(INSTALLED) ## create .venv with the pinned dependencies
 
-dev: $(INSTALLED) ## run the emulator and the function on localhost (Ctrl-C stops both)
+dev: $(INSTALLED) ## the webhook, the token function and both emulators on localhost (Ctrl-C stops them)
 	$(PY) -m clerk_sync dev
 
 lint: $(INSTALLED) ## ruff check, ruff format --check, mypy --strict
@@ -122,7 +122,7 @@ clean: ## remove the virtualenv, node_modules, rendered rules and caches
 NODE_INSTALLED := node_modules/.installed
 
 $(NODE_INSTALLED): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "the token tests need Node.js 20+ and npm on PATH" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "make dev and make test need Node.js 20+ and npm on PATH (the Auth emulator)" >&2; exit 1; }
 	npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
@@ -130,6 +130,7 @@ $(NODE_INSTALLED): package.json package-lock.json
 
 node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK) with npm ci
 test: $(NODE_INSTALLED)
+dev: $(NODE_INSTALLED)
 
 TOKEN_FUNCTION ?= clerk-firebase-token
 TOKEN_SERVICE_ACCOUNT ?= clerk-firebase-token@$(PROJECT).iam.gserviceaccount.com

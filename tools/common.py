@@ -6,6 +6,7 @@ Only the tools import this module; the deployed function never does (cold start)
 from __future__ import annotations
 
 import os
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
 __all__ = [
+    "DEFAULT_AUTH_PORT",
     "DEFAULT_EMULATOR_HOST",
     "DEFAULT_EMULATOR_PORT",
     "DEFAULT_FUNCTION_PORT",
+    "DEFAULT_TOKEN_PORT",
     "ROOT",
     "FirestoreTarget",
     "ToolError",
@@ -29,12 +32,28 @@ __all__ = [
     "firestore_client",
     "firestore_target",
     "settings",
+    "write_private",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FUNCTION_PORT = 8080
 DEFAULT_EMULATOR_PORT = 8081
 DEFAULT_EMULATOR_HOST = f"127.0.0.1:{DEFAULT_EMULATOR_PORT}"
+DEFAULT_TOKEN_PORT = 8082
+DEFAULT_AUTH_PORT = 9099  # firebase-tools' own default for the Auth emulator
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, from the first byte (it holds a secret or a key)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class ToolError(Exception):

@@ -126,11 +126,18 @@ $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-.PHONY: node-modules deploy-token grant-token-signing
+.PHONY: node-modules docs-ts deploy-token grant-token-signing
 
-node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK) with npm ci
+node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK, TypeScript) with npm ci
 test: $(NODE_INSTALLED)
 dev: $(NODE_INSTALLED)
+
+# The docs' TypeScript blocks as files (each names its own), then tsc over them: strict, no output.
+# tsx runs the Node ones from there (docs/reading-from-your-app.md#try-it-locally).
+DOCS_TS := build/docs-ts
+docs-ts: $(INSTALLED) $(NODE_INSTALLED) ## write the docs' TypeScript to build/docs-ts/ and type-check it (tsc --noEmit, strict)
+	$(PY) -m tools.snippets $(DOCS_TS)
+	node_modules/.bin/tsc --noEmit -p tsconfig.docs.json
 
 TOKEN_FUNCTION ?= clerk-firebase-token
 TOKEN_SERVICE_ACCOUNT ?= clerk-firebase-token@$(PROJECT).iam.gserviceaccount.com

@@ -26,8 +26,15 @@ import emulator
 import jwt
 import pytest
 from auth_emulator import sign_in_with_custom_token
-from clerk_events import new_message_id, new_user_id, signed_headers, user_event
-from conftest import ROOT
+from clerk_events import (
+    membership_event,
+    new_message_id,
+    new_user_id,
+    organization_event,
+    signed_headers,
+    user_event,
+)
+from conftest import ROOT, TSX
 from dotenv import dotenv_values
 from google.cloud import firestore
 from loopback import deliver, send, serving
@@ -235,7 +242,7 @@ def firestore_get(host: str, path: str, id_token: str) -> int:
             return int(error.code)
 
 
-def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path, docs_ts: Path) -> None:
     ports = free_ports()
     with (
         fake_ngrok_agent(ports.webhook) as ngrok_api,
@@ -243,9 +250,13 @@ def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path
     ):
         secret = dotenv_values(dev.env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
         assert secret is not None
-        user_id, other_id = new_user_id(), new_user_id()
-        for who in (user_id, other_id):
-            body = user_event("user.created", who, emails=[f"{who.lower()}@example.com"])
+        user_id, other_id, org_id = new_user_id(), new_user_id(), "org_2devloop"
+        bodies = [user_event("user.created", who, emails=[f"{who.lower()}@example.com"]) for who in (user_id, other_id)]
+        bodies += [
+            organization_event("organization.created", org_id, name="Dev Loop Labs"),
+            membership_event("organizationMembership.created", "orgmem_2devloop", org_id, user_id),
+        ]
+        for body in bodies:
             # Delivered as Svix does: a fresh emulator's first transactions can be slow on a busy machine.
             attempts = deliver(f"http://127.0.0.1:{ports.webhook}/", body, message_id=new_message_id(), secret=secret)
             assert attempts[-1] == "applied"
@@ -253,12 +264,21 @@ def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path
         stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
         document = stored.get(timeout=10).to_dict()
         # The app's side: a minted session token, the exchange, the Auth emulator, then the rules.
-        clerk_token, described = session_token(dev, user_id, "--org-id", "org_2devloop", "--role", "org:admin")
+        clerk_token, described = session_token(dev, user_id, "--org-id", org_id, "--role", "org:admin")
         exchanged = send(f"http://127.0.0.1:{ports.token}/", None, {"Authorization": f"Bearer {clerk_token}",
                          "Origin": "http://localhost:5173"}, timeout=15)  # fmt: skip
         status, signed_in = sign_in_with_custom_token(f"127.0.0.1:{ports.auth}", exchanged.json()["token"])
         own = firestore_get(f"127.0.0.1:{ports.firestore}", f"users/{user_id}", signed_in["idToken"])
         others = firestore_get(f"127.0.0.1:{ports.firestore}", f"users/{other_id}", signed_in["idToken"])
+        # The docs' own client code (try-local.ts) as the banner says to run it.
+        tried = subprocess.run(
+            [str(TSX), str(docs_ts / "try-local.ts"), session_token(dev, user_id)[0]],
+            cwd=ROOT,
+            env={**environment_without_secret(), "TOKEN_URL": f"http://127.0.0.1:{ports.token}/",
+                 "FIREBASE_AUTH_EMULATOR_HOST": f"127.0.0.1:{ports.auth}",
+                 "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{ports.firestore}"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
         log = dev.output.wait_for(f"component=token clerk_id={user_id}", 15)
         ngrok_hint = dev.output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
 
@@ -278,7 +298,13 @@ def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path
     assert allowed == "http://localhost:5173"  # any origin, locally
     assert status == 200, signed_in
     assert (own, others) == (200, 403)
-    assert f"session token for {user_id}, organization org_2devloop as admin" in described
+    assert f"session token for {user_id}, organization {org_id} as admin" in described
+    assert tried.returncode == 0, tried.stderr[-3000:]
+    assert tried.stdout.splitlines() == [
+        f"users/{user_id}: {user_id.lower()}@example.com, {document['first_name']} {document['last_name']}",
+        f"member of {org_id} (Dev Loop Labs) as org:member",
+        "signed out",
+    ]
     assert "INFO    200 custom token minted" in log
     assert clerk_token not in dev.output.text()
     assert f"ngrok tunnel found: {TUNNEL} -> http://127.0.0.1:{ports.webhook}" in ngrok_hint

@@ -659,9 +659,25 @@ def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything
 
     assert finished.returncode == 1
     assert "CLERK_WEBHOOK_SIGNING_SECRET is not a valid whsec_ signing secret" in finished.stderr
-    assert f"For a fresh local secret, empty that line (or delete {env_file}) and run make dev again" in finished.stderr
+    assert f"from {env_file}: for a fresh local secret, empty that line (or delete {env_file})" in finished.stderr
     assert "sk_test_" not in finished.stderr + finished.stdout
     assert not devloop.port_taken(ports.firestore)
+
+
+def test_dev_says_when_the_unusable_secret_comes_from_the_environment(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        dev_command(tmp_path / ".env", free_ports()),
+        cwd=ROOT,
+        env=environment_without_secret(CLERK_WEBHOOK_SIGNING_SECRET="sk_test_abc123"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "from the environment, which wins over" in finished.stderr
+    assert "unset CLERK_WEBHOOK_SIGNING_SECRET for the one in" in finished.stderr
 
 
 def test_an_emptied_secret_in_env_is_replaced_with_a_fresh_one(

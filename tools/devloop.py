@@ -530,10 +530,7 @@ def preflight(env_file: Path, ports: Ports, out: TextIO) -> list[str]:
     try:
         config.read_webhook_key()
     except config.Misconfigured as problem:
-        problems.append(
-            f"{problem} (see {shown(env_file)}; a variable set in the environment wins over it). For a fresh local "
-            f"secret, empty that line (or delete {shown(env_file)}) and run make dev again"
-        )
+        problems.append(f"{problem} ({_secret_hint(env_file)})")
     token = ports.token is not None
     problems += missing_prerequisites(token=token)
     named = ports.named()
@@ -546,6 +543,22 @@ def preflight(env_file: Path, ports: Ports, out: TextIO) -> list[str]:
     if token:
         mint.ensure_key(mint.key_path(env_file), out)
     return problems
+
+
+def _secret_hint(env_file: Path) -> str:
+    """Where the unusable secret came from, and how to get a fresh local one instead."""
+    in_file = dotenv_values(env_file)
+    for name in config.SECRET_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        if (in_file.get(name) or "").strip() == value:
+            return (
+                f"from {shown(env_file)}: for a fresh local secret, empty that line (or delete {shown(env_file)}) "
+                "and run make dev again"
+            )
+        return f"from the environment, which wins over {shown(env_file)}: unset {name} for the one in {shown(env_file)}"
+    return f"see {shown(env_file)}"
 
 
 def run(*, env_file: Path, ports: Ports, ngrok_api: str, start_timeout: float) -> int:
@@ -636,7 +649,7 @@ def _serve(
     auth = None
     if ports.auth is not None:
         auth = _start(console, "auth", "the Auth emulator", _auth_command(scratch, ports.auth),
-                      {**os.environ, "NO_UPDATE_NOTIFIER": "1", "CI": "true"}, cwd=scratch)  # fmt: skip
+                      _auth_environment(scratch), cwd=scratch)  # fmt: skip
         children.append(auth)
     # Both emulators start at once (Java and Node, each several seconds); the functions need them.
     if not _wait_until(lambda: emulator_answers(firestore_host), firestore, start_timeout, stop, console):
@@ -692,6 +705,12 @@ def _auth_command(scratch: Path, port: int) -> list[str]:
     )
     return [str(FIREBASE_CLI), "emulators:start", "--only", "auth", "--project", config.EMULATOR_PROJECT,
             "--config", str(settings)]  # fmt: skip
+
+
+def _auth_environment(scratch: Path) -> dict[str, str]:
+    """firebase-tools quiet and non-interactive; TMPDIR keeps its hub locator file in our scratch
+    directory, so a loop killed hard leaves nothing that makes the next one warn of a second suite."""
+    return {**os.environ, "NO_UPDATE_NOTIFIER": "1", "CI": "true", "TMPDIR": str(scratch)}
 
 
 def _functions_framework_command(target: str, port: int) -> list[str]:

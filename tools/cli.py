@@ -321,7 +321,7 @@ def _add_session_token(commands: Any, common: argparse.ArgumentParser) -> None:
         "--lifetime",
         type=_positive,
         default=LIFETIME_SECONDS,
-        help="seconds until exp (default: %(default)s, as Clerk's; the exchange refuses long-lived tokens)",
+        help="seconds until exp (default: %(default)s, as Clerk's session tokens)",
     )
     token.add_argument("--pending", action="store_true", help="a pending session (sts: pending)")
     token.add_argument("--claims", action="store_true", help="also print the claims to stderr")

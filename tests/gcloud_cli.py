@@ -77,23 +77,26 @@ def _words(line: str) -> list[str]:
     return list(lexer)
 
 
-def _variants(command: list[str], assignments: dict[str, set[str]]) -> list[list[str]]:
-    """`$verb` once per value the line assigns it (`verb=update` / `verb=create`), `$id` as a real id."""
+def _variants(command: list[str], assignments: dict[str, set[str]], unknown: str | None) -> list[list[str]]:
+    """`$verb` once per value the line assigns it (`verb=update` / `verb=create`), `$id` as a real id,
+    any other expansion as `unknown` (KeyError when None)."""
     for index, word in enumerate(command):
         if word.startswith("$"):
             name = word[1:]
-            values = sorted(assignments.get(name, set())) or [_COMMAND_SUBSTITUTIONS[name]]
+            known = _COMMAND_SUBSTITUTIONS.get(name, unknown)
+            values = sorted(assignments.get(name, set())) or [_COMMAND_SUBSTITUTIONS[name] if known is None else known]
             return [
                 variant
                 for value in values
-                for variant in _variants([*command[:index], value, *command[index + 1 :]], assignments)
+                for variant in _variants([*command[:index], value, *command[index + 1 :]], assignments, unknown)
             ]
     return [command]
 
 
-def commands_in(shell: str) -> list[list[str]]:
+def commands_in(shell: str, unknown: str | None = None) -> list[list[str]]:
     """Every gcloud command in the shell text `make -n` prints, both branches of each `if`, and the
-    gcloud inside `$(...)`; a shell variable it does not know fails loudly (KeyError)."""
+    gcloud inside `$(...)`; a shell expansion it does not know becomes `unknown`, or fails loudly
+    (KeyError) when that is None."""
     found: list[list[str]] = []
     for line in shell.replace("\\\n", " ").splitlines():
         words = _words(line)
@@ -109,9 +112,11 @@ def commands_in(shell: str) -> list[list[str]]:
                     if _ENDS_COMMAND.fullmatch(following):
                         break
                     command.append(following)
-                found += _variants(command, assignments)
+                if "xargs" in words[max(0, index - 4) : index]:
+                    command.append(_COMMAND_SUBSTITUTIONS["id"])  # `xargs -r -n1 gcloud ...`: one name appended
+                found += _variants(command, assignments, unknown)
             for inner in _SUBSTITUTED_GCLOUD.findall(word):
-                found += commands_in(inner)
+                found += commands_in(inner, unknown)
     return found
 
 

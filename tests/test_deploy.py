@@ -471,3 +471,29 @@ def test_reconcile_variables_keep_the_invokers_and_extra_variables_intact() -> N
 
     assert variables["RECONCILE_INVOKERS"] == "a@demo-x.iam.gserviceaccount.com,b@c.example"
     assert (variables["FIRESTORE_DATABASE"], variables["USERS_COLLECTION"]) == ("clerk", "tenants/acme/users")
+
+
+# The shell variables the docs' commands use, as a reader sets them (docs/deploy.md's first block).
+DOCS_VARIABLES = {"PROJECT": "demo-x", "REGION": "us-central1", "NUMBER": "123456789012"}
+SHELL_BLOCK = re.compile(r"^( *)```(?:sh|bash)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def test_gcloud_accepts_every_gcloud_command_the_docs_show(tmp_path: Path) -> None:
+    shown: list[tuple[str, list[str]]] = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in SHELL_BLOCK.finditer(page.read_text()):
+            text = "\n".join(line[len(block.group(1)) :] for line in block.group(2).splitlines())
+            text = re.sub(r"\$\{?([A-Z_]+)\}?", lambda name: DOCS_VARIABLES.get(name.group(1), name.group(0)), text)
+            shown += [(page.name, command) for command in gcloud_cli.commands_in(text, unknown="placeholder")]
+    (tmp_path / "clerk-jwt-key.pem").write_text("the file the reader saved\n")  # read by `secrets create`
+
+    parsed = gcloud_cli.parse([command for _, command in shown], tmp_path)
+
+    refused = [
+        f"{page}: {shlex.join(result.command)}\n{result.stderr}"
+        for (page, _), result in zip(shown, parsed, strict=True)
+        if not result.accepted
+    ]
+    assert refused == []
+    assert len(shown) >= 30
+    assert {page for page, _ in shown} >= {"deploy.md", "monitoring.md", "operations.md", "reading-from-your-app.md"}

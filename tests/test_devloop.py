@@ -40,7 +40,7 @@ from google.cloud import firestore
 from loopback import deliver, send, serving
 
 from clerk_sync import config
-from tools import devloop, mint
+from tools import devloop, foreground, mint
 
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -172,7 +172,7 @@ class DevRun:
     def ports_free(self) -> bool:
         """Whether nothing listens on any of the loop's ports any more."""
         ports = [port for port, _flag, _variable in self.ports.named().values()]
-        return not any(map(devloop.port_taken, ports))
+        return not any(map(foreground.port_taken, ports))
 
 
 @contextmanager
@@ -635,11 +635,11 @@ def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:
             "latency_ms": 1.5,
         }
     )
-    shown = devloop.readable(line)
+    shown = foreground.readable(line)
 
     assert shown == "WARNING 401 signature rejected: bad_signature  reason=bad_signature (1.5 ms)"
-    assert devloop.readable("[INFO] Booting worker") == "[INFO] Booting worker"
-    assert devloop.emulator_line("INFO: Detected HTTP/2 connection.") is None
+    assert foreground.readable("[INFO] Booting worker") == "[INFO] Booting worker"
+    assert foreground.emulator_line("INFO: Detected HTTP/2 connection.") is None
 
 
 def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything(tmp_path: Path) -> None:
@@ -661,7 +661,7 @@ def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything
     assert "CLERK_WEBHOOK_SIGNING_SECRET is not a valid whsec_ signing secret" in finished.stderr
     assert f"from {env_file}: for a fresh local secret, empty that line (or delete {env_file})" in finished.stderr
     assert "sk_test_" not in finished.stderr + finished.stdout
-    assert not devloop.port_taken(ports.firestore)
+    assert not foreground.port_taken(ports.firestore)
 
 
 def test_dev_says_when_the_unusable_secret_comes_from_the_environment(tmp_path: Path) -> None:

@@ -17,19 +17,17 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, TextIO
+from typing import TextIO
 
 from dotenv import dotenv_values
 
@@ -44,15 +42,24 @@ from tools.common import (
     emulator_answers,
     write_private,
 )
+from tools.foreground import (
+    Child,
+    Console,
+    emulator_line,
+    free_port,
+    port_taken,
+    readable,
+    start,
+    stop_all,
+    wait_until,
+)
 
 __all__ = ["Ports", "ensure_env_file", "missing_prerequisites", "new_signing_secret", "run", "taken_ports"]
 
 PROBE_TIMEOUT_SECONDS = 20.0
-STOP_TIMEOUT_SECONDS = 10.0
 POLL_SECONDS = 0.2
 NGROK_POLL_SECONDS = 2.0
 PLACEHOLDER_SECRET = "whsec_REPLACE_ME"  # noqa: S105 (the placeholder in .env.example)
-EMULATOR_CHATTER = re.compile(r"HttpVersionRoutingHandler channelRead|INFO: Detected (non-)?HTTP/2 connection")
 SECRET_LINE = re.compile(r"^(CLERK_WEBHOOK_SIGNING_SECRET=).*$", re.MULTILINE)
 INSTALL_GCLOUD = (
     "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install "
@@ -182,25 +189,6 @@ def missing_prerequisites(*, token: bool = True) -> list[str]:
     return problems
 
 
-def port_taken(port: int) -> bool:
-    """Whether something already listens on 127.0.0.1:`port` (or on all interfaces)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port() -> int:
-    """A port nothing listens on now (for firebase-tools' hub and logging ports, which nobody types)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def taken_ports(ports: dict[str, tuple[int, str, str]]) -> list[str]:
     """A message per port in use (name -> (port, flag, variable)), with how to pick another."""
     return [
@@ -235,85 +223,6 @@ class Ports:
         return parts
 
 
-@dataclass
-class Child:
-    """One foreground process with a log prefix, and what to call it in messages."""
-
-    name: str
-    title: str
-    process: subprocess.Popen[bytes]
-    pump: threading.Thread | None = field(default=None)
-
-
-class Console:
-    """Prefixed, line-at-a-time output shared by the log pumps and the banner.
-
-    Output that can no longer be written (the pipe to `tee` closed, the terminal went away) is
-    not an error to raise in some log pump: it sets `closed`, which stops the loop like Ctrl-C.
-    """
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.lock = threading.Lock()
-        self.closed = threading.Event()
-        try:
-            colour = out.isatty() and not os.environ.get("NO_COLOR")
-        except (OSError, ValueError):
-            colour = False
-        self.colours = (
-            {"firestore": "\033[36m", "webhook": "\033[35m", "auth": "\033[33m", "token": "\033[32m", "dev": "\033[1m"}
-            if colour
-            else {}
-        )
-        self.reset = "\033[0m" if colour else ""
-
-    def line(self, source: str, text: str) -> None:
-        tag = f"{self.colours.get(source, '')}{source:>9} |{self.reset}"
-        self.block(f"{tag} {text}\n")
-
-    def block(self, text: str) -> None:
-        if self.closed.is_set():
-            return
-        with self.lock:
-            try:
-                self.out.write(text)
-                self.out.flush()
-            except (OSError, ValueError):  # EPIPE, EIO, or a stream already closed
-                self.closed.set()
-
-
-def readable(line: str) -> str | None:
-    """The function's JSON log line as one short human line; anything else unchanged."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(entry, dict) or "severity" not in entry or "message" not in entry:
-        return line
-    severity, message = str(entry.pop("severity")), str(entry.pop("message"))
-    latency = entry.pop("latency_ms", None)
-    status = entry.pop("status", "")
-    for key in ("event_type", "outcome"):
-        if str(entry.get(key)) in message:
-            del entry[key]
-    rest = " ".join(f"{key}={value}" for key, value in entry.items() if value is not None)
-    timing = f" ({latency} ms)" if latency is not None else ""
-    return f"{severity:<7} {status} {message}  {rest}{timing}".rstrip()
-
-
-def emulator_line(line: str) -> str | None:
-    """The emulator's line, minus its two-line notice for every client connection."""
-    return None if EMULATOR_CHATTER.search(line) else line
-
-
-def _pump(console: Console, name: str, stream: IO[bytes], transform: Callable[[str], str | None]) -> None:
-    for raw in iter(stream.readline, b""):
-        shown = transform(raw.decode(errors="replace").rstrip("\r\n"))
-        if shown is not None:
-            console.line(name, shown)
-    stream.close()
-
-
 def _unchanged(line: str) -> str | None:
     return line
 
@@ -326,44 +235,10 @@ TRANSFORMS: dict[str, Callable[[str], str | None]] = {
 }
 
 
-def _start(
+def _launch(
     console: Console, name: str, title: str, command: list[str], environment: dict[str, str], cwd: Path = ROOT
 ) -> Child:
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    pump = threading.Thread(target=_pump, args=(console, name, process.stdout, TRANSFORMS[name]), daemon=True)
-    pump.start()
-    return Child(name=name, title=title, process=process, pump=pump)
-
-
-def _stop_all(children: list[Child]) -> None:
-    """SIGTERM to every child's process group at once, SIGKILL to what lingers; never waits unbounded."""
-    for child in children:
-        if child.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for child in children:
-        try:
-            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.process.pid, signal.SIGKILL)
-            child.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            # Members that outlived the leader (a Java child, a worker) go too.
-            os.killpg(child.process.pid, signal.SIGKILL)
-        if child.pump is not None:
-            child.pump.join(timeout=2.0)
+    return start(console, name, title, command, environment, cwd, TRANSFORMS[name])
 
 
 def _function_answers(url: str) -> bool:
@@ -384,23 +259,6 @@ def auth_emulator_answers(host: str) -> bool:
             return bool(json.loads(response.read()).get("authEmulator", {}).get("ready"))
     except (OSError, ValueError, AttributeError, urllib.error.URLError):
         return False
-
-
-def _wait_until(
-    ready: Callable[[], bool], child: Child, timeout: float, stop: threading.Event, console: Console
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stop.is_set():
-        if ready():
-            return True
-        if child.process.poll() is not None:
-            code = child.process.returncode
-            console.line("dev", f"{child.title} exited (code {code}) before answering; see its log above")
-            return False
-        stop.wait(0.25)
-    if not stop.is_set():
-        console.line("dev", f"{child.title} did not answer within {timeout:.0f} s; see its log above")
-    return False
 
 
 def ngrok_public_url(api: str, port: int) -> str | None:
@@ -592,7 +450,7 @@ def run(*, env_file: Path, ports: Ports, ngrok_api: str, start_timeout: float) -
         stop.set()
         if requested and children:
             console.line("dev", f"{requested[0]}: stopping {_names(list(reversed(children)))}")
-        _stop_all(list(reversed(children)))
+        stop_all(list(reversed(children)))
         scratch.cleanup()
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -637,7 +495,7 @@ def _serve(
     secret_variable, secret = config.read_signing_secret()
     firestore_host = f"127.0.0.1:{ports.firestore}"
     rules = ROOT / "firestore.rules"
-    firestore = _start(
+    firestore = _launch(
         console,
         "firestore",
         "the Firestore emulator",
@@ -648,18 +506,18 @@ def _serve(
     auth_host = f"127.0.0.1:{ports.auth}"
     auth = None
     if ports.auth is not None:
-        auth = _start(console, "auth", "the Auth emulator", _auth_command(scratch, ports.auth),
+        auth = _launch(console, "auth", "the Auth emulator", _auth_command(scratch, ports.auth),
                       _auth_environment(scratch), cwd=scratch)  # fmt: skip
         children.append(auth)
     # Both emulators start at once (Java and Node, each several seconds); the functions need them.
-    if not _wait_until(lambda: emulator_answers(firestore_host), firestore, start_timeout, stop, console):
+    if not wait_until(lambda: emulator_answers(firestore_host), firestore, start_timeout, stop, console):
         return False
-    if auth is not None and not _wait_until(
+    if auth is not None and not wait_until(
         lambda: auth_emulator_answers(auth_host), auth, start_timeout, stop, console
     ):
         return False
     webhook_url = f"http://127.0.0.1:{ports.webhook}/"
-    webhook = _start(console, "webhook", "the webhook function",
+    webhook = _launch(console, "webhook", "the webhook function",
                      _functions_framework_command("clerk_webhook", ports.webhook),
                      _webhook_environment(firestore_host, secret))  # fmt: skip
     children.append(webhook)
@@ -669,13 +527,13 @@ def _serve(
     token = None
     if ports.token is not None:
         environment, announced = _token_environment(auth_host, mint.key_path(env_file), announced)
-        token = _start(console, "token", "the token function",
+        token = _launch(console, "token", "the token function",
                        _functions_framework_command("firebase_token", ports.token), environment)  # fmt: skip
         children.append(token)
-    if not _wait_until(lambda: _function_answers(webhook_url), webhook, start_timeout, stop, console):
+    if not wait_until(lambda: _function_answers(webhook_url), webhook, start_timeout, stop, console):
         return False
     token_url = f"http://127.0.0.1:{ports.token}/"
-    if token is not None and not _wait_until(lambda: _function_answers(token_url), token, start_timeout, stop, console):
+    if token is not None and not wait_until(lambda: _function_answers(token_url), token, start_timeout, stop, console):
         return False
     console.block(banner(ports, children, announced, env_file))
     threading.Thread(target=_watch_ngrok, args=(ngrok_api, ports.webhook, stop, console), daemon=True).start()

@@ -142,6 +142,19 @@ def process_group_alive(pid: int) -> bool:
     return True
 
 
+def stop_loop(process: subprocess.Popen[Any]) -> None:
+    """A loop a test left running stops its own children first (their pids may not be printed yet);
+    SIGKILL only if it does not."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
 def free_ports(*, webhook_only: bool = False) -> devloop.Ports:
     """Four different free ports (two with `webhook_only`): never the defaults someone's make dev holds."""
     chosen: list[int] = []
@@ -198,9 +211,7 @@ def running_dev(tmp_path: Path, *extra: str, ports: devloop.Ports | None = None)
         child_groups += [int(pid) for pid in re.findall(r"\(pid (\d+);", banner)]
         yield DevRun(process, output, ports, env_file, banner, child_groups)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_loop(process)
         for group in child_groups:
             if process_group_alive(group):
                 os.killpg(group, signal.SIGKILL)
@@ -380,9 +391,7 @@ def dev_writing_to_a_pipe(
     finally:
         with contextlib.suppress(OSError):
             os.close(reader)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_loop(process)
         for group in groups:
             if process_group_alive(group):
                 os.killpg(group, signal.SIGKILL)

@@ -18,7 +18,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 
 venv: $(INSTALLED) ## create .venv with the pinned dependencies
 
-dev: $(INSTALLED) ## run the emulator and the function on localhost (Ctrl-C stops both)
+dev: $(INSTALLED) ## the webhook, the token function and both emulators on localhost (Ctrl-C stops them)
 	$(PY) -m clerk_sync dev
 
 lint: $(INSTALLED) ## ruff check, ruff format --check, mypy --strict
@@ -130,14 +130,22 @@ clean: ## remove the virtualenv, node_modules, rendered rules and caches
 NODE_INSTALLED := node_modules/.installed
 
 $(NODE_INSTALLED): package.json package-lock.json
-	@command -v npm >/dev/null || { echo "the token tests need Node.js 20+ and npm on PATH" >&2; exit 1; }
+	@command -v npm >/dev/null || { echo "make dev and make test need Node.js 20+ and npm on PATH (the Auth emulator)" >&2; exit 1; }
 	npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-.PHONY: node-modules deploy-token grant-token-signing
+.PHONY: node-modules docs-ts deploy-token grant-token-signing
 
-node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK) with npm ci
+node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK, TypeScript) with npm ci
 test: $(NODE_INSTALLED)
+dev: $(NODE_INSTALLED)
+
+# The docs' TypeScript blocks as files (each names its own), then tsc over them: strict, no output.
+# tsx runs the Node ones from there (docs/reading-from-your-app.md#try-it-locally).
+DOCS_TS := build/docs-ts
+docs-ts: $(INSTALLED) $(NODE_INSTALLED) ## write the docs' TypeScript to build/docs-ts/ and type-check it (tsc --noEmit, strict)
+	$(PY) -m tools.snippets $(DOCS_TS)
+	node_modules/.bin/tsc --noEmit -p tsconfig.docs.json
 
 TOKEN_FUNCTION ?= clerk-firebase-token
 TOKEN_SERVICE_ACCOUNT ?= clerk-firebase-token@$(PROJECT).iam.gserviceaccount.com
@@ -208,7 +216,7 @@ CLERK_SECRET_KEY_SECRET ?= clerk-secret-key
 RECONCILE_URL ?= https://$(REGION)-$(PROJECT).cloudfunctions.net/$(RECONCILE_FUNCTION)
 # A run stops itself (checkpointed) after RECONCILE_BUDGET seconds, well before the 30-minute timeout.
 RECONCILE_BUDGET ?= 1500
-# More variables, @-separated (the separator is @ here), e.g. RECONCILE_ENV_VARS=FIRESTORE_DATABASE=clerk
+# More variables, ;-separated, e.g. RECONCILE_ENV_VARS='FIRESTORE_DATABASE=clerk;USERS_COLLECTION=tenants/acme/users'
 RECONCILE_ENV_VARS ?=
 INCREMENTAL_SCHEDULE ?= 17 * * * *
 FULL_SCHEDULE ?= 43 3 * * *
@@ -216,6 +224,8 @@ TIME_ZONE ?= Etc/UTC
 
 .PHONY: deploy-reconcile schedule
 
+# `^;^` makes ; gcloud's separator: RECONCILE_INVOKERS holds service-account emails (an @ each) and
+# commas between them, so neither , nor @ can separate the variables here.
 deploy-reconcile: ## deploy clerk_reconcile, callable only by the scheduler's service account (PROJECT=... required)
 	$(require-project)
 	gcloud functions deploy $(RECONCILE_FUNCTION) --gen2 --runtime=python313 --region=$(REGION) \
@@ -223,7 +233,7 @@ deploy-reconcile: ## deploy clerk_reconcile, callable only by the scheduler's se
 	  --trigger-http --no-allow-unauthenticated \
 	  --service-account=$(RECONCILE_SERVICE_ACCOUNT) \
 	  --set-secrets=CLERK_SECRET_KEY=$(CLERK_SECRET_KEY_SECRET):latest \
-	  --set-env-vars=^@^GOOGLE_CLOUD_PROJECT=$(PROJECT)@RECONCILE_AUDIENCE=$(RECONCILE_URL)@RECONCILE_INVOKERS=$(SCHEDULER_SERVICE_ACCOUNT)@RECONCILE_BUDGET_SECONDS=$(RECONCILE_BUDGET)$(if $(RECONCILE_ENV_VARS),@$(RECONCILE_ENV_VARS)) \
+	  '--set-env-vars=^;^GOOGLE_CLOUD_PROJECT=$(PROJECT);RECONCILE_AUDIENCE=$(RECONCILE_URL);RECONCILE_INVOKERS=$(SCHEDULER_SERVICE_ACCOUNT);RECONCILE_BUDGET_SECONDS=$(RECONCILE_BUDGET)$(if $(RECONCILE_ENV_VARS),;$(RECONCILE_ENV_VARS))' \
 	  --memory=512Mi --cpu=1 --concurrency=1 --timeout=1800s --max-instances=1 \
 	  --project=$(PROJECT)
 	gcloud functions add-invoker-policy-binding $(RECONCILE_FUNCTION) --region=$(REGION) \

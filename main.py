@@ -87,7 +87,9 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         event = events.parse_event(body)
     except events.MalformedEvent as malformed:
         fields["reason"] = str(malformed)
-        return web.Reply(400, "malformed", f"malformed event: {malformed}")
+        # The reason names a field, never its value (tests/test_events.py): safe to tell the sender.
+        answer = {"outcome": "malformed", "reason": str(malformed)}
+        return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
     del body  # the parsed event is all that is needed from here on
     fields.update(event_type=event.event_type, clerk_id=event.clerk_id)
     if isinstance(event, events.IgnoredEvent):

@@ -249,3 +249,22 @@ def auth_emulator_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         yield host
     finally:
         emulator.stop(process)
+
+
+# --- the docs' TypeScript (docs/reading-from-your-app.md), as `make docs-ts` writes it --------------
+
+DOCS_TS = ROOT / "build" / "docs-ts"
+TSX = ROOT / "node_modules" / ".bin" / "tsx"
+
+
+@pytest.fixture(scope="session")
+def docs_ts() -> Path:
+    """build/docs-ts/ with every TypeScript block of the docs as its file, as `make docs-ts` writes it.
+
+    Inside the repository, so their imports find node_modules; tsx runs them from there as they are.
+    """
+    from tools import snippets  # noqa: PLC0415
+
+    assert TSX.exists(), f"{TSX} is missing: run `make node-modules` (npm ci) first"
+    snippets.write(DOCS_TS)
+    return DOCS_TS

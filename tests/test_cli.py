@@ -21,6 +21,7 @@ from google.cloud import firestore
 from clerk_sync import event_log
 from tools import cli
 from tools import reconcile as terminal
+from tools import send as send_module
 
 OTHER_SECRET = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCB5b3Ugd2FudA=="
 
@@ -306,10 +307,111 @@ def test_send_builds_organization_and_membership_events_and_the_views_show_them(
 def test_send_membership_events_say_which_ids_they_need(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, tmp_path, "send", "organizationMembership.created", "--user-id", "user_1")
     org_code, _, org_err = run_cli(capsys, tmp_path, "send", "organization.updated")
+    update_code, _, update_err = run_cli(capsys, tmp_path, "send", "organizationMembership.updated")
+    delete_code, _, delete_err = run_cli(
+        capsys, tmp_path, "send", "organizationMembership.deleted", "--org-id", "org_1", "--user-id", "user_1"
+    )
+    with pytest.raises(SystemExit):
+        cli.main(["send", "--help"])
+    help_text = capsys.readouterr().out
 
-    assert (code, org_code) == (1, 1)
-    assert "organizationMembership.created needs --org-id" in err
+    assert (code, org_code, update_code, delete_code) == (1, 1, 1, 1)
+    assert "organizationMembership.created needs --org-id (the organization joined)" in err
+    assert "--user-id" not in err
     assert "organization.updated needs --org-id" in org_err
+    assert update_err.strip() == (
+        "error: organizationMembership.updated needs --org-id (the organization joined), --user-id (the member) "
+        "and --membership-id (the id `send organizationMembership.created` printed)"
+    )
+    assert "organizationMembership.deleted needs --membership-id" in delete_err
+    assert "organizationMembership.updated and .deleted need the one .created printed" in " ".join(help_text.split())
+
+
+@pytest.mark.parametrize(("command", "given"), [("user", "a/b"), ("user", ""), ("organization", "org_x/memberships")])
+def test_user_and_organization_refuse_an_id_no_document_can_have_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, given: str
+) -> None:
+    closed = f"127.0.0.1:{emulator.free_port()}"
+
+    code, out, err = run_cli(capsys, tmp_path, command, given, "--emulator", closed)
+
+    assert code == 1
+    assert out == ""
+    assert err.startswith("error: ")
+    assert f"is not a Clerk {command} id: those are letters, digits, _ and - only" in err
+    assert ("an empty id" if not given else repr(given)) in err
+    assert "Traceback" not in err
+    assert "Firestore" not in err  # refused before any connection is tried
+
+
+def test_an_emulator_address_without_a_port_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, tmp_path, "users", "--emulator", "localhost")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = "127.0.0.1"
+    environment_code, _, environment_err = run_cli(capsys, tmp_path, "users")
+
+    assert (code, environment_code) == (1, 1)
+    assert "--emulator localhost needs a port: HOST:PORT, such as 127.0.0.1:8081" in err
+    assert "FIRESTORE_EMULATOR_HOST=127.0.0.1 needs a port" in environment_err
+
+
+def test_send_of_a_malformed_file_shows_the_reason_the_function_gave(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "no-id.json"
+    event = json.loads(user_event("user.created", new_user_id()))
+    del event["data"]["id"]
+    path.write_text(json.dumps(event))
+
+    code, out = send(capsys, tmp_path, server, str(path))
+
+    assert code == 1
+    assert "400 BAD REQUEST" in out.upper()
+    assert json.loads(out.strip().splitlines()[-1]) == {"outcome": "malformed", "reason": "missing data.id"}
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080/", "localhost:8080", "ftp://127.0.0.1/", "http://"])
+def test_send_to_a_url_it_cannot_post_to_refuses_before_saving_or_printing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    code, out, err = run_cli(capsys, tmp_path, "send", "user.created", "--url", url)
+
+    assert code == 1
+    assert out == ""
+    assert "--url must be an http:// or https:// URL, such as http://127.0.0.1:8080/" in err
+    assert not (tmp_path / "sent").exists()
+
+
+def test_send_user_updated_without_names_says_the_defaults_replace_the_stored_ones(
+    server: Server, db: firestore.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_id = new_user_id()
+    send(
+        capsys, tmp_path, server, "user.created", "--user-id", user_id, "--first-name", "Grace", "--last-name", "Hopper"
+    )
+
+    code, out = send(capsys, tmp_path, server, "user.updated", "--user-id", user_id)
+    named_code, named = send(capsys, tmp_path, server, "user.updated", "--user-id", user_id, "--first-name", "Grace",
+                             "--last-name", "Hopper")  # fmt: skip
+    created_code, created = send(capsys, tmp_path, server, "user.created")
+
+    assert code == named_code == created_code == 0
+    assert (
+        "  note     first name 'Ada', last name 'Lovelace': the defaults, not what Firestore holds; an update carries "
+        "the whole object, so they replace the stored values (choose with --first-name, --last-name)"
+    ) in out
+    assert "note" not in named
+    assert "note" not in created
+    document = stored(db, user_id)
+    assert document is not None
+    assert (document["first_name"], document["last_name"]) == ("Grace", "Hopper")
+
+
+def test_send_membership_updated_without_role_says_it_resets_the_role() -> None:
+    assert send_module.defaults_note("organizationMembership.updated", ("role",)) == (
+        "role 'org:member': the defaults, not what Firestore holds; an update carries the whole object, so they "
+        "replace the stored values (choose with --role)"
+    )
+    assert send_module.defaults_note("organizationMembership.created", ("role",)) is None
 
 
 def test_send_of_a_missing_file_says_the_file_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

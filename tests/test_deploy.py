@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gcloud_cli
 import pytest
 from conftest import ROOT
 
@@ -19,25 +20,11 @@ GCLOUD_TIMEOUT_SECONDS = 60
 MAKE_TIMEOUT_SECONDS = 30
 # Variables the Makefile reads with `?=`: a developer's shell must not change what the tests see.
 MAKE_VARIABLES = (
-    "PROJECT",
-    "REGION",
-    "FUNCTION",
-    "SECRET",
-    "SECRET_VERSION",
-    "SERVICE_ACCOUNT",
-    "CONCURRENCY",
-    "MAX_INSTANCES",
-    "ENV_VARS",
-    "FIREBASE",
-    "FIRESTORE_DATABASE",
-    "USERS_COLLECTION",
-    "ORGANIZATIONS_COLLECTION",
-    "REPLACE_RULES",
+    *re.findall(r"^([A-Z_]+) \?=", (ROOT / "Makefile").read_text(), re.MULTILINE),
     "MAKEFLAGS",
     "MFLAGS",
     "MAKELEVEL",
 )
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 EXPECTED_DEPLOY = [
     "gcloud",
@@ -236,25 +223,6 @@ def test_make_deploy_keeps_threads_equal_to_concurrency_and_appends_extra_variab
     assert "--set-env-vars=THREADS=16,GOOGLE_CLOUD_PROJECT=demo-x,FIRESTORE_DATABASE=clerk" in command
 
 
-def test_make_deploy_names_only_flags_gcloud_knows() -> None:
-    flags = {word.split("=")[0] for word in EXPECTED_DEPLOY if word.startswith("--")}
-    result = subprocess.run(
-        ["gcloud", "functions", "deploy", "--help"],
-        env=gcloud_environment(),
-        capture_output=True,
-        text=True,
-        timeout=GCLOUD_TIMEOUT_SECONDS,
-        check=True,
-    )
-    documented = ANSI.sub("", result.stdout)
-
-    unknown = sorted(
-        flag for flag in flags if flag not in documented and flag.replace("--", "--[no-]") not in documented
-    )
-
-    assert unknown == []
-
-
 @pytest.mark.parametrize(("database", "flag"), [(None, "(default)"), ("clerk", "clerk")])
 def test_make_ttl_targets_the_database_the_function_writes(database: str | None, flag: str) -> None:
     extra = [f"FIRESTORE_DATABASE={database}"] if database else []
@@ -409,11 +377,15 @@ def test_make_deploy_reconcile_is_never_reachable_without_authentication() -> No
     assert "--allow-unauthenticated" not in deploy
     assert "--entry-point=clerk_reconcile" in deploy
     assert "--set-secrets=CLERK_SECRET_KEY=clerk-secret-key:latest" in deploy
-    variables = dict(
-        item.split("=", 1) for item in next(word for word in deploy if word.startswith("--set-env-vars=^@^"))
-        .removeprefix("--set-env-vars=^@^").split("@", 3)[:3]
-    )  # fmt: skip
-    assert variables["RECONCILE_AUDIENCE"] == "https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile"
+    variables = gcloud_cli.env_vars(
+        next(word for word in deploy if word.startswith("--set-env-vars=")).split("=", 1)[1]
+    )
+    assert variables == {
+        "GOOGLE_CLOUD_PROJECT": "demo-x",
+        "RECONCILE_AUDIENCE": "https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile",
+        "RECONCILE_INVOKERS": "clerk-scheduler@demo-x.iam.gserviceaccount.com",
+        "RECONCILE_BUDGET_SECONDS": "1500",
+    }
     assert "--max-instances=1" in deploy
     assert "--timeout=1800s" in deploy
     assert invoker == shlex.split(
@@ -437,33 +409,110 @@ def test_make_schedule_creates_or_updates_an_hourly_incremental_and_a_daily_full
         subprocess.run(["bash", "-n", "-c", job], check=True, timeout=10)
 
 
-@pytest.mark.parametrize(
-    ("command", "target"),
-    [
-        (["functions", "deploy"], "deploy-reconcile"),
-        (["functions", "add-invoker-policy-binding"], "deploy-reconcile"),
-        (["scheduler", "jobs", "create", "http"], "schedule"),
-        (["scheduler", "jobs", "update", "http"], "schedule"),
-    ],
+# Every target that runs gcloud, once with the defaults and once with every optional variable set.
+GCLOUD_TARGETS = ("deploy", "deploy-token", "grant-token-signing", "ttl", "indexes", "deploy-reconcile", "schedule",
+                  "monitoring")  # fmt: skip
+EXTRA_VARIABLES = (
+    "ENV_VARS=FIRESTORE_DATABASE=clerk,USERS_COLLECTION=tenants/acme/users",
+    "TOKEN_ENV_VARS=ALLOW_PENDING_SESSIONS=true",
+    "RECONCILE_ENV_VARS=FIRESTORE_DATABASE=clerk;USERS_COLLECTION=tenants/acme/users",
+    "FIRESTORE_DATABASE=clerk",
+    "NOTIFY=projects/demo-x/notificationChannels/123,projects/demo-x/notificationChannels/456",
 )
-def test_reconcile_targets_name_only_flags_gcloud_knows(command: list[str], target: str) -> None:
-    printed = make("-n", target, "PROJECT=demo-x").stdout
-    flags = set(re.findall(r"(--[a-z0-9-]+)(?==)", printed)) | set(re.findall(r"(--[a-z0-9-]+)(?=\s|$)", printed))
-    documented = ANSI.sub(
-        "",
-        subprocess.run(
-            ["gcloud", *command, "--help"],
-            env=gcloud_environment(),
-            capture_output=True,
-            text=True,
-            timeout=GCLOUD_TIMEOUT_SECONDS,
-            check=True,
-        ).stdout,
+PARTIES = "AUTHORIZED_PARTIES=https://app.example.com,http://localhost:3000"
+
+
+def test_gcloud_accepts_every_command_the_makefile_generates() -> None:
+    shell = ""
+    for extras in ((), EXTRA_VARIABLES):
+        result = make("-n", *GCLOUD_TARGETS, "PROJECT=demo-x", PARTIES, *extras)
+        assert result.returncode == 0, result.stderr
+        shell += result.stdout
+    generated = gcloud_cli.commands_in(shell)
+
+    parsed = gcloud_cli.parse(generated, ROOT)
+
+    refused = [f"{shlex.join(result.command)}\n{result.stderr}" for result in parsed if not result.accepted]
+    assert refused == []
+    expected = [
+        "functions deploy clerk-webhook", "functions deploy clerk-firebase-token", "functions deploy clerk-reconcile",
+        "functions add-invoker-policy-binding", "iam service-accounts add-iam-policy-binding",
+        "firestore fields ttls update", "firestore indexes fields update", "auth print-access-token",
+        "logging metrics describe", "logging metrics update", "logging metrics create",
+        "alpha monitoring policies list", "alpha monitoring policies create", "alpha monitoring policies update",
+        "scheduler jobs describe", "scheduler jobs create http", "scheduler jobs update http",
+    ]  # fmt: skip
+    assert [
+        prefix for prefix in expected if not any(shlex.join(command[1:]).startswith(prefix) for command in generated)
+    ] == []
+
+
+def test_gcloud_refuses_the_at_separated_reconcile_variables_the_check_exists_for() -> None:
+    # What deploy-reconcile generated before: `@` split the scheduler's email, and gcloud said so.
+    audience = "https://us-central1-demo-x.cloudfunctions.net/clerk-reconcile"
+    broken = shlex.split(
+        "gcloud functions deploy clerk-reconcile --gen2 --region=us-central1 --trigger-http --project=demo-x "
+        f"--set-env-vars=^@^RECONCILE_AUDIENCE={audience}@RECONCILE_INVOKERS=clerk-scheduler@demo-x.iam.gserviceaccount.com"
     )
-    relevant = {flag for flag in flags if flag in documented or flag.replace("--", "--[no-]") in documented}
-    used_by_command = {
-        "deploy": {"--gen2", "--entry-point", "--no-allow-unauthenticated", "--set-secrets", "--timeout"},
-        "add-invoker-policy-binding": {"--member", "--region"},
-        "http": {"--oidc-token-audience", "--oidc-service-account-email", "--attempt-deadline", "--uri"},
-    }[command[-1]]
-    assert used_by_command <= relevant
+
+    [result] = gcloud_cli.parse([broken], ROOT)
+
+    assert not result.accepted
+    assert result.code == 2
+    assert "Bad syntax for dict arg: [demo-x.iam.gserviceaccount.com]" in result.stderr
+
+
+def test_the_gcloud_command_itself_accepts_make_deploy_reconcile(tmp_path: Path) -> None:
+    deploy, _invoker = commands("deploy-reconcile", "PROJECT=demo-x")
+
+    result = subprocess.run(
+        deploy,
+        cwd=ROOT,
+        env=gcloud_cli.offline_environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=GCLOUD_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert (result.returncode, gcloud_cli.NO_ACCOUNT in result.stderr) == (1, True), result.stderr
+
+
+def test_reconcile_variables_keep_the_invokers_and_extra_variables_intact() -> None:
+    deploy, _ = commands(
+        "deploy-reconcile", "PROJECT=demo-x", "SCHEDULER_SERVICE_ACCOUNT=a@demo-x.iam.gserviceaccount.com,b@c.example",
+        "RECONCILE_ENV_VARS=FIRESTORE_DATABASE=clerk;USERS_COLLECTION=tenants/acme/users",
+    )  # fmt: skip
+
+    variables = gcloud_cli.env_vars(
+        next(word for word in deploy if word.startswith("--set-env-vars=")).split("=", 1)[1]
+    )
+
+    assert variables["RECONCILE_INVOKERS"] == "a@demo-x.iam.gserviceaccount.com,b@c.example"
+    assert (variables["FIRESTORE_DATABASE"], variables["USERS_COLLECTION"]) == ("clerk", "tenants/acme/users")
+
+
+# The shell variables the docs' commands use, as a reader sets them (docs/deploy.md's first block).
+DOCS_VARIABLES = {"PROJECT": "demo-x", "REGION": "us-central1", "NUMBER": "123456789012"}
+SHELL_BLOCK = re.compile(r"^( *)```(?:sh|bash)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def test_gcloud_accepts_every_gcloud_command_the_docs_show(tmp_path: Path) -> None:
+    shown: list[tuple[str, list[str]]] = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in SHELL_BLOCK.finditer(page.read_text()):
+            text = "\n".join(line[len(block.group(1)) :] for line in block.group(2).splitlines())
+            text = re.sub(r"\$\{?([A-Z_]+)\}?", lambda name: DOCS_VARIABLES.get(name.group(1), name.group(0)), text)
+            shown += [(page.name, command) for command in gcloud_cli.commands_in(text, unknown="placeholder")]
+    (tmp_path / "clerk-jwt-key.pem").write_text("the file the reader saved\n")  # read by `secrets create`
+
+    parsed = gcloud_cli.parse([command for _, command in shown], tmp_path)
+
+    refused = [
+        f"{page}: {shlex.join(result.command)}\n{result.stderr}"
+        for (page, _), result in zip(shown, parsed, strict=True)
+        if not result.accepted
+    ]
+    assert refused == []
+    assert len(shown) >= 30
+    assert {page for page, _ in shown} >= {"deploy.md", "monitoring.md", "operations.md", "reading-from-your-app.md"}

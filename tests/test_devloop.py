@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,15 +23,24 @@ from pathlib import Path
 from typing import IO, Any
 
 import emulator
+import jwt
 import pytest
-from clerk_events import new_message_id, new_user_id, signed_headers, user_event
-from conftest import ROOT
+from auth_emulator import sign_in_with_custom_token
+from clerk_events import (
+    membership_event,
+    new_message_id,
+    new_user_id,
+    organization_event,
+    signed_headers,
+    user_event,
+)
+from conftest import ROOT, TSX
 from dotenv import dotenv_values
 from google.cloud import firestore
-from loopback import deliver, serving
+from loopback import deliver, send, serving
 
 from clerk_sync import config
-from tools import devloop
+from tools import devloop, foreground, mint
 
 START_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -98,27 +108,29 @@ def fake_ngrok_agent(port: int) -> Iterator[str]:
         yield base
 
 
-def dev_command(env_file: Path, function_port: int, emulator_port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "clerk_sync",
-        "dev",
-        "--env-file",
-        str(env_file),
-        "--port",
-        str(function_port),
-        "--emulator-port",
-        str(emulator_port),
-        *extra,
-    ]
+def dev_command(env_file: Path, ports: devloop.Ports, *extra: str) -> list[str]:
+    command = [sys.executable, "-m", "clerk_sync", "dev", "--env-file", str(env_file)]
+    command += ["--port", str(ports.webhook), "--emulator-port", str(ports.firestore)]
+    if ports.token is not None and ports.auth is not None:
+        command += ["--token-port", str(ports.token), "--auth-port", str(ports.auth)]
+    return [*command, *extra]
+
+
+# What a developer's shell or .env could hold that would change what the loop does.
+LOOP_VARIABLES = (
+    *config.SECRET_VARIABLES,
+    "PORT", "EMULATOR_PORT", "TOKEN_PORT", "AUTH_PORT",
+    "CLERK_JWT_KEY", "CLERK_SECRET_KEY", "CLERK_AUTHORIZED_PARTIES", "ALLOW_ANY_AUTHORIZED_PARTY",
+    "FIREBASE_AUTH_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
+)  # fmt: skip
 
 
 def environment_without_secret(**overrides: str) -> dict[str, str]:
-    """The test environment minus the signing secret, so the loop must use the one it generates."""
+    """The test environment minus the signing secret and the loop's settings, so the loop uses its own."""
     environment = {**os.environ, **overrides}
-    for name in (*config.SECRET_VARIABLES, "PORT", "EMULATOR_PORT"):
-        environment.pop(name, None)
+    for name in LOOP_VARIABLES:
+        if name not in overrides:
+            environment.pop(name, None)
     return environment
 
 
@@ -130,12 +142,29 @@ def process_group_alive(pid: int) -> bool:
     return True
 
 
-def two_free_ports() -> tuple[int, int]:
-    first = emulator.free_port()
-    second = emulator.free_port()
-    while second == first:
-        second = emulator.free_port()
-    return first, second
+def stop_loop(process: subprocess.Popen[Any]) -> None:
+    """A loop a test left running stops its own children first (their pids may not be printed yet);
+    SIGKILL only if it does not."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+def free_ports(*, webhook_only: bool = False) -> devloop.Ports:
+    """Four different free ports (two with `webhook_only`): never the defaults someone's make dev holds."""
+    chosen: list[int] = []
+    while len(chosen) < 4:
+        port = emulator.free_port()
+        if port not in chosen:
+            chosen.append(port)
+    if webhook_only:
+        return devloop.Ports(chosen[0], chosen[1], None, None)
+    return devloop.Ports(*chosen)
 
 
 @dataclass
@@ -144,27 +173,28 @@ class DevRun:
 
     process: subprocess.Popen[str]
     output: Output
-    function_port: int
-    emulator_port: int
+    ports: devloop.Ports
     env_file: Path
     banner: str
     child_groups: list[int]
 
     def wait_gone(self, timeout: float) -> bool:
-        """Whether both children's process groups are gone within `timeout`."""
-        deadline = time.monotonic() + timeout
-        while any(map(process_group_alive, self.child_groups)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return not any(map(process_group_alive, self.child_groups))
+        """Whether every child's process group is gone within `timeout`."""
+        return groups_gone(self.child_groups, timeout)
+
+    def ports_free(self) -> bool:
+        """Whether nothing listens on any of the loop's ports any more."""
+        ports = [port for port, _flag, _variable in self.ports.named().values()]
+        return not any(map(foreground.port_taken, ports))
 
 
 @contextmanager
-def running_dev(tmp_path: Path, *extra: str, ports: tuple[int, int] | None = None) -> Iterator[DevRun]:
-    """Start the loop on free ports, wait for its banner; kill whatever is left at the end."""
-    function_port, emulator_port = ports or two_free_ports()
+def running_dev(tmp_path: Path, *extra: str, ports: devloop.Ports | None = None) -> Iterator[DevRun]:
+    """Start the loop on free ports, wait for its whole banner; kill whatever is left at the end."""
+    ports = ports or free_ports()
     env_file = tmp_path / ".env"
     process = subprocess.Popen(
-        dev_command(env_file, function_port, emulator_port, *extra),
+        dev_command(env_file, ports, *extra),
         cwd=ROOT,
         env=environment_without_secret(),
         stdout=subprocess.PIPE,
@@ -176,77 +206,15 @@ def running_dev(tmp_path: Path, *extra: str, ports: tuple[int, int] | None = Non
     output = Output(process.stdout)
     child_groups: list[int] = []
     try:
-        banner = output.wait_for(f"function  http://127.0.0.1:{function_port}/", START_TIMEOUT_SECONDS)
+        output.wait_for(f"webhook   http://127.0.0.1:{ports.webhook}/", START_TIMEOUT_SECONDS)
+        banner = output.wait_for("answered 401 bad_signature).\n" + "-" * 78, 10)  # its last line
         child_groups += [int(pid) for pid in re.findall(r"\(pid (\d+);", banner)]
-        yield DevRun(process, output, function_port, emulator_port, env_file, banner, child_groups)
+        yield DevRun(process, output, ports, env_file, banner, child_groups)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_loop(process)
         for group in child_groups:
             if process_group_alive(group):
                 os.killpg(group, signal.SIGKILL)
-
-
-def test_dev_serves_the_function_on_its_own_emulator_and_ctrl_c_stops_both(tmp_path: Path) -> None:
-    ports = two_free_ports()
-    with fake_ngrok_agent(ports[0]) as ngrok_api, running_dev(tmp_path, "--ngrok-api", ngrok_api, ports=ports) as dev:
-        secret = dotenv_values(dev.env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
-        assert secret is not None
-        user_id = new_user_id()
-        body = user_event("user.created", user_id, emails=["dev-loop@example.com"])
-        # Delivered as Svix does: a fresh emulator's first transactions can be slow on a busy machine.
-        attempts = deliver(f"http://127.0.0.1:{dev.function_port}/", body, message_id=new_message_id(), secret=secret)
-        answer = {"outcome": attempts[-1]}
-        os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{dev.emulator_port}"
-        stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
-        document = stored.get(timeout=10).to_dict()
-        log = dev.output.wait_for(f"clerk_id={user_id}", 15)
-        ngrok_hint = dev.output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
-
-        dev.process.send_signal(signal.SIGINT)
-        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-    assert answer == {"outcome": "applied"}
-    assert document is not None
-    assert document["email"] == "dev-loop@example.com"
-    assert f"created {dev.env_file}" in log.split("\n")[0]
-    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{32}", secret)
-    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 24
-    assert dev.env_file.stat().st_mode & 0o077 == 0
-    assert f"ngrok tunnel found: {TUNNEL} -> http://127.0.0.1:{dev.function_port}" in ngrok_hint
-    assert f"ngrok http {dev.function_port}" in dev.banner
-    assert "user.*, organization.* and" in dev.banner
-    assert "python3 -m clerk_sync send user.created" in dev.banner
-    assert "INFO    200 user.created applied" in log
-    assert "dev-loop@example.com" not in log
-    assert code == 0
-    assert len(dev.child_groups) == 2
-    assert dev.wait_gone(timeout=5)
-    assert not devloop.port_taken(dev.function_port)
-    assert not devloop.port_taken(dev.emulator_port)
-    assert dev.output.text().rstrip().endswith("dev | stopped")
-
-
-def test_dev_stops_both_on_sigterm(tmp_path: Path) -> None:
-    with running_dev(tmp_path) as dev:
-        dev.process.send_signal(signal.SIGTERM)
-        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-    assert code == 0
-    assert "SIGTERM: stopping the function and the emulator" in dev.output.text()
-    assert dev.wait_gone(timeout=5)
-
-
-def test_dev_stops_both_when_its_terminal_hangs_up(tmp_path: Path) -> None:
-    with running_dev(tmp_path) as dev:
-        dev.process.send_signal(signal.SIGHUP)
-        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-
-    assert code == 0
-    assert "SIGHUP: stopping the function and the emulator" in dev.output.text()
-    assert dev.wait_gone(timeout=5)
-    assert not devloop.port_taken(dev.function_port)
 
 
 def groups_gone(groups: list[int], timeout: float) -> bool:
@@ -257,16 +225,151 @@ def groups_gone(groups: list[int], timeout: float) -> bool:
     return not any(map(process_group_alive, groups))
 
 
+def session_token(dev: DevRun, user_id: str, *options: str) -> tuple[str, str]:
+    """`python3 -m clerk_sync session-token` as a person types it: (the token on stdout, stderr)."""
+    minted = subprocess.run(
+        [sys.executable, "-m", "clerk_sync", "session-token", user_id, "--env-file", str(dev.env_file), *options],
+        cwd=ROOT,
+        env=environment_without_secret(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return minted.stdout.strip(), minted.stderr
+
+
+def firestore_get(host: str, path: str, id_token: str) -> int:
+    """A client's REST read of one document with its Firebase ID token, as the rules see it: the status."""
+    request = urllib.request.Request(
+        f"http://{host}/v1/projects/{config.EMULATOR_PROJECT}/databases/(default)/documents/{path}",
+        headers={"Authorization": f"Bearer {id_token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        with error:
+            return int(error.code)
+
+
+def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path, docs_ts: Path) -> None:
+    ports = free_ports()
+    with (
+        fake_ngrok_agent(ports.webhook) as ngrok_api,
+        running_dev(tmp_path, "--ngrok-api", ngrok_api, ports=ports) as dev,
+    ):
+        secret = dotenv_values(dev.env_file)["CLERK_WEBHOOK_SIGNING_SECRET"]
+        assert secret is not None
+        user_id, other_id, org_id = new_user_id(), new_user_id(), "org_2devloop"
+        bodies = [user_event("user.created", who, emails=[f"{who.lower()}@example.com"]) for who in (user_id, other_id)]
+        bodies += [
+            organization_event("organization.created", org_id, name="Dev Loop Labs"),
+            membership_event("organizationMembership.created", "orgmem_2devloop", org_id, user_id),
+        ]
+        for body in bodies:
+            # Delivered as Svix does: a fresh emulator's first transactions can be slow on a busy machine.
+            attempts = deliver(f"http://127.0.0.1:{ports.webhook}/", body, message_id=new_message_id(), secret=secret)
+            assert attempts[-1] == "applied"
+        os.environ["FIRESTORE_EMULATOR_HOST"] = f"127.0.0.1:{ports.firestore}"
+        stored = firestore.Client(project=config.EMULATOR_PROJECT).collection("users").document(user_id)
+        document = stored.get(timeout=10).to_dict()
+        # The app's side: a minted session token, the exchange, the Auth emulator, then the rules.
+        clerk_token, described = session_token(dev, user_id, "--org-id", org_id, "--role", "org:admin")
+        exchanged = send(f"http://127.0.0.1:{ports.token}/", None, {"Authorization": f"Bearer {clerk_token}",
+                         "Origin": "http://localhost:5173"}, timeout=15)  # fmt: skip
+        status, signed_in = sign_in_with_custom_token(f"127.0.0.1:{ports.auth}", exchanged.json()["token"])
+        own = firestore_get(f"127.0.0.1:{ports.firestore}", f"users/{user_id}", signed_in["idToken"])
+        others = firestore_get(f"127.0.0.1:{ports.firestore}", f"users/{other_id}", signed_in["idToken"])
+        # The docs' own client code (try-local.ts) as the banner says to run it.
+        tried = subprocess.run(
+            [str(TSX), str(docs_ts / "try-local.ts"), session_token(dev, user_id)[0]],
+            cwd=ROOT,
+            env={**environment_without_secret(), "TOKEN_URL": f"http://127.0.0.1:{ports.token}/",
+                 "FIREBASE_AUTH_EMULATOR_HOST": f"127.0.0.1:{ports.auth}",
+                 "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{ports.firestore}"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        log = dev.output.wait_for(f"component=token clerk_id={user_id}", 15)
+        ngrok_hint = dev.output.wait_for(f"Endpoint URL):  {TUNNEL}/", 15)
+
+        dev.process.send_signal(signal.SIGINT)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert document is not None
+    assert document["email"] == f"{user_id.lower()}@example.com"
+    assert f"created {dev.env_file}" in log.split("\n")[0]
+    assert f"created {dev.env_file.with_name('clerk-dev-key.pem')}" in log
+    assert dev.env_file.with_name("clerk-dev-key.pem").stat().st_mode & 0o077 == 0
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{32}", secret)
+    assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 24
+    assert dev.env_file.stat().st_mode & 0o077 == 0
+    assert exchanged.status == 200, exchanged.body
+    allowed = {name.lower(): value for name, value in exchanged.headers.items()}["access-control-allow-origin"]
+    assert allowed == "http://localhost:5173"  # any origin, locally
+    assert status == 200, signed_in
+    assert (own, others) == (200, 403)
+    assert f"session token for {user_id}, organization {org_id} as admin" in described
+    assert tried.returncode == 0, tried.stderr[-3000:]
+    assert tried.stdout.splitlines() == [
+        f"users/{user_id}: {user_id.lower()}@example.com, {document['first_name']} {document['last_name']}",
+        f"member of {org_id} (Dev Loop Labs) as org:member",
+        "signed out",
+    ]
+    assert "INFO    200 custom token minted" in log
+    assert clerk_token not in dev.output.text()
+    assert f"ngrok tunnel found: {TUNNEL} -> http://127.0.0.1:{ports.webhook}" in ngrok_hint
+    assert f"ngrok http {ports.webhook}" in dev.banner
+    assert "user.*, organization.* and" in dev.banner
+    assert "python3 -m clerk_sync send user.created" in dev.banner
+    assert f"token     http://127.0.0.1:{ports.token}/" in dev.banner
+    assert f"auth      127.0.0.1:{ports.auth}" in dev.banner
+    assert f"TOKEN_URL=http://127.0.0.1:{ports.token}/" in dev.banner
+    assert "INFO    200 user.created applied" in log
+    assert "example.com" not in log
+    assert code == 0
+    assert len(dev.child_groups) == 4
+    assert dev.wait_gone(timeout=5)
+    assert dev.ports_free()
+    assert dev.output.text().rstrip().endswith("dev | stopped")
+
+
+def test_dev_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as dev:
+        dev.process.send_signal(signal.SIGTERM)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert code == 0
+    assert (
+        "SIGTERM: stopping the token function, the webhook function, the Auth emulator and the Firestore emulator"
+        in dev.output.text()
+    )
+    assert len(dev.child_groups) == 4
+    assert dev.wait_gone(timeout=5)
+
+
+def test_dev_stops_every_process_when_its_terminal_hangs_up(tmp_path: Path) -> None:
+    with running_dev(tmp_path) as dev:
+        dev.process.send_signal(signal.SIGHUP)
+        code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    assert code == 0
+    assert "SIGHUP: stopping the token function" in dev.output.text()
+    assert len(dev.child_groups) == 4
+    assert dev.wait_gone(timeout=5)
+    assert dev.ports_free()
+
+
 @contextmanager
 def dev_writing_to_a_pipe(
     tmp_path: Path, stderr: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, list[int], int]]:
     """The loop with its output into a pipe whose read end the test holds; (process, reader, groups, port)."""
-    function_port, emulator_port = two_free_ports()
+    ports = free_ports()
     reader, writer = os.pipe()
     with stderr.open("w") as errors:
         process = subprocess.Popen(
-            dev_command(tmp_path / ".env", function_port, emulator_port),
+            dev_command(tmp_path / ".env", ports),
             cwd=ROOT,
             env=environment_without_secret(),
             stdout=writer,
@@ -284,19 +387,17 @@ def dev_writing_to_a_pipe(
                 break
             seen += chunk
         groups += [int(pid) for pid in re.findall(rb"\(pid (\d+);", seen)]
-        yield process, reader, groups, function_port
+        yield process, reader, groups, ports.webhook
     finally:
         with contextlib.suppress(OSError):
             os.close(reader)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        stop_loop(process)
         for group in groups:
             if process_group_alive(group):
                 os.killpg(group, signal.SIGKILL)
 
 
-def test_dev_stops_both_when_its_output_pipe_closed_before_ctrl_c(tmp_path: Path) -> None:
+def test_dev_stops_every_process_when_its_output_pipe_closed_before_ctrl_c(tmp_path: Path) -> None:
     # `make dev 2>&1 | tee log`, then Ctrl-C: tee is gone first, so every later write fails.
     errors = tmp_path / "stderr.txt"
     with dev_writing_to_a_pipe(tmp_path, errors) as (process, reader, groups, _port):
@@ -304,13 +405,13 @@ def test_dev_stops_both_when_its_output_pipe_closed_before_ctrl_c(tmp_path: Path
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
-    assert len(groups) == 2
+    assert len(groups) == 4
     assert code == 0
     assert groups_gone(groups, timeout=5)
     assert "Traceback" not in errors.read_text()
 
 
-def test_dev_stops_both_when_nobody_reads_its_output_any_more(tmp_path: Path) -> None:
+def test_dev_stops_every_process_when_nobody_reads_its_output_any_more(tmp_path: Path) -> None:
     errors = tmp_path / "stderr.txt"
     with dev_writing_to_a_pipe(tmp_path, errors) as (process, reader, groups, port):
         os.close(reader)
@@ -319,32 +420,32 @@ def test_dev_stops_both_when_nobody_reads_its_output_any_more(tmp_path: Path) ->
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         code = process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
-    assert len(groups) == 2
+    assert len(groups) == 4
     assert code == 0
     assert groups_gone(groups, timeout=5)
     assert "Traceback" not in errors.read_text()
 
 
-def test_dev_stops_the_emulator_when_the_function_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("dies", "title"), [(0, "the webhook function"), (3, "the Auth emulator")])
+def test_dev_stops_the_others_when_one_process_dies(tmp_path: Path, dies: int, title: str) -> None:
     with running_dev(tmp_path) as dev:
-        function_group = dev.child_groups[0]
-        os.killpg(function_group, signal.SIGKILL)
+        os.killpg(dev.child_groups[dies], signal.SIGKILL)
         code = dev.process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
     assert code == 1
-    assert "the function exited (code -9); stopping the other" in dev.output.text()
+    assert f"{title} exited (code -9); stopping the others" in dev.output.text()
     assert dev.wait_gone(timeout=5)
-    assert not devloop.port_taken(dev.emulator_port)
+    assert dev.ports_free()
 
 
 def test_dev_refuses_a_taken_port_and_names_it(tmp_path: Path) -> None:
-    function_port, emulator_port = two_free_ports()
+    ports = free_ports()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("127.0.0.1", emulator_port))
+        squatter.bind(("127.0.0.1", ports.auth or 0))
         squatter.listen()
 
         finished = subprocess.run(
-            dev_command(tmp_path / ".env", function_port, emulator_port),
+            dev_command(tmp_path / ".env", ports),
             cwd=ROOT,
             env=environment_without_secret(),
             capture_output=True,
@@ -354,23 +455,51 @@ def test_dev_refuses_a_taken_port_and_names_it(tmp_path: Path) -> None:
         )
 
     assert finished.returncode == 1
-    assert f"port {emulator_port} (the Firestore emulator) is already in use on 127.0.0.1" in finished.stderr
-    assert f"`make dev EMULATOR_PORT={emulator_port + 10}`" in finished.stderr
-    assert f"--emulator-port {emulator_port + 10}" in finished.stderr
-    assert f"port {function_port}" not in finished.stderr
-    assert "emulator |" not in finished.stdout  # nothing was started
+    assert f"port {ports.auth} (the Auth emulator) is already in use on 127.0.0.1" in finished.stderr
+    assert f"`make dev AUTH_PORT={(ports.auth or 0) + 100}`" in finished.stderr
+    assert f"--auth-port {(ports.auth or 0) + 100}" in finished.stderr
+    assert f"port {ports.webhook}" not in finished.stderr
+    assert "firestore |" not in finished.stdout  # nothing was started
+
+
+def test_suggested_ports_stay_clear_of_every_default_of_the_loop() -> None:
+    defaults = devloop.Ports()
+    used = {port for port, _flag, _variable in defaults.named().values()} | {4040}  # and ngrok's agent API
+    squatted = []
+    for port in sorted(used):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):
+                probe.bind(("127.0.0.1", port))
+                probe.listen()
+                squatted.append(probe.dup())
+
+    try:
+        messages = devloop.taken_ports(defaults.named())
+    finally:
+        for probe in squatted:
+            probe.close()
+
+    suggested = {int(port) for message in messages for port in re.findall(r"=(\d+)`", message)}
+    assert suggested
+    assert not suggested & used
 
 
 def test_dev_refuses_when_the_ports_come_from_the_environment_and_are_taken(tmp_path: Path) -> None:
-    port = emulator.free_port()
+    ports = free_ports()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
-        squatter.bind(("127.0.0.1", port))
+        squatter.bind(("127.0.0.1", ports.token or 0))
         squatter.listen()
 
         finished = subprocess.run(
             [sys.executable, "-m", "clerk_sync", "dev", "--env-file", str(tmp_path / ".env")],
             cwd=ROOT,
-            env={**environment_without_secret(), "PORT": str(port), "EMULATOR_PORT": str(emulator.free_port())},
+            env=environment_without_secret(
+                PORT=str(ports.webhook),
+                EMULATOR_PORT=str(ports.firestore),
+                TOKEN_PORT=str(ports.token),
+                AUTH_PORT=str(ports.auth),
+            ),
             capture_output=True,
             text=True,
             timeout=60,
@@ -378,16 +507,15 @@ def test_dev_refuses_when_the_ports_come_from_the_environment_and_are_taken(tmp_
         )
 
     assert finished.returncode == 1
-    assert f"port {port} (the function) is already in use" in finished.stderr
+    assert f"port {ports.token} (the token function) is already in use" in finished.stderr
 
 
 def test_dev_says_which_prerequisites_are_missing_and_how_to_install_them(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
-    function_port, emulator_port = two_free_ports()
 
     finished = subprocess.run(
-        dev_command(tmp_path / ".env", function_port, emulator_port),
+        dev_command(tmp_path / ".env", free_ports()),
         cwd=ROOT,
         env=environment_without_secret(PATH=str(empty)),
         capture_output=True,
@@ -401,9 +529,11 @@ def test_dev_says_which_prerequisites_are_missing_and_how_to_install_them(tmp_pa
     assert "sudo apt-get install google-cloud-cli" in finished.stderr
     assert "java is not on PATH" in finished.stderr
     assert "openjdk-21-jre-headless" in finished.stderr
+    assert "node is not on PATH" in finished.stderr
+    assert "python3 -m clerk_sync dev --webhook-only" in finished.stderr
 
 
-def test_dev_names_a_missing_emulator_component(tmp_path: Path) -> None:
+def test_dev_names_a_missing_emulator_component_and_webhook_only_needs_no_node(tmp_path: Path) -> None:
     sdk = tmp_path / "sdk"
     (sdk / "bin").mkdir(parents=True)
     gcloud = sdk / "bin" / "gcloud"
@@ -411,10 +541,9 @@ def test_dev_names_a_missing_emulator_component(tmp_path: Path) -> None:
     gcloud.chmod(0o755)
     java = subprocess.run(["sh", "-c", "command -v java"], capture_output=True, text=True, timeout=10, check=True)
     (sdk / "bin" / "java").symlink_to(Path(java.stdout.strip()).resolve())
-    function_port, emulator_port = two_free_ports()
 
     finished = subprocess.run(
-        dev_command(tmp_path / ".env", function_port, emulator_port),
+        dev_command(tmp_path / ".env", free_ports(webhook_only=True), "--webhook-only"),
         cwd=ROOT,
         env=environment_without_secret(PATH=str(sdk / "bin")),
         capture_output=True,
@@ -428,6 +557,8 @@ def test_dev_names_a_missing_emulator_component(tmp_path: Path) -> None:
     assert "sudo apt-get install google-cloud-cli-firestore-emulator" in finished.stderr
     assert "gcloud components install cloud-firestore-emulator" in finished.stderr
     assert "java" not in finished.stderr
+    assert "node" not in finished.stderr
+    assert not (tmp_path / "clerk-dev-key.pem").exists()  # no token function, no key
 
 
 def test_env_file_is_created_from_the_example_with_a_fresh_secret(
@@ -469,7 +600,7 @@ def test_the_documented_cp_env_example_path_starts_and_makes_env_private(tmp_pat
         assert secret is not None
         body = user_event("user.created", new_user_id())
         request = urllib.request.Request(
-            f"http://127.0.0.1:{dev.function_port}/",
+            f"http://127.0.0.1:{dev.ports.webhook}/",
             data=body.encode(),
             headers=signed_headers(body, secret=secret),
             method="POST",
@@ -513,20 +644,20 @@ def test_function_log_lines_are_shown_short_and_other_lines_unchanged() -> None:
             "latency_ms": 1.5,
         }
     )
-    shown = devloop.readable(line)
+    shown = foreground.readable(line)
 
     assert shown == "WARNING 401 signature rejected: bad_signature  reason=bad_signature (1.5 ms)"
-    assert devloop.readable("[INFO] Booting worker") == "[INFO] Booting worker"
-    assert devloop.emulator_line("INFO: Detected HTTP/2 connection.") is None
+    assert foreground.readable("[INFO] Booting worker") == "[INFO] Booting worker"
+    assert foreground.emulator_line("INFO: Detected HTTP/2 connection.") is None
 
 
 def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("CLERK_WEBHOOK_SIGNING_SECRET=sk_test_pastedTheApiKeyByMistake0000\n")
-    function_port, emulator_port = two_free_ports()
+    ports = free_ports()
 
     finished = subprocess.run(
-        dev_command(env_file, function_port, emulator_port),
+        dev_command(env_file, ports),
         cwd=ROOT,
         env=environment_without_secret(),
         capture_output=True,
@@ -537,5 +668,89 @@ def test_dev_refuses_a_secret_that_is_not_a_whsec_value_before_starting_anything
 
     assert finished.returncode == 1
     assert "CLERK_WEBHOOK_SIGNING_SECRET is not a valid whsec_ signing secret" in finished.stderr
+    assert f"from {env_file}: for a fresh local secret, empty that line (or delete {env_file})" in finished.stderr
     assert "sk_test_" not in finished.stderr + finished.stdout
-    assert not devloop.port_taken(emulator_port)
+    assert not foreground.port_taken(ports.firestore)
+
+
+def test_dev_says_when_the_unusable_secret_comes_from_the_environment(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        dev_command(tmp_path / ".env", free_ports()),
+        cwd=ROOT,
+        env=environment_without_secret(CLERK_WEBHOOK_SIGNING_SECRET="sk_test_abc123"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert finished.returncode == 1
+    assert "from the environment, which wins over" in finished.stderr
+    assert "unset CLERK_WEBHOOK_SIGNING_SECRET for the one in" in finished.stderr
+
+
+def test_an_emptied_secret_in_env_is_replaced_with_a_fresh_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emptied, quoted, older_name = tmp_path / "emptied.env", tmp_path / "quoted.env", tmp_path / "older.env"
+    emptied.write_text("CLERK_WEBHOOK_SIGNING_SECRET=\nCLERK_SECRET_KEY=sk_test_kept\n")
+    quoted.write_text('CLERK_WEBHOOK_SIGNING_SECRET=""\n')
+    older_name.write_text("CLERK_WEBHOOK_SIGNING_SECRET=\nWEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+
+    for path in (emptied, quoted, older_name):
+        devloop.ensure_env_file(path, sys.stdout)
+
+    fresh = [dotenv_values(path)["CLERK_WEBHOOK_SIGNING_SECRET"] or "" for path in (emptied, quoted)]
+    assert all(re.fullmatch(r"whsec_[A-Za-z0-9+/]{32}", secret) for secret in fresh)
+    assert dotenv_values(emptied)["CLERK_SECRET_KEY"] == "sk_test_kept"
+    assert dotenv_values(older_name)["CLERK_WEBHOOK_SIGNING_SECRET"] == ""  # WEBHOOK_SECRET still holds one
+    assert capsys.readouterr().out.count("replaced the empty secret in") == 2
+
+
+def test_session_token_is_a_clerk_v2_session_token_signed_with_the_development_key(tmp_path: Path) -> None:
+    key = tmp_path / "clerk-dev-key.pem"
+    mint.ensure_key(key, sys.stdout)
+    claims = mint.session_claims(
+        "user_2abc",
+        organization=mint.Organization("org_2xyz", role="org:billing_manager", slug="acme"),
+        now=1_800_000_000,
+    )
+
+    token = mint.mint(key, claims)
+
+    header = jwt.get_unverified_header(token)
+    verified = jwt.decode(
+        token,
+        mint.public_pem(key),
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_nbf": False, "verify_iat": False},
+    )
+    assert header["alg"] == "RS256"
+    assert header["typ"] == "JWT"
+    assert header["kid"].startswith("ins_")
+    assert set(verified) == {"azp", "exp", "fva", "iat", "iss", "jti", "nbf", "o", "sid", "sts", "sub", "v"}
+    assert verified["exp"] - verified["iat"] == 60
+    assert verified["nbf"] < verified["iat"]
+    assert verified["v"] == 2
+    assert verified["sid"].startswith("sess_")
+    assert verified["azp"] == "http://localhost:3000"
+    assert verified["o"] == {"id": "org_2xyz", "rol": "billing_manager", "slg": "acme", "per": "read,manage"}
+    assert "o" not in mint.session_claims("user_2abc")
+    assert key.stat().st_mode & 0o077 == 0
+
+
+def test_session_token_warns_when_the_loop_verifies_with_another_key(tmp_path: Path) -> None:
+    key = tmp_path / "clerk-dev-key.pem"
+    other = tmp_path / "other" / "clerk-dev-key.pem"
+    other.parent.mkdir()
+    mint.ensure_key(key, sys.stdout)
+    mint.ensure_key(other, sys.stdout)
+
+    os.environ["CLERK_JWT_KEY"] = mint.public_pem(key)
+    same = mint.verifier_mismatch(key)
+    os.environ["CLERK_JWT_KEY"] = mint.public_pem(other).replace("\n", "\\n")  # as pasted into .env
+    different = mint.verifier_mismatch(key)
+
+    assert same is None
+    assert different is not None
+    assert "refuses this token (401 bad_signature)" in different

@@ -54,12 +54,16 @@ def post(client: FlaskClient, body: str | bytes, headers: dict[str, str] | None 
 
 
 def answer(response: TestResponse) -> tuple[int, str]:
-    """Status and outcome, after checking the body is the short, generic JSON every answer has."""
+    """Status and outcome, after checking the body is the short, generic JSON every answer has (a
+    malformed event's also names its reason)."""
     assert response.mimetype == "application/json"
-    assert json.loads(response.get_data()) == {"outcome": response.json["outcome"]}  # type: ignore[index]
-    assert response.json["outcome"] in KNOWN_OUTCOMES  # type: ignore[index]
-    assert len(response.get_data()) < 64
-    return response.status_code, response.json["outcome"]  # type: ignore[index]
+    body = json.loads(response.get_data())
+    outcome = body["outcome"]
+    reason = {"reason": body["reason"]} if outcome == "malformed" else {}
+    assert body == {"outcome": outcome, **reason}
+    assert outcome in KNOWN_OUTCOMES
+    assert len(response.get_data()) < (200 if reason else 64)
+    return response.status_code, outcome
 
 
 def _seed(client: FlaskClient) -> str:
@@ -247,6 +251,21 @@ def test_bad_request_is_refused_and_changes_nothing(
 
     assert answer(response)[0] == status
     assert snapshot_all(db) == before
+
+
+def test_malformed_event_answer_names_the_field_never_its_value(
+    client: FlaskClient, db: firestore.Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body, headers = _user_with(first_name={"nested": "grace@example.com"}, last_name="Hopper")
+    capsys.readouterr()
+
+    response = post(client, body, headers)
+
+    logged = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert response.status_code == 400
+    assert response.json == {"outcome": "malformed", "reason": "data.first_name is not a string"}
+    assert logged["reason"] == response.json["reason"]
+    assert b"grace@example.com" not in response.get_data()
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clerk_sync import config
+from clerk_sync import config, ids
 from tools.common import (
+    DEFAULT_AUTH_PORT,
     DEFAULT_EMULATOR_PORT,
     DEFAULT_FUNCTION_PORT,
+    DEFAULT_TOKEN_PORT,
     ROOT,
     ToolError,
     firestore_client,
@@ -51,15 +53,45 @@ def _port(name: str, default: int) -> int:
 def _run_dev(args: argparse.Namespace) -> int:
     from tools import devloop  # noqa: PLC0415 (each tool loads only when it runs)
 
-    return devloop.run(
-        env_file=args.env_file,
-        function_port=args.port if args.port is not None else _port("PORT", DEFAULT_FUNCTION_PORT),
-        emulator_port=(
-            args.emulator_port if args.emulator_port is not None else _port("EMULATOR_PORT", DEFAULT_EMULATOR_PORT)
-        ),
-        ngrok_api=args.ngrok_api,
-        start_timeout=args.start_timeout,
+    def chosen(given: int | None, variable: str, default: int) -> int:
+        return given if given is not None else _port(variable, default)
+
+    ports = devloop.Ports(
+        webhook=chosen(args.port, "PORT", DEFAULT_FUNCTION_PORT),
+        firestore=chosen(args.emulator_port, "EMULATOR_PORT", DEFAULT_EMULATOR_PORT),
+        token=None if args.webhook_only else chosen(args.token_port, "TOKEN_PORT", DEFAULT_TOKEN_PORT),
+        auth=None if args.webhook_only else chosen(args.auth_port, "AUTH_PORT", DEFAULT_AUTH_PORT),
     )
+    return devloop.run(env_file=args.env_file, ports=ports, ngrok_api=args.ngrok_api, start_timeout=args.start_timeout)
+
+
+def _run_session_token(args: argparse.Namespace) -> int:
+    from tools import mint  # noqa: PLC0415 (each tool loads only when it runs)
+
+    user_id = clerk_id(args.user_id, "user", "user_2abc...")
+    organization = None
+    if args.organization_id is not None:
+        organization = mint.Organization(
+            id=clerk_id(args.organization_id, "organization", "org_2abc..."),
+            role=args.role or mint.Organization.role,
+            slug=args.slug or mint.Organization.slug,
+        )
+    elif args.role is not None or args.slug is not None:
+        raise ToolError("--role and --slug describe the active organization: give --org-id too")
+    issuer = args.issuer or os.environ.get("CLERK_ISSUER", "").strip() or mint.DEFAULT_ISSUER
+    key = mint.key_path(args.env_file)
+    claims = mint.session_claims(
+        user_id, organization=organization, azp=args.azp, issuer=issuer, lifetime=args.lifetime, pending=args.pending
+    )
+    token = mint.mint(key, claims)
+    print(mint.describe(claims, key), file=sys.stderr)
+    problem = mint.verifier_mismatch(key)
+    if problem:
+        print(f"warning: {problem}", file=sys.stderr)
+    if args.claims:
+        print(mint.claims_json(claims), file=sys.stderr)
+    print(token)
+    return 0
 
 
 def _run_send(args: argparse.Namespace) -> int:
@@ -99,12 +131,22 @@ def _run_users(args: argparse.Namespace) -> int:
     )
 
 
+def clerk_id(value: str, kind: str, example: str) -> str:
+    """`value` when it can be a Clerk id, and so a document id; else a ToolError saying what one looks like."""
+    if not ids.is_clerk_id(value):
+        shown = repr(value) if value else "an empty id"
+        raise ToolError(
+            f"{shown[:140]} is not a Clerk {kind} id: those are letters, digits, _ and - only, such as {example} "
+            "(the ids `users` and `organizations` list); the webhook stores nothing under any other id"
+        )
+    return value
+
+
 def _run_user(args: argparse.Namespace) -> int:
     from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
 
-    return show.show_user(
-        firestore_client_for(args), settings().paths, args.user_id, timeout=args.timeout, out=sys.stdout
-    )
+    user_id = clerk_id(args.user_id, "user", "user_2abc...")
+    return show.show_user(firestore_client_for(args), settings().paths, user_id, timeout=args.timeout, out=sys.stdout)
 
 
 def _run_organizations(args: argparse.Namespace) -> int:
@@ -117,8 +159,9 @@ def _run_organizations(args: argparse.Namespace) -> int:
 def _run_organization(args: argparse.Namespace) -> int:
     from tools import show  # noqa: PLC0415 (each tool loads only when it runs)
 
+    organization_id = clerk_id(args.organization_id, "organization", "org_2abc...")
     db = firestore_client_for(args)
-    return show.show_organization(db, settings().paths, args.organization_id, timeout=args.timeout, out=sys.stdout)
+    return show.show_organization(db, settings().paths, organization_id, timeout=args.timeout, out=sys.stdout)
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -221,21 +264,26 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
     send.add_argument(
         "event",
         metavar="EVENT|FILE.json",
-        help="user.created|updated|deleted, organization.created|updated|deleted, "
-        "organizationMembership.created|updated|deleted, or a JSON file sent as it is",
+        help="user.created|updated|deleted (updated, deleted: --user-id), organization.created|updated|deleted "
+        "(updated, deleted: --org-id), organizationMembership.created|updated|deleted (all: --org-id and --user-id; "
+        "updated, deleted: --membership-id too), or a JSON file sent as it is",
     )
     send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
     send.add_argument("--user-id", help="Clerk user id (user.created: default a new one; memberships: the member)")
     send.add_argument("--email", help="primary email (default: per user; user.updated picks a new one)")
-    send.add_argument("--first-name", help="default: Ada")
-    send.add_argument("--last-name", help="default: Lovelace")
+    send.add_argument("--first-name", help="default: Ada (an update sends it too: it replaces the stored name)")
+    send.add_argument("--last-name", help="default: Lovelace (an update sends it too)")
     send.add_argument(
         "--org-id", dest="organization_id", help="organization id (organization.created: default a new one)"
     )
-    send.add_argument("--name", help="organization name (default: Analytical Engines)")
+    send.add_argument("--name", help="organization name (default: Analytical Engines; an update sends it too)")
     send.add_argument("--slug", help="organization slug (default: from the name)")
-    send.add_argument("--membership-id", help="membership id (organizationMembership.created: default a new one)")
-    send.add_argument("--role", help="membership role (default: org:member)")
+    send.add_argument(
+        "--membership-id",
+        help="membership id: organizationMembership.updated and .deleted need the one .created printed "
+        "(organizationMembership.created: default a new one)",
+    )
+    send.add_argument("--role", help="membership role (default: org:member; an update sends it too)")
     send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
     send.add_argument(
         "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (deletions: the event timestamp)"
@@ -244,6 +292,40 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=20.0, help="seconds to wait for the answer (default: %(default)s)"
     )
     send.set_defaults(run=_run_send)
+
+
+def _add_session_token(commands: Any, common: argparse.ArgumentParser) -> None:
+    """`session-token`: what a Clerk app's getToken() returns, signed with make dev's development key."""
+    from tools.mint import DEFAULT_AZP, LIFETIME_SECONDS, Organization  # noqa: PLC0415 (no heavy imports there)
+
+    token = commands.add_parser(
+        "session-token",
+        parents=[common],
+        help="print a Clerk-shaped session token for a user, signed with make dev's development key",
+        description="A Clerk v2 session token (RS256; sub, sid, iat, nbf, exp, azp, iss, v, o, jti, fva, sts) signed "
+        "with clerk-dev-key.pem, which `make dev` creates beside .env and its token function verifies with. "
+        "The token alone goes to stdout, a description to stderr: "
+        "TOKEN=$(python3 -m clerk_sync session-token user_2abc...)",
+    )
+    token.add_argument(
+        "user_id", metavar="USER_ID", help="the Clerk user id (sub), e.g. one `send user.created` printed"
+    )
+    token.add_argument("--org-id", dest="organization_id", help="an active organization (the v2 `o` claim)")
+    token.add_argument("--role", help=f"the role in it, with or without org: (default: {Organization.role})")
+    token.add_argument("--slug", help=f"its slug (default: {Organization.slug})")
+    token.add_argument(
+        "--azp", default=DEFAULT_AZP, help="the app's origin, as Clerk records it (default: %(default)s)"
+    )
+    token.add_argument("--issuer", help="iss (default: CLERK_ISSUER, else a local placeholder)")
+    token.add_argument(
+        "--lifetime",
+        type=_positive,
+        default=LIFETIME_SECONDS,
+        help="seconds until exp (default: %(default)s, as Clerk's session tokens)",
+    )
+    token.add_argument("--pending", action="store_true", help="a pending session (sts: pending)")
+    token.add_argument("--claims", action="store_true", help="also print the claims to stderr")
+    token.set_defaults(run=_run_session_token)
 
 
 def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_options: argparse.ArgumentParser) -> None:
@@ -317,12 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser(
         "dev",
         parents=[common],
-        help="run the Firestore emulator and the function on localhost (what `make dev` runs)",
-        description="Start the emulator (with firestore.rules) and the function in the foreground; Ctrl-C stops both.",
+        help="run the webhook, the token function and both emulators on localhost (what `make dev` runs)",
+        description="Start the Firestore emulator (with firestore.rules) and the webhook function, the Firebase Auth "
+        "emulator and the token function (with a development key pair, clerk-dev-key.pem beside .env) in the "
+        "foreground; Ctrl-C stops them all.",
     )
-    dev.add_argument("--port", type=int, help=f"function port (default: PORT or {DEFAULT_FUNCTION_PORT})")
+    dev.add_argument("--port", type=int, help=f"webhook function port (default: PORT or {DEFAULT_FUNCTION_PORT})")
     dev.add_argument(
-        "--emulator-port", type=int, help=f"emulator port (default: EMULATOR_PORT or {DEFAULT_EMULATOR_PORT})"
+        "--emulator-port",
+        type=int,
+        help=f"Firestore emulator port (default: EMULATOR_PORT or {DEFAULT_EMULATOR_PORT})",
+    )
+    dev.add_argument(
+        "--token-port", type=int, help=f"token function port (default: TOKEN_PORT or {DEFAULT_TOKEN_PORT})"
+    )
+    dev.add_argument("--auth-port", type=int, help=f"Auth emulator port (default: AUTH_PORT or {DEFAULT_AUTH_PORT})")
+    dev.add_argument(
+        "--webhook-only",
+        action="store_true",
+        help="only the webhook and the Firestore emulator (no Node.js needed)",
     )
     dev.add_argument(
         "--ngrok-api",
@@ -335,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.set_defaults(run=_run_dev)
 
     _add_send(commands, common)
+    _add_session_token(commands, common)
 
     users = commands.add_parser(
         "users", parents=[common, firestore_options], help="list synced users (id, email, name, updated_at)"

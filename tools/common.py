@@ -6,6 +6,7 @@ Only the tools import this module; the deployed function never does (cold start)
 from __future__ import annotations
 
 import os
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,22 +19,41 @@ if TYPE_CHECKING:
     from google.cloud import firestore
 
 __all__ = [
+    "DEFAULT_AUTH_PORT",
     "DEFAULT_EMULATOR_HOST",
     "DEFAULT_EMULATOR_PORT",
     "DEFAULT_FUNCTION_PORT",
+    "DEFAULT_TOKEN_PORT",
     "ROOT",
     "FirestoreTarget",
     "ToolError",
+    "checked_emulator_host",
     "emulator_answers",
     "firestore_client",
     "firestore_target",
     "settings",
+    "write_private",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FUNCTION_PORT = 8080
 DEFAULT_EMULATOR_PORT = 8081
 DEFAULT_EMULATOR_HOST = f"127.0.0.1:{DEFAULT_EMULATOR_PORT}"
+DEFAULT_TOKEN_PORT = 8082
+DEFAULT_AUTH_PORT = 9099  # firebase-tools' own default for the Auth emulator
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only, from the first byte (it holds a secret or a key)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 class ToolError(Exception):
@@ -63,15 +83,32 @@ class FirestoreTarget:
         return f"Firestore: {where}, project {self.project}{database}"
 
 
+def checked_emulator_host(value: str, given_as: str) -> str:
+    """`HOST:PORT` as given, or a ToolError naming `given_as` (`--emulator`, `FIRESTORE_EMULATOR_HOST=`)."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ToolError(
+            f"{given_as}{value[:100]} needs a port: HOST:PORT, such as {DEFAULT_EMULATOR_HOST} "
+            "(what `make dev` prints as the emulator's address)"
+        )
+    return value
+
+
 def firestore_target(project: str | None, emulator: str | None, database: str | None) -> FirestoreTarget:
     """`--emulator` wins; `--project` alone means the real project; neither means the local emulator."""
     database = database or os.environ.get("FIRESTORE_DATABASE", "").strip() or "(default)"
     environment_project = os.environ.get("GOOGLE_CLOUD_PROJECT", "").strip() or None
-    if emulator:
-        return FirestoreTarget(project or environment_project or config.EMULATOR_PROJECT, database, emulator)
+    if emulator is not None:
+        host = checked_emulator_host(emulator.strip(), "--emulator ")
+        return FirestoreTarget(project or environment_project or config.EMULATOR_PROJECT, database, host)
     if project:
         return FirestoreTarget(project, database, None)
-    host = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip() or DEFAULT_EMULATOR_HOST
+    from_environment = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip()
+    host = (
+        checked_emulator_host(from_environment, "FIRESTORE_EMULATOR_HOST=")
+        if from_environment
+        else DEFAULT_EMULATOR_HOST
+    )
     return FirestoreTarget(environment_project or config.EMULATOR_PROJECT, database, host)
 
 

@@ -23,7 +23,18 @@ from typing import Any, TextIO
 
 from tools.common import ToolError
 
-__all__ = ["EVENT_TYPES", "Options", "build", "new_clerk_id", "post", "send", "sign", "user_event"]
+__all__ = [
+    "EVENT_TYPES",
+    "Built",
+    "Options",
+    "build",
+    "checked_url",
+    "new_clerk_id",
+    "post",
+    "send",
+    "sign",
+    "user_event",
+]
 
 USER_TYPES = ("user.created", "user.updated", "user.deleted")
 ORGANIZATION_TYPES = ("organization.created", "organization.updated", "organization.deleted")
@@ -206,18 +217,39 @@ def membership_data(
 
 @dataclass(frozen=True)
 class Options:
-    """What `send` can set in a generated event; None means "a sensible default"."""
+    """What `send` can set in a generated event; None means "a sensible default" (DEFAULTS)."""
 
     user_id: str | None = None
     email: str | None = None
-    first_name: str = "Ada"
-    last_name: str = "Lovelace"
+    first_name: str | None = None
+    last_name: str | None = None
     organization_id: str | None = None
-    name: str = "Analytical Engines"
+    name: str | None = None
     slug: str | None = None
     membership_id: str | None = None
-    role: str = "org:member"
+    role: str | None = None
     updated_at: int | None = None
+
+
+# What a generated event carries where no option says otherwise, and the option that changes it.
+DEFAULTS = {"first_name": "Ada", "last_name": "Lovelace", "name": "Analytical Engines", "role": "org:member"}
+FLAGS = {"first_name": "--first-name", "last_name": "--last-name", "name": "--name", "role": "--role"}
+# The defaulted fields each kind of event carries into Firestore.
+CARRIED = {
+    "user": ("first_name", "last_name"),
+    "organization": ("name",),
+    "membership": ("role", "first_name", "last_name"),
+}
+
+
+@dataclass(frozen=True)
+class Built:
+    """A generated event: its envelope, the id it is about, a detail for the report, the defaults it used."""
+
+    envelope: dict[str, Any]
+    about: str
+    detail: str
+    defaulted: tuple[str, ...] = ()
 
 
 def _envelope(event_type: str, data: dict[str, Any], timestamp: int) -> dict[str, Any]:
@@ -231,60 +263,89 @@ def _envelope(event_type: str, data: dict[str, Any], timestamp: int) -> dict[str
     }
 
 
-def _needed(value: str | None, event_type: str, flag: str, hint: str) -> str:
-    if value is None:
-        raise ToolError(f"{event_type} needs {flag} ({hint})")
-    return value
+def _require(event_type: str, needed: list[tuple[str | None, str, str]]) -> None:
+    """Every missing id at once: (value, flag, where to get it)."""
+    missing = [f"{flag} ({hint})" for value, flag, hint in needed if value is None]
+    if missing:
+        listed = ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "") + missing[-1]
+        raise ToolError(f"{event_type} needs {listed}")
 
 
-def build(event_type: str, options: Options) -> tuple[dict[str, Any], str, str]:
-    """A generated event: its envelope, the id it is about, and a detail for the report."""
+def _defaulted(options: Options, kind: str) -> tuple[str, ...]:
+    return tuple(field for field in CARRIED[kind] if getattr(options, field) is None)
+
+
+def _value(options: Options, field: str) -> str:
+    given: str | None = getattr(options, field)
+    return DEFAULTS[field] if given is None else given
+
+
+def defaults_note(event_type: str, defaulted: tuple[str, ...]) -> str | None:
+    """For an update: which stored values the defaults replace, since Clerk's updates carry the whole object."""
+    if not event_type.endswith(".updated") or not defaulted:
+        return None
+    values = ", ".join(f"{field.replace('_', ' ')} {DEFAULTS[field]!r}" for field in defaulted)
+    flags = ", ".join(FLAGS[field] for field in defaulted)
+    why = "the defaults, not what Firestore holds; an update carries the whole object, so they replace the stored"
+    return f"{values}: {why} values (choose with {flags})"
+
+
+def build(event_type: str, options: Options) -> Built:
+    """A generated event, with the fields no option set taken from DEFAULTS."""
     if event_type in USER_TYPES:
-        user_id = options.user_id or (
-            new_clerk_id("user")
-            if event_type == "user.created"
-            else _needed(None, event_type, "--user-id", "the id `send user.created` printed")
-        )
+        if event_type != "user.created":
+            _require(event_type, [(options.user_id, "--user-id", "the id `send user.created` printed")])
+        user_id = options.user_id or new_clerk_id("user")
         envelope = user_event(
             event_type,
             user_id,
             email=options.email,
-            first_name=options.first_name,
-            last_name=options.last_name,
+            first_name=_value(options, "first_name"),
+            last_name=_value(options, "last_name"),
             updated_at=options.updated_at,
         )
         addresses = envelope["data"].get("email_addresses") or []
-        return envelope, user_id, f"  ({addresses[0]['email_address']})" if addresses else ""
+        detail = f"  ({addresses[0]['email_address']})" if addresses else ""
+        defaulted = () if event_type == "user.deleted" else _defaulted(options, "user")
+        return Built(envelope, user_id, detail, defaulted)
     updated_at = now_ms() if options.updated_at is None else options.updated_at
+    name = _value(options, "name")
     if event_type in ORGANIZATION_TYPES:
-        organization_id = options.organization_id or (
-            new_clerk_id("org")
-            if event_type == "organization.created"
-            else _needed(None, event_type, "--org-id", "the id `send organization.created` printed")
-        )
+        if event_type != "organization.created":
+            _require(event_type, [(options.organization_id, "--org-id", "the id `send organization.created` printed")])
+        organization_id = options.organization_id or new_clerk_id("org")
         if event_type == "organization.deleted":
             data = {"deleted": True, "id": organization_id, "object": "organization", "slug": options.slug or ""}
-            return _envelope(event_type, data, updated_at), organization_id, ""
-        data = organization_data(organization_id, name=options.name, slug=options.slug, updated_at=updated_at)
-        return _envelope(event_type, data, now_ms()), organization_id, f"  ({options.name})"
-    organization_id = _needed(options.organization_id, event_type, "--org-id", "the organization joined")
-    user_id = _needed(options.user_id, event_type, "--user-id", "the member")
-    membership_id = options.membership_id or (
-        new_clerk_id("orgmem")
-        if event_type == "organizationMembership.created"
-        else _needed(None, event_type, "--membership-id", "the id `send organizationMembership.created` printed")
-    )
-    organization = organization_data(organization_id, name=options.name, slug=options.slug, updated_at=updated_at)
+            return Built(_envelope(event_type, data, updated_at), organization_id, "")
+        data = organization_data(organization_id, name=name, slug=options.slug, updated_at=updated_at)
+        return Built(
+            _envelope(event_type, data, now_ms()), organization_id, f"  ({name})", _defaulted(options, "organization")
+        )
+    needed = [
+        (options.organization_id, "--org-id", "the organization joined"),
+        (options.user_id, "--user-id", "the member"),
+    ]
+    if event_type != "organizationMembership.created":
+        needed.append(
+            (options.membership_id, "--membership-id", "the id `send organizationMembership.created` printed")
+        )
+    _require(event_type, needed)
+    assert options.organization_id is not None
+    assert options.user_id is not None
+    membership_id = options.membership_id or new_clerk_id("orgmem")
+    role = _value(options, "role")
+    organization = organization_data(options.organization_id, name=name, slug=options.slug, updated_at=updated_at)
     data = membership_data(
         membership_id,
         organization,
-        user_id,
-        role=options.role,
-        first_name=options.first_name,
-        last_name=options.last_name,
+        options.user_id,
+        role=role,
+        first_name=_value(options, "first_name"),
+        last_name=_value(options, "last_name"),
         updated_at=updated_at,
     )
-    return _envelope(event_type, data, now_ms()), membership_id, f"  ({user_id} in {organization_id}, {options.role})"
+    detail = f"  ({options.user_id} in {options.organization_id}, {role})"
+    return Built(_envelope(event_type, data, now_ms()), membership_id, detail, _defaulted(options, "membership"))
 
 
 def sign(body: str, secret: str, message_id: str) -> dict[str, str]:
@@ -305,10 +366,20 @@ def sign(body: str, secret: str, message_id: str) -> dict[str, str]:
     }
 
 
+def checked_url(url: str) -> str:
+    """`url` when it is http(s) with a host; else a ToolError showing what one looks like."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ToolError(
+            f"--url must be an http:// or https:// URL, such as {DEFAULT_URL} or https://1a2b.ngrok-free.app/, "
+            f"not {url[:200]!r}"
+        )
+    return url
+
+
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, str, str]:
     """POST once and return status, reason and body text; raises ToolError when nothing answered."""
-    if urllib.parse.urlsplit(url).scheme not in {"http", "https"}:
-        raise ToolError(f"--url must be an http:// or https:// URL, not {url!r}")
+    checked_url(url)
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (checked)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked)
@@ -368,10 +439,13 @@ def send(
         raise ToolError(
             "no signing secret: set CLERK_WEBHOOK_SIGNING_SECRET in the environment or .env (`make dev` creates one)"
         )
+    checked_url(url)  # before anything is saved or printed as if it could be sent
+    note = None
     if what in EVENT_TYPES:
-        envelope, about, detail = build(what, options)
-        body = json.dumps(envelope, ensure_ascii=False)
-        event_type = what
+        built = build(what, options)
+        body = json.dumps(built.envelope, ensure_ascii=False)
+        event_type, about, detail = what, built.about, built.detail
+        note = defaults_note(what, built.defaulted)
     else:
         path = Path(what)
         if not path.exists():
@@ -388,6 +462,8 @@ def send(
     headers = sign(body, secret, message_id)
     out.write(f"POST {url}\n")
     out.write(f"  event    {event_type}  {about}{detail}\n")
+    if note:
+        out.write(f"  note     {note}\n")
     out.write(f"  svix-id  {message_id}\n")
     saved = _save(body, message_id) if what in EVENT_TYPES else None
     if saved is not None:

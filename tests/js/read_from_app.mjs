@@ -1,50 +1,32 @@
-// What an app does with the exchange, run by tests/test_token_end_to_end.py with the Firebase JS SDK
-// (node_modules/firebase) against the Auth and Firestore emulators. docs/reading-from-your-app.md shows
-// the same code in TypeScript with Clerk around it. Inputs come from the environment; the result is
-// one JSON line on stdout. Exits 2 if anything takes longer than DEADLINE_MS.
-import { deleteApp, initializeApp } from "firebase/app";
-import { connectAuthEmulator, getAuth, signInWithCustomToken, signOut } from "firebase/auth";
+// The app's code from docs/reading-from-your-app.md (firebase.ts, as `make docs-ts` writes it to
+// build/docs-ts/) run by tsx against the Auth and Firestore emulators and a real token function, by
+// tests/test_token_end_to_end.py. Only what the page's functions cannot show is done here directly:
+// the reads the rules must refuse. Inputs come from the environment; the result is one JSON line on
+// stdout. Exits 2 if anything takes longer than DEADLINE_MS.
+import { deleteApp, getApp } from "firebase/app";
+import { getAuth } from "firebase/auth";
+import { collectionGroup, doc, getDoc, getDocs, getFirestore, terminate } from "firebase/firestore";
 import {
-  collectionGroup,
-  connectFirestoreEmulator,
-  doc,
-  getDoc,
-  getDocs,
-  getFirestore,
-  onSnapshot,
-  query,
-  terminate,
-  where,
-} from "firebase/firestore";
+  localDevelopment,
+  readOrganization,
+  readOwnUser,
+  signInToFirebase,
+  signOutOfFirebase,
+  startFirebase,
+  watchOwnMemberships,
+  watchOwnUser,
+} from "../../build/docs-ts/firebase.ts";
 
 const DEADLINE_MS = 45_000;
-const SNAPSHOT_TIMEOUT_MS = 15_000;
+const WATCH_TIMEOUT_MS = 15_000;
 setTimeout(() => {
   console.error(`read_from_app: no result after ${DEADLINE_MS} ms`);
   process.exit(2);
 }, DEADLINE_MS).unref();
 
 const env = process.env;
-const app = initializeApp({ projectId: env.PROJECT_ID, apiKey: "any" });
-const auth = getAuth(app);
-connectAuthEmulator(auth, `http://${env.AUTH_EMULATOR_HOST}`, { disableWarnings: true });
-const db = getFirestore(app);
-const [firestoreHost, firestorePort] = env.FIRESTORE_EMULATOR_HOST.split(":");
-connectFirestoreEmulator(db, firestoreHost, Number(firestorePort));
 
-// The exchange: the Clerk session token in, a Firebase custom token out.
-async function firebaseCustomToken(clerkSessionToken) {
-  const response = await fetch(env.TOKEN_URL, {
-    method: "POST",
-    headers: { Authorization: `Bearer ${clerkSessionToken}`, Origin: env.APP_ORIGIN },
-    signal: AbortSignal.timeout(10_000),
-  });
-  const body = await response.json();
-  if (!response.ok) throw new Error(`token exchange answered ${response.status} ${body.error}`);
-  return { token: body.token, allowOrigin: response.headers.get("access-control-allow-origin") };
-}
-
-async function errorCode(promise) {
+async function errorOf(promise) {
   try {
     await promise;
     return null;
@@ -53,67 +35,61 @@ async function errorCode(promise) {
   }
 }
 
-// The first snapshot the server confirmed (one from the local cache could predate the rules' answer);
-// the cache-to-server step changes only metadata, which listeners see only when they ask for it.
-function firstServerSnapshot(reference) {
+// The first answer of one of the page's watch functions, then its listener is removed.
+function firstAnswer(watch, accept = () => true) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no snapshot in time")), SNAPSHOT_TIMEOUT_MS);
-    const unsubscribe = onSnapshot(
-      reference,
-      { includeMetadataChanges: true },
-      (snapshot) => {
-        if (snapshot.metadata.fromCache) return;
-        clearTimeout(timer);
-        unsubscribe();
-        resolve(snapshot);
-      },
-      (error) => {
-        clearTimeout(timer);
-        reject(error);
-      },
-    );
+    const timer = setTimeout(() => reject(new Error("no answer from the listener in time")), WATCH_TIMEOUT_MS);
+    const stop = watch((answer) => {
+      if (!accept(answer)) return;
+      clearTimeout(timer);
+      stop();
+      resolve(answer);
+    });
   });
 }
 
-const exchanged = await firebaseCustomToken(env.CLERK_SESSION_TOKEN);
-const refused = await errorCode(firebaseCustomToken(env.FORGED_SESSION_TOKEN));
-const { user } = await signInWithCustomToken(auth, exchanged.token);
+const settings = localDevelopment({
+  token: env.TOKEN_URL,
+  auth: env.FIREBASE_AUTH_EMULATOR_HOST,
+  firestore: env.FIRESTORE_EMULATOR_HOST,
+});
+startFirebase({ ...settings, firebase: { ...settings.firebase, projectId: env.PROJECT_ID } });
+const db = getFirestore(); // the page's Firestore: startFirebase set up the default app
+
+const forged = await errorOf(signInToFirebase(env.FORGED_SESSION_TOKEN));
+const beforeSignIn = await errorOf(readOwnUser());
+await signInToFirebase(env.CLERK_SESSION_TOKEN);
+const user = getAuth().currentUser;
 const { claims } = await user.getIdTokenResult();
 
-const own = await getDoc(doc(db, "users", user.uid));
-const otherError = await errorCode(getDoc(doc(db, "users", env.OTHER_UID)));
-const live = await firstServerSnapshot(doc(db, "users", user.uid));
+const own = await readOwnUser();
+const live = await firstAnswer(watchOwnUser, (data) => data !== undefined);
+const memberships = await firstAnswer(watchOwnMemberships);
+const organization = await readOrganization(claims.org_id);
+const otherError = await errorOf(getDoc(doc(db, "users", env.OTHER_UID)));
+const otherOrganizationError = await errorOf(readOrganization(env.OTHER_ORG_ID));
+const everyonesError = await errorOf(getDocs(collectionGroup(db, "memberships")));
 
-// The signed-in user's memberships across organizations: a collection-group query on user_id (the
-// rules allow exactly this one), then each organization's document, which members may read.
-const mine = await getDocs(query(collectionGroup(db, "memberships"), where("user_id", "==", user.uid)));
-const memberships = mine.docs.map((member) => ({ organization_id: member.get("organization_id"), role: member.get("role") }));
-const organization = await getDoc(doc(db, "organizations", claims.org_id));
-const otherOrganizationError = await errorCode(getDoc(doc(db, "organizations", env.OTHER_ORG_ID)));
-const everyonesError = await errorCode(getDocs(collectionGroup(db, "memberships")));
-
-await signOut(auth);
-const afterSignOutError = await errorCode(getDoc(doc(db, "users", user.uid)));
+await signOutOfFirebase();
+const afterSignOutError = await errorOf(getDoc(doc(db, "users", user.uid)));
 
 console.log(
   JSON.stringify({
-    allow_origin: exchanged.allowOrigin,
-    forged_exchange_error: refused,
+    forged_exchange_error: forged,
+    before_sign_in_error: beforeSignIn,
     uid: user.uid,
     claims: { org_id: claims.org_id ?? null, org_role: claims.org_role ?? null, org_slug: claims.org_slug ?? null },
     sign_in_provider: claims.firebase?.sign_in_provider ?? null,
-    own_exists: own.exists(),
-    own_clerk_id: own.get("clerk_id") ?? null,
+    own_clerk_id: own?.clerk_id ?? null,
+    watched_clerk_id: live?.clerk_id ?? null,
+    memberships: memberships.map((member) => ({ organization_id: member.organization_id, role: member.role })),
+    organization_name: organization?.name ?? null,
     other_error: otherError,
-    snapshot_clerk_id: live.get("clerk_id") ?? null,
-    snapshot_from_cache: live.metadata.fromCache,
-    memberships,
-    organization_name: organization.get("name") ?? null,
     other_organization_error: otherOrganizationError,
     all_memberships_error: everyonesError,
     after_sign_out_error: afterSignOutError,
   }),
 );
 await terminate(db);
-await deleteApp(app);
+await deleteApp(getApp());
 process.exit(0);

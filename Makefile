@@ -116,7 +116,7 @@ indexes: ## exempt metadata and timestamps from indexing; memberships queryable 
 	  -d '$(USER_ID_INDEX)'
 
 bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory): print tables, keep bench/results/
-	@for script in cold_start latency round_trips round_trip_delay memory; do \
+	@for script in cold_start latency round_trips round_trip_delay memory backlog; do \
 	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
 	done
 

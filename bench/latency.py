@@ -6,7 +6,10 @@ The floor runs the very same transactions (`clerk_sync.events.apply_event` on pr
 pool of C threads in this process, without HTTP, verification or parsing. A one-user variant updates a
 single user from C threads (contention). Target: server throughput at C=8 at least 80% of the floor's.
 A second floor, `bench/http_floor_app.py`, serves the same transaction through functions-framework
-without verification or logging: it splits the gap into the HTTP stack's share and our code's.
+without verification or logging: it splits the gap into the HTTP stack's share and our code's. A
+third, `bench/transactional_floor_app.py`, is a plain functions-framework function doing one
+`@firestore.transactional` read and write (3 RPCs, nothing else): the webhook, with signature,
+idempotency record, ordering and claims in 2 RPCs, should keep up with it (target: >= 1.00 at C=8).
 
 All of it shares one machine, so the CPU each party used is measured too (from /proc): the function's
 process group, the load generator (this process), the emulator. It shows where a throughput gap comes from.
@@ -42,6 +45,8 @@ EVENT_TTL = timedelta(days=30)
 BASE_MS = 1_756_382_400_000
 MAIN = ROOT / "main.py"
 HTTP_FLOOR = ROOT / "bench" / "http_floor_app.py"
+LIBRARY_FLOOR = ROOT / "bench" / "transactional_floor_app.py"
+LIBRARY_TARGET_RATIO = 1.00
 
 
 @dataclass
@@ -171,6 +176,10 @@ def main() -> None:
             "result",
             "HTTP floor ev/s",
             "server / HTTP floor",
+            "library floor ev/s",
+            "server / library floor",
+            "target",
+            "result",
         ],
     )
     cpu = Table(
@@ -184,15 +193,21 @@ def main() -> None:
     numbers: dict[str, object] = {}
     with harness.running_emulator() as host:
         for concurrency in CONCURRENCY:
-            runs: dict[str, list[Run]] = {"server": [], "HTTP floor": [], "floor": []}
+            runs: dict[str, list[Run]] = {"server": [], "HTTP floor": [], "floor": [], "library floor": []}
             with (
                 served(host, concurrency, "clerk_webhook", MAIN) as server_run,
                 served(host, concurrency, "transaction_only", HTTP_FLOOR) as http_floor_run,
+                served(host, concurrency, "transactional_floor", LIBRARY_FLOOR) as library_floor_run,
             ):
                 floor_run = direct(host, concurrency)
-                for repeat in range(REPEATS):  # interleaved, so drift in the machine's load hits all three
-                    order = [("floor", floor_run), ("server", server_run), ("HTTP floor", http_floor_run)]
-                    for path, run_batch in order[repeat % 3 :] + order[: repeat % 3]:  # no path always first
+                for repeat in range(REPEATS):  # interleaved, so drift in the machine's load hits all four
+                    order = [
+                        ("floor", floor_run),
+                        ("server", server_run),
+                        ("HTTP floor", http_floor_run),
+                        ("library floor", library_floor_run),
+                    ]
+                    for path, run_batch in order[repeat % 4 :] + order[: repeat % 4]:  # no path always first
                         runs[path].append(
                             run_batch(distinct_users(EVENTS[concurrency], f"c{concurrency}r{repeat}{path[0]}"))
                         )
@@ -201,6 +216,7 @@ def main() -> None:
                     one_user_runs = {"server": server_run(bodies), "floor": floor_run(bodies)}
             chosen = {path: median_run(path_runs) for path, path_runs in runs.items()}
             server, http_floor, floor = chosen["server"], chosen["HTTP floor"], chosen["floor"]
+            library_floor = chosen["library floor"]
             # Each repeat's three runs are seconds apart: their ratio is the least disturbed by other load.
             ratio = statistics.median(
                 served_run.load.throughput / floor_run_.load.throughput
@@ -209,6 +225,10 @@ def main() -> None:
             http_ratio = statistics.median(
                 served_run.load.throughput / http_run.load.throughput
                 for served_run, http_run in zip(runs["server"], runs["HTTP floor"], strict=True)
+            )
+            library_ratio = statistics.median(
+                served_run.load.throughput / library_run.load.throughput
+                for served_run, library_run in zip(runs["server"], runs["library floor"], strict=True)
             )
             judged = concurrency == TARGET_CONCURRENCY
             table.rows.append(
@@ -221,11 +241,16 @@ def main() -> None:
                     harness.verdict(ratio >= TARGET_RATIO) if judged else "",
                     f"{http_floor.load.throughput:.0f}",
                     f"{http_ratio:.3f}",
+                    f"{library_floor.load.throughput:.0f}",
+                    f"{library_ratio:.3f}",
+                    f">= {LIBRARY_TARGET_RATIO:.2f}" if judged else "",
+                    harness.verdict(library_ratio >= LIBRARY_TARGET_RATIO) if judged else "",
                 ]
             )
             paths = (
                 ("server", server, "load generator"),
                 ("HTTP floor", http_floor, "load generator"),
+                ("library floor", library_floor, "load generator"),
                 ("floor", floor, "transactions"),
             )
             for path, distinct, local in paths:
@@ -245,7 +270,9 @@ def main() -> None:
                 "server": {**vars(server.load), **_cpu(server)},
                 "floor": {**vars(floor.load), **_cpu(floor)},
                 "http_floor": {**vars(http_floor.load), **_cpu(http_floor)},
+                "library_floor": {**vars(library_floor.load), **_cpu(library_floor)},
                 "ratio": ratio,
+                "library_ratio": library_ratio,
                 "throughputs": {path: [run.load.throughput for run in path_runs] for path, path_runs in runs.items()},
             }
             if concurrency == TARGET_CONCURRENCY:

@@ -26,7 +26,7 @@ from clerk_events import (
 from conftest import PATHS, PROJECT, ROOT, apply_event
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud import firestore
-from google.cloud.firestore_v1 import base_client
+from google.cloud.firestore_v1 import _helpers
 from rpc_count import CallCounter, counting_client
 
 from clerk_sync import event_log, events, transaction
@@ -188,14 +188,33 @@ def threading_deadline() -> float:
 
 def test_the_pinned_library_still_has_what_the_core_relies_on(db: firestore.Client) -> None:
     pinned = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
-    batch: Any = db.batch()
 
     assert metadata.version("google-cloud-firestore") == pinned["google-cloud-firestore"]
-    assert callable(base_client._parse_batch_get)
-    assert hasattr(db, "_firestore_api")
+    assert callable(_helpers.decode_dict)
+    assert db._firestore_api._transport.grpc_channel is not None
     assert isinstance(db._database_string, str)
     assert isinstance(db._rpc_metadata, list)
-    assert batch._write_pbs == []
+    assert db._client_info.to_grpc_metadata()[0] == "x-goog-api-client"
+
+
+def test_reads_decode_every_value_as_the_library_does(db: firestore.Client) -> None:
+    written = db.collection(PATHS.users).document("user_every_value")
+    written.set({**EVERY_VALUE, "when": firestore.SERVER_TIMESTAMP}, timeout=10)
+    missing = db.collection(PATHS.users).document("user_never_written")
+    library = {snapshot.reference.path: snapshot for snapshot in db.get_all([written, missing], timeout=10)}
+    attempt = transaction.Attempt(db, threading_deadline(), None)
+
+    ours = attempt.read([written, missing])
+    attempt.rollback()
+
+    assert set(ours) == set(library) == {written.path, missing.path}
+    for path, snapshot in ours.items():
+        assert snapshot.exists == library[path].exists
+        assert snapshot.to_dict() == library[path].to_dict()
+        assert (snapshot.create_time, snapshot.update_time) == (library[path].create_time, library[path].update_time)
+    stored = ours[written.path].to_dict() or {}
+    assert stored["precise"].microsecond == 123_456  # Firestore keeps microseconds
+    assert isinstance(stored["when"], datetime)
 
 
 EVERY_VALUE: dict[str, Any] = {

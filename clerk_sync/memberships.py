@@ -103,7 +103,7 @@ def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upse
         "created_at": payload.optional_time(data, "created_at"),
         "updated_at": updated_at,
     }
-    payload.check_document_size(document, "membership")
+    payload.check_document_size(document, "membership", len(body))
     return kind.parsed_upsert(KIND, event_type, membership, document, updated_at)
 
 

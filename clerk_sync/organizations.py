@@ -89,7 +89,7 @@ def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upse
     data = _data(envelope)
     payload.check_encodable(body, data)
     document = document_from(data)
-    payload.check_document_size(document, "organization")
+    payload.check_document_size(document, "organization", len(body))
     return kind.parsed_upsert(KIND, event_type, {"clerk_id": document["clerk_id"]}, document, document["updated_at"])
 
 

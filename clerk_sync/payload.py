@@ -202,8 +202,20 @@ def stored_bytes(value: object) -> int:
     return 1 if value is None or isinstance(value, bool) else 8
 
 
-def check_document_size(document: dict[str, Any], kind: str) -> None:
-    """A body under 1 MiB can still make a bigger document: refuse it, Svix cannot fix it."""
+# Every value of a synced document comes from the body: a string's UTF-8 is never longer than its
+# JSON spelling, a number or time takes 8 bytes from at least 1 of JSON, and one value (a user's
+# primary email) is kept twice. So a document is at most this many times its body, plus its names.
+BYTES_PER_BODY_BYTE = 8
+NAMES_BYTES = 4096
+
+
+def check_document_size(document: dict[str, Any], kind: str, body_bytes: int | None = None) -> None:
+    """A body under 1 MiB can still make a bigger document: refuse it, Svix cannot fix it.
+
+    With `body_bytes`, a body too small to make an oversized document is not counted at all.
+    """
+    if body_bytes is not None and body_bytes * BYTES_PER_BODY_BYTE + NAMES_BYTES <= MAX_DOCUMENT_BYTES:
+        return
     if stored_bytes(document) > MAX_DOCUMENT_BYTES:
         raise MalformedEvent(f"{kind} document over Firestore's 1 MiB limit")
 

@@ -293,7 +293,7 @@ def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upse
         "last_sign_in_at": payload.optional_time(data, "last_sign_in_at"),
     }
     # The email is kept twice (email and email_addresses), so a body under 1 MiB can exceed it.
-    payload.check_document_size(document, "user")
+    payload.check_document_size(document, "user", len(body))
     return kind.parsed_upsert(KIND, event_type, {"clerk_id": data["id"]}, document, updated_at)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from clerk_events import BASE_MS, deletion_event, envelope, new_user_id, user_data, user_event
 
-from clerk_sync import events, kind, users
+from clerk_sync import events, kind, payload, users
 from clerk_sync.payload import MalformedEvent
 from clerk_sync.users import normalise_email
 
@@ -336,3 +336,30 @@ def test_null_metadata_and_flags_become_empty_and_false() -> None:
 )
 def test_normalise_email_trims_and_lower_cases(address: str, key: str | None) -> None:
     assert normalise_email(address) == key
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["many small numbers", "a long primary email kept twice", "many short keys", "escaped text", "metadata as text"],
+)
+def test_a_document_is_never_more_than_8_times_its_body_so_small_bodies_skip_the_count(case: str) -> None:
+    # payload.check_document_size skips counting when 8 x the body (+ names) fits: the worst shapes
+    # a body can take must stay inside that bound.
+    user_id = new_user_id()
+    if case == "many small numbers":
+        body = user_event("user.updated", user_id, public_metadata={"n": [0] * 20_000})
+    elif case == "a long primary email kept twice":
+        body = user_event("user.updated", user_id, emails=["a" * 100_000 + "@example.com"])
+    elif case == "many short keys":
+        body = user_event("user.updated", user_id, unsafe_metadata={f"{index:x}": 0 for index in range(10_000)})
+    elif case == "escaped text":
+        body = json.dumps(json.loads(user_event("user.updated", user_id, first_name="é" * 20_000)), ensure_ascii=True)
+    else:
+        body = user_event("user.updated", user_id, public_metadata={"deep": [[0]] * 10_000})  # kept as JSON text
+    document = _upsert(body).document
+
+    ratio = payload.stored_bytes(document) / len(body.encode())
+
+    assert payload.stored_bytes(document) <= len(body.encode()) * payload.BYTES_PER_BODY_BYTE + payload.NAMES_BYTES
+    if case == "many small numbers":
+        assert ratio > 2.5  # a real body comes within a factor of about 3 of the bound

@@ -17,7 +17,7 @@ if not os.environ.get("K_SERVICE"):
 
     load_dotenv(Path(__file__).with_name(".env"), override=False)
 
-from clerk_sync import config, events, signature, transaction, web
+from clerk_sync import config, events, instance, signature, transaction, web
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 
@@ -90,13 +90,26 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         # The reason names a field, never its value (tests/test_events.py): safe to tell the sender.
         answer = {"outcome": "malformed", "reason": str(malformed)}
         return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
-    del body  # the parsed event is all that is needed from here on
     fields.update(event_type=event.event_type, clerk_id=event.clerk_id)
     if isinstance(event, events.IgnoredEvent):
         return web.Reply(200, "ignored", f"{event.event_type} ignored")
+    try:
+        db = transaction.client(settings.project_id, settings.database)
+        settings = instance.admit_event(db, settings, body)
+    except events.MalformedEvent as malformed:
+        fields["reason"] = str(malformed)
+        answer = {"outcome": "malformed", "reason": str(malformed)}
+        return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
+    except instance.OtherInstance as other:
+        fields.update(reason="other_instance", instance_id=other.seen.instance_id, pinned=other.pinned.instance_id)
+        return web.Reply(403, "other_instance", f"{event.event_type} refused: {other}")
+    except StoreUnavailable as unavailable:
+        fields["reason"] = str(unavailable)
+        return web.Reply(503, "unavailable", f"{event.event_type} not stored: Firestore unavailable")
+    del body  # the parsed event is all that is needed from here on
     delivery = Delivery(message_id=signed.message_id, settings=settings)
     try:
-        outcome = events.apply_event(transaction.client(settings.project_id, settings.database), event, delivery)
+        outcome = events.apply_event(db, event, delivery)
     except FollowUpFailed as failed:
         fields.update(delivery.notes, reason=str(failed))
         return web.Reply(503, "unavailable", f"{event.event_type} stored, follow-up failed: retry completes it")

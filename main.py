@@ -125,6 +125,7 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
 
 
 RECONCILE_BODY_BYTES = 1024
+PERSON_NEEDED = {"other_instance", "mass_deletion"}
 
 
 @functions_framework.http
@@ -186,10 +187,13 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         skipped=sum(len(tally.skipped) for tally in report.tallies.values()),
     )
     if report.stopped:
-        fields["reason"] = report.stopped
-    status = 503 if report.stopped else 200
+        fields["reason"] = report.stop_reason
+    # A guard that stopped the run waits for a person (500); Clerk or Firestore trouble passes (503).
+    status = 200 if not report.stopped else 500 if report.stop_reason in PERSON_NEEDED else 503
     severity = "ERROR" if report.stopped else "WARNING" if report.drift or report.unresolved else "INFO"
     message = f"reconcile {mode}: {report.outcome}, drift {report.drift}"
+    if report.stopped:
+        message += f": {report.stopped}"
     return web.Reply(status, report.outcome, message, body=summary, severity=severity)
 
 

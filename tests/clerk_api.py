@@ -4,6 +4,7 @@ It serves the documented response shapes (lists with limit/offset and the orderi
 `GET` by id answering 404 for what is gone), so the real `clerk-backend-api` client parses them,
 and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries.
 
+  GET /v1/instance (the key's instance: id and environment_type)
   GET /v1/users, /v1/users/count, /v1/users/{id}
   GET /v1/organizations, /v1/organizations/{id}, /v1/organizations/{id}/memberships?user_id=...
   GET /v1/organization_memberships
@@ -15,7 +16,7 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -24,6 +25,7 @@ from typing import Any
 from loopback import serving
 
 SECRET_KEY = "sk_test_backfill0000000000000000000000000000"
+INSTANCE_ID = "ins_2standin000000000000000000"
 BASE_MS = 1_756_382_400_000
 
 
@@ -168,7 +170,8 @@ class Request:
 class FakeClerk:
     """What the fake API serves and the faults it injects.
 
-    `faults` answers the n-th `GET /v1/users` list request; `path_faults` the n-th request of any path.
+    `faults` answers the n-th `GET /v1/users` list request; `path_faults` the n-th request of any path;
+    `after` runs after the n-th request of a path is answered (Clerk changing during a run).
     """
 
     users: list[dict[str, Any]]
@@ -177,6 +180,9 @@ class FakeClerk:
     unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
     faults: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
     path_faults: dict[tuple[str, int], tuple[int, dict[str, str]]] = field(default_factory=dict)
+    after: dict[tuple[str, int], Callable[[], None]] = field(default_factory=dict)
+    instance_id: str = INSTANCE_ID
+    environment_type: str = "development"
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -199,6 +205,9 @@ class FakeClerk:
         if not 1 <= limit <= 500 or offset < 0:
             return 422, {}, _errors("form_param_value_invalid", "limit must be 1-500")
         parts = path.removeprefix("/v1/").split("/")
+        if parts == ["instance"]:
+            instance = {"object": "instance", "id": self.instance_id, "environment_type": self.environment_type}
+            return 200, {}, {**instance, "allowed_origins": None}
         if parts == ["users", "count"]:
             return 200, {}, {"object": "total_count", "total_count": len(self.users)}
         if parts == ["users"]:
@@ -259,6 +268,9 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
                 fake.requests.append(record)
                 status, headers, body = fake.answer(parsed.path, query, record.authorization)
                 record.status = status
+                then = fake.after.get((parsed.path, len(fake.list_requests(parsed.path)) - 1))
+                if then is not None:
+                    then()
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -40,6 +40,10 @@ class Run:
     budget_deadline: float | None
     state_ref: firestore.DocumentReference
     page_size: int = PAGE_SIZE
+    lease_token: str | None = None  # this invocation's hold on the lease (None: a dry run takes none)
+    allow_mass_deletion: bool = False
+    listing_began_ms: int | None = None  # when the users listing began (the next incremental run starts there)
+    held_back_ms: int | None = None  # an incremental listing could not prove it skipped nothing after this
     seen: dict[str, set[str]] = field(default_factory=dict)  # kind -> keys listed in Clerk during this run
     pending: dict[str, dict[str, tuple[events.Change, str]]] = field(default_factory=dict)  # conflicts to retry
 
@@ -64,6 +68,13 @@ class Run:
                     raise ReconcileStopped(f"Firestore failed {what}: {type(error).__name__}") from None
                 time.sleep(backoff(attempt))
         raise AssertionError("unreachable")
+
+    def get(self, reference: firestore.DocumentReference) -> firestore.DocumentSnapshot[Any]:
+        """One document (counted in the report)."""
+        self.report.firestore_reads += 1
+        return self.with_store_retries(
+            f"reading {reference.path}", lambda: reference.get(retry=None, timeout=READ_TIMEOUT_SECONDS)
+        )
 
     def apply(self, change: events.Change, message_id: str) -> Outcome:
         """One repair through the webhook's own transaction (and sweep, for a deletion)."""

@@ -1,8 +1,7 @@
-"""A run from start to end: the lease, each kind listed and repaired, then the deletions, then the result."""
+"""A run from start to end: the guards, the lease, each kind listed and repaired, the deletions, the result."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,16 +11,18 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
 from clerk_sync.config import Settings
-from clerk_sync.reconcile import lease, listing, repairs
+from clerk_sync.outcome import StoreUnavailable
+from clerk_sync.reconcile import guards, kinds, lease, listing, repairs
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable
-from clerk_sync.reconcile.context import Run
-from clerk_sync.reconcile.kinds import KINDS
+from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
 from clerk_sync.reconcile.report import Mode, Progress, ReconcileStopped, Report, Silent, Tally
 
-__all__ = ["PHASES", "run"]
+__all__ = ["LISTINGS", "REMOVALS", "run"]
 
-PHASES = (("users", False), ("organizations", False), ("memberships", False), ("users", True),
-          ("organizations", True), ("memberships", True))  # fmt: skip
+LISTINGS = kinds.KINDS  # phases 0, 1, 2: each kind listed, compared and repaired
+# Phases 3 and 4: deletions. Users and organizations are counted together before either is deleted;
+# memberships after them, since deleting a user or an organization removes its memberships.
+REMOVALS = (("users", "organizations"), ("memberships",))
 
 
 def run(
@@ -36,6 +37,8 @@ def run(
     page_size: int = PAGE_SIZE,
     budget_seconds: float | None = None,
     restart: bool = False,
+    allow_mass_deletion: bool = False,
+    pin_instance: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """One reconcile run (or the rest of a cut-off one); never raises for Clerk or Firestore trouble.
@@ -43,56 +46,75 @@ def run(
     ReconcileBusy is the one exception: another run holds the lease.
     """
     started = time.monotonic()
+    began_ms = kinds.now_ms()
     report = Report(mode=mode, dry_run=dry_run, deletions=deletions and mode is Mode.FULL)
     progress = progress or Silent()
     state_ref = db.collection(settings.paths.state).document(lease.STATE_DOCUMENT)
-    state: dict[str, Any] = {}
-    run_id = uuid.uuid4().hex[:12]
-    start_phase, start_offset = 0, 0
-    if not dry_run:
-        lease_deadline = time.monotonic() + settings.firestore_deadline_seconds
-        state, run_id = lease.take(db, state_ref, mode, restart=restart, deadline=lease_deadline)
-        saved = state.get(str(mode))
-        if isinstance(saved, dict) and saved.get("run_id") == run_id:
-            start_phase, start_offset = int(saved.get("phase", 0)), int(saved.get("offset", 0))
-            tallies = saved.get("tallies") or {}
-            report.tallies = {kind: Tally.from_dict(tallies.get(kind) or {}) for kind in KINDS}
-            report.resumed = True
     budget_deadline = started + budget_seconds if budget_seconds is not None else None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
-        state_run = Run(db, settings, api, report, progress, pool, run_id, budget_deadline, state_ref, page_size)
+        state_run = Run(db, settings, api, report, progress, pool, "", budget_deadline, state_ref, page_size)
+        state_run.allow_mass_deletion = allow_mass_deletion
         try:
-            finished = _phases(state_run, mode, state, start_phase, start_offset)
+            key_instance, to_record = guards.check_instance(db, settings, api, progress, pin_instance=pin_instance)
+            report.instance = key_instance.describe()
+            state, start_phase, start_offset = _begin(state_run, restart)
+            if to_record and not dry_run:
+                guards.record_instance(db, settings, key_instance)
+            finished = _phases(state_run, state, start_phase, start_offset)
             if finished and not dry_run:
-                lease.finish(state_run, state, mode, started)
+                lease.finish(state_run, state, began_ms)
+                state_run.lease_token = None  # finishing released it
             report.partial = not finished
-        except (ReconcileStopped, ClerkUnavailable) as stopped:
+        except (ReconcileStopped, ClerkUnavailable, StoreUnavailable) as stopped:
             report.stopped = str(stopped)
+            report.stop_reason = stopped.reason if isinstance(stopped, ReconcileStopped) else "clerk_unavailable"
+            if isinstance(stopped, StoreUnavailable):
+                report.stopped, report.stop_reason = f"Firestore failed: {stopped}", "firestore_unavailable"
+        except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
+            report.stopped, report.stop_reason = f"Firestore failed: {type(error).__name__}", "firestore_unavailable"
         except KeyboardInterrupt:
-            report.stopped = "interrupted"
+            report.stopped, report.stop_reason = "interrupted", "interrupted"
         finally:
-            if not dry_run:
-                with contextlib.suppress(api_exceptions.GoogleAPICallError, api_exceptions.RetryError):
-                    lease.release(db, state_ref)
+            if state_run.lease_token is not None and report.stop_reason != "lease_lost":
+                lease.release(state_run)
+    report.run_id = state_run.run_id or None
     report.clerk_requests = api.requests
     report.elapsed_seconds = time.monotonic() - started
     return report
 
 
-def _phases(run_state: Run, mode: Mode, state: dict[str, Any], start_phase: int, start_offset: int) -> bool:
+def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, int]:
+    """The lease taken (not for a dry run), and where the run starts: the state, the phase and the offset."""
+    report, settings = state_run.report, state_run.settings
+    if report.dry_run:
+        state_run.run_id = uuid.uuid4().hex[:12]
+        return lease.read_state(state_run.db, state_run.state_ref, READ_TIMEOUT_SECONDS), 0, 0
+    deadline = time.monotonic() + settings.firestore_deadline_seconds
+    state, state_run.run_id, state_run.lease_token = lease.take(
+        state_run.db, state_run.state_ref, report.mode, restart=restart, deadline=deadline
+    )
+    saved = state.get(str(report.mode))
+    if not isinstance(saved, dict) or saved.get("run_id") != state_run.run_id:
+        return state, 0, 0
+    tallies = saved.get("tallies") or {}
+    report.tallies = {kind: Tally.from_dict(tallies.get(kind) or {}) for kind in kinds.KINDS}
+    report.resumed = report.checkpointed = True
+    began = saved.get("listing_began_ms")
+    state_run.listing_began_ms = int(began) if isinstance(began, int) else None
+    return state, int(saved.get("phase", 0)), int(saved.get("offset", 0))
+
+
+def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start_offset: int) -> bool:
     """Every phase from where the run (re)starts; False when the budget ran out (checkpoint saved)."""
     report = run_state.report
-    if mode is Mode.INCREMENTAL:
+    if report.mode is Mode.INCREMENTAL:
         return _incremental(run_state, state)
-    for phase, (kind, removal) in enumerate(PHASES):
-        if phase < start_phase or (removal and not report.deletions):
-            continue
-        if removal:
-            run_state.progress.note(f"{kind}: looking for objects Clerk no longer has")
-            repairs.find_extras(run_state, kind)
-            lease.checkpoint(run_state, phase + 1, 0)
+    for phase, kind in enumerate(LISTINGS):
+        if phase < start_phase:
             continue
         offset = start_offset if phase == start_phase else 0
+        if phase == 0 and offset == 0:
+            run_state.listing_began_ms = kinds.now_ms()
         if offset:
             run_state.seen.pop(kind, None)  # a partial listing cannot tell what is extra
         total = run_state.api.total(kind)
@@ -107,6 +129,13 @@ def _phases(run_state: Run, mode: Mode, state: dict[str, Any], start_phase: int,
         if offset and kind in run_state.seen:
             run_state.seen.pop(kind)
         lease.checkpoint(run_state, phase + 1, 0)
+    for phase, removed in enumerate(REMOVALS, start=len(LISTINGS)):
+        if phase < start_phase or not report.deletions:
+            continue
+        run_state.progress.note(f"{' and '.join(removed)}: looking for objects Clerk no longer has")
+        if not repairs.remove_extras(run_state, removed):
+            return False  # the checkpoint still names this phase: the next run looks again
+        lease.checkpoint(run_state, phase + 1, 0)
     return True
 
 
@@ -115,12 +144,12 @@ def _incremental(run_state: Run, state: dict[str, Any]) -> bool:
     since = state.get("incremental_since_ms")
     since_ms = int(since) if isinstance(since, int) else None
     looked_at = 0
-    for _, page in listing.pages(run_state, "users", 0, "-updated_at"):
-        fresh = [data for data in page if since_ms is None or int(data.get("updated_at") or 0) >= since_ms]
-        repairs.compare_and_repair(run_state, "users", fresh)
-        looked_at += len(fresh)
+    for page in listing.changed_users(run_state, since_ms):
+        repairs.compare_and_repair(run_state, "users", page)
+        looked_at += len(page)
         run_state.progress.advance("users", looked_at, None)
-        if len(fresh) < len(page) or run_state.out_of_time():
-            break
+        lease.checkpoint(run_state, 0, 0)  # renews the lease
+        if run_state.out_of_time():
+            return False
     repairs.settle_conflicts(run_state, "users")
-    return not run_state.out_of_time()
+    return True

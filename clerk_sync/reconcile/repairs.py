@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
+from google.cloud import firestore
+
 from clerk_sync import events, ids, transaction, users
 from clerk_sync.outcome import Outcome
-from clerk_sync.reconcile import kinds, listing
+from clerk_sync.reconcile import guards, kinds, listing
 from clerk_sync.reconcile.comparison import compare
 from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
 
-__all__ = ["compare_and_repair", "find_extras", "repair", "settle_conflicts"]
+__all__ = ["STORED_PAGE", "compare_and_repair", "find_extras", "remove_extras", "repair", "settle_conflicts"]
+
+STORED_PAGE = 1000  # Firestore documents per read when looking for deletions
 
 
 def compare_and_repair(run: Run, kind: str, page: list[dict[str, Any]]) -> None:
@@ -36,8 +41,7 @@ def repair(run: Run, kind: str, needed: list[tuple[str, events.Change, str]]) ->
             tally.conflicts[key] = claim_holder(run, change)
             run.pending.setdefault(kind, {})[key] = (change, verdict)
         elif outcome is Outcome.STALE:
-            tombstone = kinds.tombstone(run.db, run.settings, kind, change).get(timeout=READ_TIMEOUT_SECONDS)
-            run.report.firestore_reads += 1
+            tombstone = run.get(kinds.tombstone(run.db, run.settings, kind, change))
             if tombstone.exists:
                 tally.skipped[key] = "deleted in Firestore (tombstone) but alive in Clerk"
             else:
@@ -52,8 +56,7 @@ def claim_holder(run: Run, change: events.Change) -> str | None:
     email_key = users.email_key(document) if isinstance(document, dict) else None
     if not email_key:
         return None
-    claim = run.db.collection(run.settings.paths.claims).document(ids.document_id(email_key))
-    snapshot = claim.get(timeout=READ_TIMEOUT_SECONDS)
+    snapshot = run.get(run.db.collection(run.settings.paths.claims).document(ids.document_id(email_key)))
     owner = snapshot.get("clerk_id") if snapshot.exists else None
     return owner if isinstance(owner, str) else None
 
@@ -67,33 +70,78 @@ def settle_conflicts(run: Run, kind: str) -> None:
     run.pending.pop(kind, None)  # what conflicts still is reported, not retried again
 
 
-def find_extras(run: Run, kind: str) -> None:
-    """Firestore objects Clerk no longer lists: deleted once Clerk confirms it (GET by id -> 404)."""
-    tally = run.report.tallies[kind]
+def remove_extras(run: Run, removed_kinds: tuple[str, ...]) -> bool:
+    """Delete what Firestore holds of these kinds and Clerk confirms gone; False when the budget ran out.
+
+    Every kind's deletions are found (and confirmed, GET by id -> 404) before any is applied, so
+    the deletion breaker stops the run before it deletes anything of them.
+    """
+    found = {kind: find_extras(run, kind) for kind in removed_kinds}
+    guards.check_mass_deletion(
+        {kind: (len(gone), stored, complete) for kind, (gone, stored, complete) in found.items()},
+        allowed=run.allow_mass_deletion,
+    )
+    for kind, (gone, _, _) in found.items():
+        run.report.tallies[kind].extra += len(gone)
+        if run.report.dry_run:
+            continue
+        for stored in gone:
+            if run.out_of_time():
+                return False
+            deletion = events.parse_event(kinds.deletion(kind, stored))
+            assert not isinstance(deletion, events.IgnoredEvent)
+            run.apply(deletion, f"reconcile_{run.run_id}_deleted_{kinds.stored_key(kind, stored)}")
+    return True
+
+
+def find_extras(run: Run, kind: str) -> tuple[list[dict[str, Any]], int, bool]:
+    """What Firestore holds of a kind that Clerk no longer has, how much it holds, and whether all were counted.
+
+    Firestore is read in pages closed before any call to Clerk. An object a listing missed is
+    asked for by id: one Clerk still has is compared like any listed object, never deleted. Past
+    the deletion limit, counting stops (unless mass deletion is allowed): the run stops anyway.
+    """
     listed = run.seen.get(kind)
     if listed is None:
         listed = {kinds.key(kind, data) for page in listing.pages(run, kind, 0, "+created_at") for data in page[1]}
-    for stored in stored_objects(run, kind):
-        key = kinds.stored_key(kind, stored)
-        if key in listed:
-            continue
+    stored_count, candidates = 0, []
+    for page in stored_pages(run, kind):
+        stored_count += len(page)
+        candidates += [stored for stored in page if kinds.stored_key(kind, stored) not in listed]
+    limit = None if run.allow_mass_deletion else guards.deletion_limit(stored_count)
+    gone: list[dict[str, Any]] = []
+    for stored in candidates:
+        if limit is not None and len(gone) > limit:
+            return gone, stored_count, False
         current = run.api.fetch(kind, stored)
         if current is not None:  # listed late or moved: compare it like any listed object
             compare_and_repair(run, kind, [current])
-            continue
-        tally.extra += 1
-        if run.report.dry_run:
-            continue
-        deletion = events.parse_event(kinds.deletion(kind, stored))
-        assert not isinstance(deletion, events.IgnoredEvent)
-        run.apply(deletion, f"reconcile_{run.run_id}_deleted_{key}")
+        else:
+            gone.append(stored)
+    return gone, stored_count, True
 
 
-def stored_objects(run: Run, kind: str) -> Iterator[dict[str, Any]]:
-    """What Firestore holds of this kind (synced documents only: an app's own stay out of it)."""
-    query = kinds.stored_query(run.db, run.settings.paths, kind)
-    for snapshot in query.stream(retry=transaction.NO_RETRY, timeout=READ_TIMEOUT_SECONDS * 10):
-        run.report.firestore_reads += 1
-        data = snapshot.to_dict() or {}
-        if kinds.synced(run.settings.paths, kind, snapshot.reference.path, data):
-            yield data
+def stored_pages(run: Run, kind: str) -> Iterator[list[dict[str, Any]]]:
+    """What Firestore holds of this kind (synced documents only: an app's own stay out of it), page by page.
+
+    Each page is read whole before it is handed on: no query stays open while Clerk is asked.
+    """
+    last: Any = None
+    while True:
+        query = kinds.stored_query(run.db, run.settings.paths, kind).order_by("__name__").limit(STORED_PAGE)
+        if last is not None:
+            query = query.start_after(last)
+        snapshots = run.with_store_retries(f"reading stored {kind}", functools.partial(_read_whole, query))
+        run.report.firestore_reads += len(snapshots)
+        yield [
+            data
+            for snapshot in snapshots
+            if kinds.synced(run.settings.paths, kind, snapshot.reference.path, data := snapshot.to_dict() or {})
+        ]
+        if len(snapshots) < STORED_PAGE:
+            return
+        last = snapshots[-1]
+
+
+def _read_whole(query: Any) -> list[firestore.DocumentSnapshot[Any]]:
+    return list(query.stream(retry=transaction.NO_RETRY, timeout=READ_TIMEOUT_SECONDS))

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from clerk_sync.reconcile.kinds import KINDS
 
-__all__ = ["Mode", "Progress", "ReconcileBusy", "ReconcileStopped", "Report", "Silent", "Tally"]
+__all__ = ["LeaseLost", "Mode", "Progress", "ReconcileBusy", "ReconcileStopped", "Report", "Silent", "Tally"]
 
 
 class Mode(enum.StrEnum):
@@ -19,7 +19,15 @@ class Mode(enum.StrEnum):
 
 
 class ReconcileStopped(Exception):
-    """Clerk or Firestore kept failing, or refused us; the checkpoint says where to resume."""
+    """Firestore kept failing, or a guard stopped the run; `reason` says which, for logs and alerts."""
+
+    reason = "firestore_unavailable"
+
+
+class LeaseLost(ReconcileStopped):
+    """Another run took the lease (this one outlived it): this one stops writing at once."""
+
+    reason = "lease_lost"
 
 
 class ReconcileBusy(Exception):
@@ -93,6 +101,10 @@ class Report:
     resumed: bool = False
     partial: bool = False
     stopped: str | None = None
+    stop_reason: str | None = None  # other_instance, mass_deletion, clerk_unavailable, ..., interrupted
+    run_id: str | None = None
+    instance: str | None = None  # the key's Clerk instance, `ins_… (environment)`
+    checkpointed: bool = False  # a checkpoint of this run is saved: the next run resumes from it
 
     @property
     def drift(self) -> int:
@@ -137,4 +149,8 @@ class Report:
             "resumed": self.resumed,
             "partial": self.partial,
             "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "run_id": self.run_id,
+            "instance": self.instance,
+            "checkpointed": self.checkpointed,
         }

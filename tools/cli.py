@@ -235,6 +235,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         restart=args.restart,
         allow_mass_deletion=not backfill and args.allow_mass_deletion,
         pin_instance=args.pin_instance,
+        read_timeout=args.timeout,
         as_json=args.json,
         label=args.command,
         out=sys.stdout,

@@ -117,6 +117,7 @@ def reconcile(
     restart: bool,
     allow_mass_deletion: bool = False,
     pin_instance: bool = False,
+    read_timeout: float = 30.0,
     as_json: bool,
     label: str,
     out: TextIO,
@@ -139,6 +140,7 @@ def reconcile(
             restart=restart,
             allow_mass_deletion=allow_mass_deletion,
             pin_instance=pin_instance,
+            read_timeout=read_timeout,
             progress=progress,
         )
     except ReconcileBusy as busy:

@@ -40,6 +40,7 @@ class Run:
     budget_deadline: float | None
     state_ref: firestore.DocumentReference
     page_size: int = PAGE_SIZE
+    read_timeout: float = READ_TIMEOUT_SECONDS  # per Firestore call outside the transactions
     lease_token: str | None = None  # this invocation's hold on the lease (None: a dry run takes none)
     allow_mass_deletion: bool = False
     listing_began_ms: int | None = None  # when the users listing began (the next incremental run starts there)
@@ -54,7 +55,7 @@ class Run:
             "reading Firestore",
             lambda: {
                 snapshot.reference.path: snapshot
-                for snapshot in self.db.get_all(references, retry=None, timeout=READ_TIMEOUT_SECONDS)
+                for snapshot in self.db.get_all(references, retry=None, timeout=self.read_timeout)
             },
         )
 
@@ -73,7 +74,7 @@ class Run:
         """One document (counted in the report)."""
         self.report.firestore_reads += 1
         return self.with_store_retries(
-            f"reading {reference.path}", lambda: reference.get(retry=None, timeout=READ_TIMEOUT_SECONDS)
+            f"reading {reference.path}", lambda: reference.get(retry=None, timeout=self.read_timeout)
         )
 
     def apply(self, change: events.Change, message_id: str) -> Outcome:

@@ -20,7 +20,6 @@ from google.cloud import firestore
 from clerk_sync import instance
 from clerk_sync.config import Settings
 from clerk_sync.reconcile.clerk_api import ClerkApi
-from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS
 from clerk_sync.reconcile.report import Progress, ReconcileStopped
 
 __all__ = [
@@ -58,6 +57,7 @@ def check_instance(
     progress: Progress,
     *,
     pin_instance: bool = False,
+    timeout: float,
 ) -> tuple[instance.Pin, bool]:
     """The key's instance, and whether it is still to be recorded; OtherInstance before any write.
 
@@ -69,7 +69,7 @@ def check_instance(
     key_instance = instance.Pin(instance_id, environment)
     progress.note(f"Clerk: instance {key_instance.describe()}")
     try:
-        recorded = instance.read_pin(db, settings.paths, timeout=READ_TIMEOUT_SECONDS)
+        recorded = instance.read_pin(db, settings.paths, timeout=timeout)
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
         raise ReconcileStopped(f"Firestore failed reading the recorded instance: {type(error).__name__}") from None
     if recorded is not None:
@@ -81,7 +81,7 @@ def check_instance(
         return key_instance, recorded.environment_type != environment
     if pin_instance:
         return key_instance, True
-    kind, sample = _sample(db, settings)
+    kind, sample = _sample(db, settings, timeout)
     if not sample or any(api.fetch(kind, stored) is not None for stored in sample):
         return key_instance, True
     raise OtherInstance(
@@ -92,20 +92,20 @@ def check_instance(
     )
 
 
-def record_instance(db: firestore.Client, settings: Settings, key_instance: instance.Pin) -> None:
+def record_instance(db: firestore.Client, settings: Settings, key_instance: instance.Pin, *, timeout: float) -> None:
     """Record the key's instance (checked by `check_instance`), with its environment."""
     try:
-        recorded = instance.pin(db, settings.paths, key_instance, pinned_by="reconcile", timeout=READ_TIMEOUT_SECONDS)
+        recorded = instance.pin(db, settings.paths, key_instance, pinned_by="reconcile", timeout=timeout)
         if recorded.instance_id != key_instance.instance_id:
             raise OtherInstance(f"a webhook recorded Clerk instance {recorded.describe()} meanwhile; run again")
         if recorded.environment_type != key_instance.environment_type:
             reference = db.collection(settings.paths.state).document(instance.INSTANCE_DOCUMENT)
-            reference.update({"environment_type": key_instance.environment_type}, timeout=READ_TIMEOUT_SECONDS)
+            reference.update({"environment_type": key_instance.environment_type}, timeout=timeout)
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
         raise ReconcileStopped(f"Firestore failed recording the instance: {type(error).__name__}") from None
 
 
-def _sample(db: firestore.Client, settings: Settings) -> tuple[str, list[dict[str, Any]]]:
+def _sample(db: firestore.Client, settings: Settings, timeout: float) -> tuple[str, list[dict[str, Any]]]:
     """A few synced users (else organizations), the newest ids first: the ones most likely still in Clerk."""
     for kind, collection in (("users", settings.paths.users), ("organizations", settings.paths.organizations)):
         query = (
@@ -115,7 +115,7 @@ def _sample(db: firestore.Client, settings: Settings) -> tuple[str, list[dict[st
             .limit(SAMPLE_SIZE)
         )
         try:
-            found = [snapshot.to_dict() or {} for snapshot in query.get(retry=None, timeout=READ_TIMEOUT_SECONDS)]
+            found = [snapshot.to_dict() or {} for snapshot in query.get(retry=None, timeout=timeout)]
         except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
             raise ReconcileStopped(f"Firestore failed reading a sample: {type(error).__name__}") from None
         synced = [data for data in found if isinstance(data.get("clerk_id"), str) and "updated_at" in data]

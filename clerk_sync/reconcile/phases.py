@@ -39,6 +39,7 @@ def run(
     restart: bool = False,
     allow_mass_deletion: bool = False,
     pin_instance: bool = False,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
     progress: Progress | None = None,
 ) -> Report:
     """One reconcile run (or the rest of a cut-off one); never raises for Clerk or Firestore trouble.
@@ -53,13 +54,15 @@ def run(
     budget_deadline = started + budget_seconds if budget_seconds is not None else None
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         state_run = Run(db, settings, api, report, progress, pool, "", budget_deadline, state_ref, page_size)
-        state_run.allow_mass_deletion = allow_mass_deletion
+        state_run.allow_mass_deletion, state_run.read_timeout = allow_mass_deletion, read_timeout
         try:
-            key_instance, to_record = guards.check_instance(db, settings, api, progress, pin_instance=pin_instance)
+            key_instance, to_record = guards.check_instance(
+                db, settings, api, progress, pin_instance=pin_instance, timeout=read_timeout
+            )
             report.instance = key_instance.describe()
             state, start_phase, start_offset = _begin(state_run, restart)
             if to_record and not dry_run:
-                guards.record_instance(db, settings, key_instance)
+                guards.record_instance(db, settings, key_instance, timeout=read_timeout)
             finished = _phases(state_run, state, start_phase, start_offset)
             if finished and not dry_run:
                 lease.finish(state_run, state, began_ms)
@@ -88,7 +91,7 @@ def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, int]:
     report, settings = state_run.report, state_run.settings
     if report.dry_run:
         state_run.run_id = uuid.uuid4().hex[:12]
-        return lease.read_state(state_run.db, state_run.state_ref, READ_TIMEOUT_SECONDS), 0, 0
+        return lease.read_state(state_run.db, state_run.state_ref, state_run.read_timeout), 0, 0
     deadline = time.monotonic() + settings.firestore_deadline_seconds
     state, state_run.run_id, state_run.lease_token = lease.take(
         state_run.db, state_run.state_ref, report.mode, restart=restart, deadline=deadline

@@ -12,7 +12,7 @@ from clerk_sync import events, ids, transaction, users
 from clerk_sync.outcome import Outcome
 from clerk_sync.reconcile import guards, kinds, listing
 from clerk_sync.reconcile.comparison import compare
-from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
+from clerk_sync.reconcile.context import Run
 
 __all__ = ["STORED_PAGE", "compare_and_repair", "find_extras", "remove_extras", "repair", "settle_conflicts"]
 
@@ -131,7 +131,9 @@ def stored_pages(run: Run, kind: str) -> Iterator[list[dict[str, Any]]]:
         query = kinds.stored_query(run.db, run.settings.paths, kind).order_by("__name__").limit(STORED_PAGE)
         if last is not None:
             query = query.start_after(last)
-        snapshots = run.with_store_retries(f"reading stored {kind}", functools.partial(_read_whole, query))
+        snapshots = run.with_store_retries(
+            f"reading stored {kind}", functools.partial(_read_whole, query, run.read_timeout)
+        )
         run.report.firestore_reads += len(snapshots)
         yield [
             data
@@ -143,5 +145,5 @@ def stored_pages(run: Run, kind: str) -> Iterator[list[dict[str, Any]]]:
         last = snapshots[-1]
 
 
-def _read_whole(query: Any) -> list[firestore.DocumentSnapshot[Any]]:
-    return list(query.stream(retry=transaction.NO_RETRY, timeout=READ_TIMEOUT_SECONDS))
+def _read_whole(query: Any, timeout: float) -> list[firestore.DocumentSnapshot[Any]]:
+    return list(query.stream(retry=transaction.NO_RETRY, timeout=timeout))

@@ -94,7 +94,7 @@ def checkpoint(run: Run, phase: int, offset: int) -> None:
             "offset": offset,
             "tallies": {kind: tally.as_dict() for kind, tally in run.report.tallies.items()},
             "listing_began_ms": run.listing_began_ms,
-            "saved_at": firestore.SERVER_TIMESTAMP,
+            "saved_at": datetime.now(UTC),  # nested: the transaction writes no sentinel there
         }
     _write_if_held(run, "saving the checkpoint", update)
     run.report.checkpointed = run.report.mode is Mode.FULL
@@ -114,7 +114,7 @@ def finish(run: Run, state: dict[str, Any], began_ms: int) -> None:
     """
     report, mode = run.report, run.report.mode
     margin = INCREMENTAL_MARGIN // timedelta(milliseconds=1)
-    summary = {"outcome": report.outcome, "drift": report.drift, "finished_at": firestore.SERVER_TIMESTAMP}
+    summary = {"outcome": report.outcome, "drift": report.drift, "finished_at": datetime.now(UTC)}
     update: dict[str, Any] = {
         str(mode): firestore.DELETE_FIELD,
         f"last_{mode}": summary,

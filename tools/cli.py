@@ -221,6 +221,10 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     secret_key = _secret_key(args, real_project=target.emulator_host is None)
     print(target.describe(), file=sys.stderr)
     backfill = args.command == "backfill"
+    undo_run = None if backfill else args.undo_run
+    if undo_run is not None and (args.mode != "full" or args.no_deletions or args.allow_mass_deletion):
+        raise ToolError("--undo-run is a full run without deletions: leave out --mode, --no-deletions and "
+                        "--allow-mass-deletion")  # fmt: skip
     return reconcile.reconcile(
         firestore_client(target),
         settings(),
@@ -236,6 +240,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         allow_mass_deletion=not backfill and args.allow_mass_deletion,
         pin_instance=args.pin_instance,
         read_timeout=args.timeout,
+        undo_run=undo_run,
         as_json=args.json,
         label=args.command,
         out=sys.stdout,
@@ -273,6 +278,14 @@ def _page_size(text: str) -> int:
     if value > 500:
         raise argparse.ArgumentTypeError("Clerk serves at most 500 objects per page")
     return value
+
+
+def _run_id(text: str) -> str:
+    from clerk_sync.reconcile import undo  # noqa: PLC0415 (each tool loads only when it runs)
+
+    if text != undo.ALL_RUNS and not undo.RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id (12 hex digits, as a summary prints) nor all")
+    return text
 
 
 def _not_negative(text: str) -> int:
@@ -399,6 +412,13 @@ def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_opt
         help="full: everything, deletions found; incremental: users changed since the last run (default: full)",
     )
     reconcile.add_argument("--no-deletions", action="store_true", help="repair missing and outdated only")
+    reconcile.add_argument(
+        "--undo-run",
+        type=_run_id,
+        metavar="RUN_ID",
+        help="remove the tombstones that run (or `all` runs) wrote for objects Clerk still holds, then write "
+        "Clerk's state back (a full run without deletions)",
+    )
     reconcile.add_argument(
         "--allow-mass-deletion",
         action="store_true",

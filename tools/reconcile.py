@@ -92,6 +92,13 @@ def summary(report: Report, label: str) -> str:
             f"  {kind:<14}{tally.in_sync:>9}{tally.missing:>9}{tally.outdated:>10}{tally.extra:>7}"
             f"{len(tally.conflicts):>11}{len(tally.skipped):>9}"
         )
+    if report.undo_of:
+        verb_undo = "would be removed" if report.dry_run else "removed"
+        lines += [
+            f"  undo of run {report.undo_of}: {kind}: {counted['restored']} tombstones {verb_undo} (Clerk holds "
+            f"those objects), {counted['kept']} kept (Clerk confirms them gone)"
+            for kind, counted in report.undone.items()
+        ]
     for kind in KINDS:
         tally = report.tallies[kind]
         lines += [
@@ -118,6 +125,7 @@ def reconcile(
     allow_mass_deletion: bool = False,
     pin_instance: bool = False,
     read_timeout: float = 30.0,
+    undo_run: str | None = None,
     as_json: bool,
     label: str,
     out: TextIO,
@@ -141,6 +149,7 @@ def reconcile(
             allow_mass_deletion=allow_mass_deletion,
             pin_instance=pin_instance,
             read_timeout=read_timeout,
+            undo_run=undo_run,
             progress=progress,
         )
     except ReconcileBusy as busy:

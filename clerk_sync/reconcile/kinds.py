@@ -26,12 +26,14 @@ __all__ = [
     "document",
     "envelope",
     "key",
+    "kind_of_deletion",
     "ms",
     "now_ms",
     "stored_key",
     "stored_query",
     "synced",
     "tombstone",
+    "tombstones",
 ]
 
 KINDS = ("users", "organizations", "memberships")
@@ -98,16 +100,25 @@ def document(db: firestore.Client, settings: Settings, kind: str, object_key: st
     return db.collection(paths.memberships(organization_id)).document(user_id)
 
 
+def tombstones(paths: Paths, kind: str) -> str:
+    """The collection of this kind's tombstones (keyed by the object's own id)."""
+    return {
+        "users": paths.user_tombstones,
+        "organizations": paths.organization_tombstones,
+        "memberships": paths.membership_tombstones,
+    }[kind]
+
+
 def tombstone(
     db: firestore.Client, settings: Settings, kind: str, change: events.Change
 ) -> firestore.DocumentReference:
     """Where the object's tombstone would be."""
-    paths = settings.paths
-    if kind == "users":
-        return db.collection(paths.user_tombstones).document(change.clerk_id)
-    if kind == "organizations":
-        return db.collection(paths.organization_tombstones).document(change.clerk_id)
-    return db.collection(paths.membership_tombstones).document(change.clerk_id)
+    return db.collection(tombstones(settings.paths, kind)).document(change.clerk_id)
+
+
+def kind_of_deletion(event_type: object) -> str | None:
+    """The kind a deletion event type is about (None for any other type)."""
+    return next((kind for kind, deletion_type in DELETE_TYPE.items() if deletion_type == event_type), None)
 
 
 def stored_query(db: firestore.Client, paths: Paths, kind: str) -> Any:

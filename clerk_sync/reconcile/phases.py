@@ -12,7 +12,7 @@ from google.cloud import firestore
 
 from clerk_sync.config import Settings
 from clerk_sync.outcome import StoreUnavailable
-from clerk_sync.reconcile import guards, kinds, lease, listing, repairs
+from clerk_sync.reconcile import guards, kinds, lease, listing, repairs, undo
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable
 from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
 from clerk_sync.reconcile.report import Mode, Progress, ReconcileStopped, Report, Silent, Tally
@@ -40,15 +40,20 @@ def run(
     allow_mass_deletion: bool = False,
     pin_instance: bool = False,
     read_timeout: float = READ_TIMEOUT_SECONDS,
+    undo_run: str | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """One reconcile run (or the rest of a cut-off one); never raises for Clerk or Firestore trouble.
 
-    ReconcileBusy is the one exception: another run holds the lease.
+    ReconcileBusy is the one exception: another run holds the lease. `undo_run` (a run id, or
+    `all`) first removes that run's tombstones of objects Clerk still holds, then runs a full run
+    without deletions, which writes them back.
     """
     started = time.monotonic()
     began_ms = kinds.now_ms()
-    report = Report(mode=mode, dry_run=dry_run, deletions=deletions and mode is Mode.FULL)
+    if undo_run is not None:
+        mode, deletions, restart = Mode.FULL, False, True
+    report = Report(mode=mode, dry_run=dry_run, deletions=deletions and mode is Mode.FULL, undo_of=undo_run)
     progress = progress or Silent()
     state_ref = db.collection(settings.paths.state).document(lease.STATE_DOCUMENT)
     budget_deadline = started + budget_seconds if budget_seconds is not None else None
@@ -63,6 +68,8 @@ def run(
             state, start_phase, start_offset = _begin(state_run, restart)
             if to_record and not dry_run:
                 guards.record_instance(db, settings, key_instance, timeout=read_timeout)
+            if undo_run is not None:
+                undo.undo_deletions(state_run, undo_run)
             finished = _phases(state_run, state, start_phase, start_offset)
             if finished and not dry_run:
                 lease.finish(state_run, state, began_ms)

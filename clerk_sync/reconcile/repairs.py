@@ -10,7 +10,7 @@ from google.cloud import firestore
 
 from clerk_sync import events, ids, transaction, users
 from clerk_sync.outcome import Outcome
-from clerk_sync.reconcile import guards, kinds, listing
+from clerk_sync.reconcile import guards, kinds, listing, undo
 from clerk_sync.reconcile.comparison import compare
 from clerk_sync.reconcile.context import Run
 
@@ -42,7 +42,14 @@ def repair(run: Run, kind: str, needed: list[tuple[str, events.Change, str]]) ->
             run.pending.setdefault(kind, {})[key] = (change, verdict)
         elif outcome is Outcome.STALE:
             tombstone = run.get(kinds.tombstone(run.db, run.settings, kind, change))
-            if tombstone.exists:
+            deleting_run = (
+                undo.deleting_run((tombstone.to_dict() or {}).get("deleted_by")) if tombstone.exists else None
+            )
+            if deleting_run is not None:
+                tally.skipped[key] = (
+                    f"deleted by reconcile run {deleting_run} but alive in Clerk: reconcile --undo-run {deleting_run}"
+                )
+            elif tombstone.exists:
                 tally.skipped[key] = "deleted in Firestore (tombstone) but alive in Clerk"
             else:
                 tally.in_sync += 1  # a newer webhook got there first

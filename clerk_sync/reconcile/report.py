@@ -105,6 +105,8 @@ class Report:
     run_id: str | None = None
     instance: str | None = None  # the key's Clerk instance, `ins_… (environment)`
     checkpointed: bool = False  # a checkpoint of this run is saved: the next run resumes from it
+    undo_of: str | None = None  # the run whose deletions this one undid (`--undo-run`)
+    undone: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> restored, kept tombstones
 
     @property
     def drift(self) -> int:
@@ -153,4 +155,5 @@ class Report:
             "run_id": self.run_id,
             "instance": self.instance,
             "checkpointed": self.checkpointed,
+            **({"undo_of": self.undo_of, "undone": self.undone} if self.undo_of else {}),
         }

@@ -46,6 +46,8 @@ def verdict(change: events.Change, stored: dict[str, Any] | None) -> str:
     """missing, outdated or in_sync (Firestore holding something newer is in sync: a webhook was faster)."""
     if stored is None or "updated_at" not in stored:
         return "missing"
+    if kinds.waiting(stored):
+        return "outdated"  # stored, but its address move still waits: applying it again retries the move
     updated_at: datetime = change.updated_at  # type: ignore[attr-defined]
     digest: str = change.digest  # type: ignore[attr-defined]
     if stored.get("updated_at") == updated_at and stored.get(versions.DIGEST_FIELD) == digest:

@@ -13,7 +13,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import events
+from clerk_sync import events, users
 from clerk_sync.config import Settings
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.payload import EPOCH
@@ -34,6 +34,7 @@ __all__ = [
     "synced",
     "tombstone",
     "tombstones",
+    "waiting",
 ]
 
 KINDS = ("users", "organizations", "memberships")
@@ -134,6 +135,11 @@ def synced(paths: Paths, kind: str, path: str, data: dict[str, Any]) -> bool:
     if kind == "memberships":
         return paths.is_membership(path) and isinstance(data.get("membership_id"), str)
     return isinstance(data.get("clerk_id"), str) and "updated_at" in data
+
+
+def waiting(stored: dict[str, Any]) -> bool:
+    """Whether a stored user's address move is parked (another user held the address when it came)."""
+    return bool(stored.get(users.PENDING_FIELD))
 
 
 def ms(moment: object) -> int | None:

@@ -22,13 +22,25 @@ from clerk_sync.outcome import StoreUnavailable
 from clerk_sync.reconcile.context import Run
 from clerk_sync.reconcile.report import LeaseLost, Mode, ReconcileBusy, ReconcileStopped
 
-__all__ = ["INCREMENTAL_MARGIN", "LEASE_SECONDS", "STATE_DOCUMENT", "checkpoint", "finish", "release", "take"]
+__all__ = [
+    "CONFLICTS_FIELD",
+    "INCREMENTAL_MARGIN",
+    "LEASE_SECONDS",
+    "STATE_DOCUMENT",
+    "checkpoint",
+    "finish",
+    "release",
+    "take",
+]
 
 LEASE_SECONDS = 300.0
 STATE_DOCUMENT = "reconcile"
 # Clerk's clock and ours may differ; an incremental run looks this far before the last one began.
 INCREMENTAL_MARGIN = timedelta(minutes=10)
 LEASE_FIELDS = ("lease_until", "lease_owner")
+# The users still in conflict when a run finished: the next run (incremental too) retries them.
+CONFLICTS_FIELD = "pending_conflicts"
+MAX_KEPT_CONFLICTS = 1000  # ids only, well inside a document's 1 MiB
 
 
 def take(
@@ -118,6 +130,7 @@ def finish(run: Run, state: dict[str, Any], began_ms: int) -> None:
     update: dict[str, Any] = {
         str(mode): firestore.DELETE_FIELD,
         f"last_{mode}": summary,
+        CONFLICTS_FIELD: sorted(report.tallies["users"].conflicts)[:MAX_KEPT_CONFLICTS],
         **dict.fromkeys(LEASE_FIELDS, firestore.DELETE_FIELD),
     }
     listing_began = run.listing_began_ms if mode is Mode.FULL else began_ms

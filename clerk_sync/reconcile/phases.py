@@ -146,6 +146,9 @@ def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start_offse
         if not repairs.remove_extras(run_state, removed):
             return False  # the checkpoint still names this phase: the next run looks again
         lease.checkpoint(run_state, phase + 1, 0)
+    if report.tallies["users"].conflicts:
+        # A deletion found above may have freed an address a conflicting user waits for.
+        repairs.retry_conflicts(run_state, list(report.tallies["users"].conflicts))
     return True
 
 
@@ -161,5 +164,6 @@ def _incremental(run_state: Run, state: dict[str, Any]) -> bool:
         lease.checkpoint(run_state, 0, 0)  # renews the lease
         if run_state.out_of_time():
             return False
-    repairs.settle_conflicts(run_state, "users")
+    earlier = state.get(lease.CONFLICTS_FIELD)
+    repairs.retry_conflicts(run_state, [str(user_id) for user_id in earlier] if isinstance(earlier, list) else [])
     return True

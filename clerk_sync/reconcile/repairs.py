@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from google.cloud import firestore
@@ -14,7 +14,15 @@ from clerk_sync.reconcile import guards, kinds, listing, undo
 from clerk_sync.reconcile.comparison import compare
 from clerk_sync.reconcile.context import Run
 
-__all__ = ["STORED_PAGE", "compare_and_repair", "find_extras", "remove_extras", "repair", "settle_conflicts"]
+__all__ = [
+    "STORED_PAGE",
+    "compare_and_repair",
+    "find_extras",
+    "remove_extras",
+    "repair",
+    "retry_conflicts",
+    "settle_conflicts",
+]
 
 STORED_PAGE = 1000  # Firestore documents per read when looking for deletions
 
@@ -69,12 +77,28 @@ def claim_holder(run: Run, change: events.Change) -> str | None:
 
 
 def settle_conflicts(run: Run, kind: str) -> None:
-    """An address may move from A to B with B listed first: once A is written, B's retry succeeds."""
+    """An address may move from A to B with B listed first: once A is written, B's retry succeeds.
+
+    What still conflicts stays pending (and reported) for the retry after the deletions.
+    """
     pending = run.pending.pop(kind, {})
     for key in pending:
         run.report.tallies[kind].conflicts.pop(key, None)
     repair(run, kind, [(key, change, verdict) for key, (change, verdict) in pending.items()])
-    run.pending.pop(kind, None)  # what conflicts still is reported, not retried again
+
+
+def retry_conflicts(run: Run, user_ids: Iterable[str]) -> None:
+    """Users that conflicted earlier (before a deletion freed their address, in a cut-off invocation, in
+    the last run), fetched from Clerk again unless this run holds them already, and retried."""
+    pending = run.pending.get("users", {})
+    for user_id in sorted(set(user_ids) - set(pending)):
+        current = run.api.fetch("users", {"clerk_id": user_id})
+        run.report.clerk_requests = run.api.requests
+        if current is None:  # gone from Clerk: nothing to wait for (a full run deletes it)
+            run.report.tallies["users"].conflicts.pop(user_id, None)
+        else:
+            compare_and_repair(run, "users", [current])
+    settle_conflicts(run, "users")
 
 
 def remove_extras(run: Run, removed_kinds: tuple[str, ...]) -> bool:

@@ -2,7 +2,9 @@
 
 It serves the documented response shapes (lists with limit/offset and the orderings Clerk offers,
 `GET` by id answering 404 for what is gone), so the real `clerk-backend-api` client parses them,
-and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries.
+and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries. The
+tests serve it in-process; people start it on its own to try reconcile without a Clerk instance
+(`.venv/bin/python tests/clerk_api.py --help`, docs/local-development.md).
 
   GET /v1/instance (the key's instance: id and environment_type)
   GET /v1/users, /v1/users/count, /v1/users/{id}
@@ -12,6 +14,8 @@ and answers chosen requests with a fault (429 + Retry-After, 500) to exercise th
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import threading
 import time
@@ -255,8 +259,8 @@ def _errors(code: str, message: str) -> dict[str, Any]:
 
 
 @contextmanager
-def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
-    """Serve `fake` on a free loopback port (its `url` is the client's server_url) until the block ends."""
+def serve(fake: FakeClerk, port: int = 0) -> Iterator[FakeClerk]:
+    """Serve `fake` on loopback (a free port unless `port`; `url` is the client's server_url) until the block ends."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -283,6 +287,92 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on `fake.requests` instead."""
 
-    with serving(Handler) as base:
+    with serving(Handler, port) as base:
         fake.url = f"{base}/v1"
         yield fake
+
+
+def _pair(text: str, count: int, what: str) -> list[str]:
+    parts = text.split(":", count - 1)
+    if len(parts) != count or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return parts
+
+
+def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
+    """The Clerk a command line describes: generated users, and named users, organizations, memberships."""
+    parser = argparse.ArgumentParser(
+        prog=".venv/bin/python tests/clerk_api.py",
+        description="Serve a stand-in for Clerk's Backend API on 127.0.0.1 until Ctrl-C. It accepts one "
+        f"secret key, {SECRET_KEY}, and belongs to instance {INSTANCE_ID}.",
+    )
+    parser.add_argument("--port", type=int, default=8099, help="default: %(default)s")
+    parser.add_argument("--users", type=int, default=0, metavar="N", help="N generated users (user_standin0000 ...)")
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="ID:EMAIL:FIRST:LAST",
+        type=lambda text: _pair(text, 4, "ID:EMAIL:FIRST:LAST"),
+        help="a user (repeatable)",
+    )
+    parser.add_argument(
+        "--organization",
+        action="append",
+        default=[],
+        metavar="ID:NAME",
+        type=lambda text: _pair(text, 2, "ID:NAME"),
+        help="an organization (repeatable)",
+    )
+    parser.add_argument(
+        "--membership",
+        action="append",
+        default=[],
+        metavar="ORG_ID:USER_ID:ROLE",
+        type=lambda text: _pair(text, 3, "ORG_ID:USER_ID:ROLE"),
+        help="a member of a named organization (repeatable; ROLE like org:admin)",
+    )
+    parser.add_argument("--environment", default="development", help="the instance's environment_type")
+    parser.add_argument("--answer-429", action="append", default=[], metavar="PATH:N",
+                        type=lambda text: _pair(text, 2, "PATH:N"),
+                        help="the N-th request (from 0) of PATH answers 429, Retry-After: 1 (repeatable)")  # fmt: skip
+    args = parser.parse_args(argv)
+    now = int(time.time() * 1000)
+    users = [
+        api_user(f"user_standin{index:04d}", email=f"person{index}@example.com", created_at=BASE_MS + index * 1000,
+                 updated_at=BASE_MS + index * 1000 + 500, first_name="Person", last_name=str(index))
+        for index in range(args.users)
+    ]  # fmt: skip
+    users += [
+        api_user(user_id, email=email, created_at=BASE_MS, updated_at=now, first_name=first, last_name=last)
+        for user_id, email, first, last in args.user
+    ]
+    organizations = [
+        api_organization(organization_id, name=name, created_at=BASE_MS, updated_at=now)
+        for organization_id, name in args.organization
+    ]
+    memberships = []
+    for organization_id, user_id, role in args.membership:
+        organization, member = _by_id(organizations, organization_id), _by_id(users, user_id)
+        if organization is None or member is None:
+            parser.error(f"--membership {organization_id}:{user_id}: name the organization and the user too")
+        memberships.append(
+            api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
+        )
+    faults = {(path, int(index)): (429, {"Retry-After": "1"}) for path, index in args.answer_429}
+    return FakeClerk(
+        users, organizations, memberships, path_faults=faults, environment_type=args.environment
+    ), args.port
+
+
+if __name__ == "__main__":
+    clerk, chosen_port = standing_in()
+    with serve(clerk, chosen_port):
+        counted = f"{len(clerk.users)} users, {len(clerk.organizations)} organizations, {len(clerk.memberships)}"
+        print(
+            f"Clerk stand-in on {clerk.url}: instance {clerk.instance_id} ({clerk.environment_type}), "
+            f"{counted} memberships\nits secret key (it accepts no other): {SECRET_KEY}\nCtrl-C stops it",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import emulator
 import pytest
 from clerk_api import (
     BASE_MS,
+    INSTANCE_ID,
     SECRET_KEY,
     FakeClerk,
     api_membership,
@@ -24,7 +28,7 @@ from clerk_api import (
 )
 from clerk_backend_api import models
 from clerk_events import signed_headers
-from conftest import PATHS, snapshot_all
+from conftest import PATHS, ROOT, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
 from reconcile_runs import (
@@ -469,3 +473,27 @@ def test_a_10000_user_backfill_then_an_in_sync_full_run(
             )
     assert (first_code, first["drift"]) == (0, 10_000 + 100 + 300)
     assert (second_code, second["outcome"]) == (0, "in_sync")
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_the_stand_in_starts_on_its_own_as_the_docs_show(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = emulator.free_port()
+    command = [sys.executable, str(ROOT / "tests" / "clerk_api.py"), "--port", str(port), "--users", "3",
+               "--user", "user_2AdaLovelace:ada@example.com:Ada:Lovelace", "--organization", "org_2Engines:Engines",
+               "--membership", "org_2Engines:user_2AdaLovelace:org:admin", "--answer-429", "/v1/users:0"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline().decode()  # printed once it is serving
+        standin = FakeClerk([], url=f"http://127.0.0.1:{port}/v1")
+        code, out, err = run_cli(capsys, standin, tmp_path, emulator_host, "backfill", "--json")
+    finally:
+        emulator.stop(process)
+
+    assert first_line.startswith(f"Clerk stand-in on http://127.0.0.1:{port}/v1: instance {INSTANCE_ID} (development)")
+    assert code == 0, out + err
+    assert "GET /users?offset=0: 429, retrying in 1.0 s" in err
+    assert counts(summary_of(out), "users")["missing"] == 4
+    assert documents(db, PATHS.memberships("org_2Engines"))["user_2AdaLovelace"]["role"] == "org:admin"

@@ -333,6 +333,7 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
         help="a member of a named organization (repeatable; ROLE like org:admin)",
     )
     parser.add_argument("--environment", default="development", help="the instance's environment_type")
+    parser.add_argument("--instance-id", default=INSTANCE_ID, help="another instance's id (its key stays the same)")
     parser.add_argument("--answer-429", action="append", default=[], metavar="PATH:N",
                         type=lambda text: _pair(text, 2, "PATH:N"),
                         help="the N-th request (from 0) of PATH answers 429, Retry-After: 1 (repeatable)")  # fmt: skip
@@ -360,9 +361,9 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
             api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
         )
     faults = {(path, int(index)): (429, {"Retry-After": "1"}) for path, index in args.answer_429}
-    return FakeClerk(
-        users, organizations, memberships, path_faults=faults, environment_type=args.environment
-    ), args.port
+    clerk = FakeClerk(users, organizations, memberships, path_faults=faults)
+    clerk.environment_type, clerk.instance_id = args.environment, args.instance_id
+    return clerk, args.port
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def test_undo_run_writes_clerk_s_state_back_over_the_run_s_tombstones(
     assert sorted(documents(db, PATHS.memberships("org_rc000"))) == ["user_rc0000", "user_rc0001", "user_rc0002"]
     assert set(documents(db, PATHS.user_tombstones)) == {"user_rc0006"}  # the webhook's deletion stays
     assert documents(db, PATHS.user_tombstones)["user_rc0006"]["deleted_by"] == "msg_real_deletion"
-    assert "users: 6 tombstones of run" in err
+    assert f"users: tombstones of run {BAD_RUN}: 6 of objects Clerk holds, 0 kept" in err
 
 
 @pytest.mark.usefixtures("secret_key")

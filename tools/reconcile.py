@@ -98,7 +98,8 @@ def summary(report: Report, label: str) -> str:
             f"  undo of run {report.undo_of}: {kind}: {counted['restored']} tombstones {verb_undo} (Clerk holds "
             f"those objects), {counted['kept']} kept (Clerk confirms them gone)"
             for kind, counted in report.undone.items()
-        ]
+            if counted["restored"] or counted["kept"]
+        ] or [f"  undo of run {report.undo_of}: no tombstone of that run found"]
     for kind in KINDS:
         tally = report.tallies[kind]
         lines += [

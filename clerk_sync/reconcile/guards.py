@@ -141,7 +141,7 @@ def check_mass_deletion(gone: dict[str, tuple[int, int, bool]], *, allowed: bool
     if over:
         limits = ", ".join(f"{deletion_limit(stored)} {kind}" for kind, (_, stored, _) in gone.items())
         raise MassDeletion(
-            f"stopped before deleting: {' and '.join(over)} in Firestore are gone from Clerk, more than a run deletes "
-            f"unconfirmed ({limits}: max(50, 2 %)). Nothing of them was deleted. If Clerk really lost them, run "
-            "`reconcile --allow-mass-deletion`."
+            f"{' and '.join(over)} in Firestore are gone from Clerk, more than a run deletes unconfirmed "
+            f"(max(50, 2 %): {limits}); nothing was deleted. If Clerk really deleted them: "
+            "reconcile --allow-mass-deletion"
         )

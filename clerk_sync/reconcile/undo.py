@@ -49,7 +49,8 @@ def undo_deletions(run: Run, run_id: str) -> None:
             else:
                 restored += _remove_tombstone(run, kind, ids["clerk_id"], message_id)
         run.report.undone[kind] = {"restored": restored, "kept": kept}
-        run.progress.note(f"{kind}: {restored} tombstones of run {run_id} removed (Clerk holds them), {kept} kept")
+        if restored or kept:
+            run.progress.note(f"{kind}: tombstones of run {run_id}: {restored} of objects Clerk holds, {kept} kept")
 
 
 def _deletions(run: Run, kind: str, prefix: str) -> list[tuple[dict[str, str], str]]:

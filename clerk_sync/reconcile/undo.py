@@ -11,8 +11,10 @@ webhook wrote, or one whose object Clerk confirms gone, stays.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from google.cloud import firestore
@@ -28,6 +30,7 @@ ALL_RUNS = "all"
 RUN_ID = re.compile(r"[0-9a-f]{12}")
 DELETION_ID = re.compile(r"reconcile_([0-9a-f]{12})_deleted_")
 PREFIX_END = "\uf8ff"  # sorts after every character a message id holds
+RECORDS_PAGE = 1000
 
 
 def deleting_run(message_id: object) -> str | None:
@@ -61,11 +64,40 @@ def _deletions(run: Run, kind: str, prefix: str) -> list[tuple[dict[str, str], s
         ids = _ids(kind, data, data.get("membership_id") if kind == "memberships" else data.get("clerk_id"))
         if ids is not None and deleting_run(data.get("deleted_by")):
             found[ids["clerk_id"]] = (ids, str(data["deleted_by"]))
-    for record in _range(run, run.db.collection(run.settings.paths.events), "svix_id", prefix):
+    for record in _deletion_records(run, kinds.DELETE_TYPE[kind]):
         ids = _ids(kind, record, record.get("clerk_id"))
-        if kinds.kind_of_deletion(record.get("type")) == kind and ids is not None and deleting_run(record["svix_id"]):
-            found.setdefault(ids["clerk_id"], (ids, str(record["svix_id"])))
+        message_id = record.get("svix_id")
+        if (
+            ids is not None
+            and isinstance(message_id, str)
+            and message_id.startswith(prefix)
+            and deleting_run(message_id)
+        ):
+            found.setdefault(ids["clerk_id"], (ids, message_id))
     return list(found.values())
+
+
+def _deletion_records(run: Run, event_type: str) -> Iterator[dict[str, Any]]:
+    """The event records of every deletion of this type, page by page (`make indexes` leaves `svix_id`
+    unindexed, so they are found by `type` and told apart by their svix id here)."""
+    events = run.db.collection(run.settings.paths.events)
+    last: Any = None
+    while True:
+        query = events.where(filter=FieldFilter("type", "==", event_type)).order_by("__name__").limit(RECORDS_PAGE)
+        if last is not None:
+            query = query.start_after(last)
+        snapshots = run.with_store_retries(
+            f"reading {event_type} records", functools.partial(_read_whole, query, run.read_timeout)
+        )
+        run.report.firestore_reads += len(snapshots)
+        yield from (snapshot.to_dict() or {} for snapshot in snapshots)
+        if len(snapshots) < RECORDS_PAGE:
+            return
+        last = snapshots[-1]
+
+
+def _read_whole(query: Any, timeout: float) -> list[firestore.DocumentSnapshot[Any]]:
+    return list(query.stream(retry=transaction.NO_RETRY, timeout=timeout))
 
 
 def _ids(kind: str, data: dict[str, Any], clerk_id: object) -> dict[str, str] | None:

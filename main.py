@@ -17,7 +17,7 @@ if not os.environ.get("K_SERVICE"):
 
     load_dotenv(Path(__file__).with_name(".env"), override=False)
 
-from clerk_sync import config, events, signature, transaction, web
+from clerk_sync import config, events, instance, signature, transaction, web
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 
@@ -90,13 +90,26 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         # The reason names a field, never its value (tests/test_events.py): safe to tell the sender.
         answer = {"outcome": "malformed", "reason": str(malformed)}
         return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
-    del body  # the parsed event is all that is needed from here on
     fields.update(event_type=event.event_type, clerk_id=event.clerk_id)
     if isinstance(event, events.IgnoredEvent):
         return web.Reply(200, "ignored", f"{event.event_type} ignored")
+    try:
+        db = transaction.client(settings.project_id, settings.database)
+        settings = instance.admit_event(db, settings, body)
+    except events.MalformedEvent as malformed:
+        fields["reason"] = str(malformed)
+        answer = {"outcome": "malformed", "reason": str(malformed)}
+        return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
+    except instance.OtherInstance as other:
+        fields.update(reason="other_instance", instance_id=other.seen.instance_id, pinned=other.pinned.instance_id)
+        return web.Reply(403, "other_instance", f"{event.event_type} refused: {other}")
+    except StoreUnavailable as unavailable:
+        fields["reason"] = str(unavailable)
+        return web.Reply(503, "unavailable", f"{event.event_type} not stored: Firestore unavailable")
+    del body  # the parsed event is all that is needed from here on
     delivery = Delivery(message_id=signed.message_id, settings=settings)
     try:
-        outcome = events.apply_event(transaction.client(settings.project_id, settings.database), event, delivery)
+        outcome = events.apply_event(db, event, delivery)
     except FollowUpFailed as failed:
         fields.update(delivery.notes, reason=str(failed))
         return web.Reply(503, "unavailable", f"{event.event_type} stored, follow-up failed: retry completes it")
@@ -112,6 +125,7 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
 
 
 RECONCILE_BODY_BYTES = 1024
+PERSON_NEEDED = {"other_instance", "mass_deletion"}
 
 
 @functions_framework.http
@@ -173,10 +187,13 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         skipped=sum(len(tally.skipped) for tally in report.tallies.values()),
     )
     if report.stopped:
-        fields["reason"] = report.stopped
-    status = 503 if report.stopped else 200
+        fields["reason"] = report.stop_reason
+    # A guard that stopped the run waits for a person (500); Clerk or Firestore trouble passes (503).
+    status = 200 if not report.stopped else 500 if report.stop_reason in PERSON_NEEDED else 503
     severity = "ERROR" if report.stopped else "WARNING" if report.drift or report.unresolved else "INFO"
     message = f"reconcile {mode}: {report.outcome}, drift {report.drift}"
+    if report.stopped:
+        message += f": {report.stopped}"
     return web.Reply(status, report.outcome, message, body=summary, severity=severity)
 
 

@@ -73,15 +73,21 @@ class Settings:
         return timedelta(days=self.event_ttl_days)
 
 
-def load_env_file(path: Path) -> None:
-    """Local runs only: `.env` fills what the environment leaves unset (or empty); set variables win."""
+def load_env_file(path: Path) -> set[str]:
+    """Local runs only: `.env` fills what the environment leaves unset (or empty); set variables win.
+
+    Returns the names it filled (the tools refuse some of them against a real project).
+    """
     from dotenv import dotenv_values  # noqa: PLC0415 (never on Cloud Functions)
 
+    filled: set[str] = set()
     if not path.is_file():
-        return
+        return filled
     for name, value in dotenv_values(path).items():
         if value is not None and not os.environ.get(name, "").strip():
             os.environ[name] = value
+            filled.add(name)
+    return filled
 
 
 def _text(name: str) -> str:

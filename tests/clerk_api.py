@@ -2,8 +2,11 @@
 
 It serves the documented response shapes (lists with limit/offset and the orderings Clerk offers,
 `GET` by id answering 404 for what is gone), so the real `clerk-backend-api` client parses them,
-and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries.
+and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries. The
+tests serve it in-process; people start it on its own to try reconcile without a Clerk instance
+(`.venv/bin/python tests/clerk_api.py --help`, docs/local-development.md).
 
+  GET /v1/instance (the key's instance: id and environment_type)
   GET /v1/users, /v1/users/count, /v1/users/{id}
   GET /v1/organizations, /v1/organizations/{id}, /v1/organizations/{id}/memberships?user_id=...
   GET /v1/organization_memberships
@@ -11,11 +14,13 @@ and answers chosen requests with a fault (429 + Retry-After, 500) to exercise th
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -24,6 +29,7 @@ from typing import Any
 from loopback import serving
 
 SECRET_KEY = "sk_test_backfill0000000000000000000000000000"
+INSTANCE_ID = "ins_2standin000000000000000000"
 BASE_MS = 1_756_382_400_000
 
 
@@ -168,7 +174,8 @@ class Request:
 class FakeClerk:
     """What the fake API serves and the faults it injects.
 
-    `faults` answers the n-th `GET /v1/users` list request; `path_faults` the n-th request of any path.
+    `faults` answers the n-th `GET /v1/users` list request; `path_faults` the n-th request of any path;
+    `after` runs after the n-th request of a path is answered (Clerk changing during a run).
     """
 
     users: list[dict[str, Any]]
@@ -177,6 +184,9 @@ class FakeClerk:
     unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
     faults: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
     path_faults: dict[tuple[str, int], tuple[int, dict[str, str]]] = field(default_factory=dict)
+    after: dict[tuple[str, int], Callable[[], None]] = field(default_factory=dict)
+    instance_id: str = INSTANCE_ID
+    environment_type: str = "development"
     requests: list[Request] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -199,6 +209,9 @@ class FakeClerk:
         if not 1 <= limit <= 500 or offset < 0:
             return 422, {}, _errors("form_param_value_invalid", "limit must be 1-500")
         parts = path.removeprefix("/v1/").split("/")
+        if parts == ["instance"]:
+            instance = {"object": "instance", "id": self.instance_id, "environment_type": self.environment_type}
+            return 200, {}, {**instance, "allowed_origins": None}
         if parts == ["users", "count"]:
             return 200, {}, {"object": "total_count", "total_count": len(self.users)}
         if parts == ["users"]:
@@ -246,8 +259,8 @@ def _errors(code: str, message: str) -> dict[str, Any]:
 
 
 @contextmanager
-def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
-    """Serve `fake` on a free loopback port (its `url` is the client's server_url) until the block ends."""
+def serve(fake: FakeClerk, port: int = 0) -> Iterator[FakeClerk]:
+    """Serve `fake` on loopback (a free port unless `port`; `url` is the client's server_url) until the block ends."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -259,6 +272,9 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
                 fake.requests.append(record)
                 status, headers, body = fake.answer(parsed.path, query, record.authorization)
                 record.status = status
+                then = fake.after.get((parsed.path, len(fake.list_requests(parsed.path)) - 1))
+                if then is not None:
+                    then()
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -271,6 +287,93 @@ def serve(fake: FakeClerk) -> Iterator[FakeClerk]:
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: the test asserts on `fake.requests` instead."""
 
-    with serving(Handler) as base:
+    with serving(Handler, port) as base:
         fake.url = f"{base}/v1"
         yield fake
+
+
+def _pair(text: str, count: int, what: str) -> list[str]:
+    parts = text.split(":", count - 1)
+    if len(parts) != count or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return parts
+
+
+def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
+    """The Clerk a command line describes: generated users, and named users, organizations, memberships."""
+    parser = argparse.ArgumentParser(
+        prog=".venv/bin/python tests/clerk_api.py",
+        description="Serve a stand-in for Clerk's Backend API on 127.0.0.1 until Ctrl-C. It accepts one "
+        f"secret key, {SECRET_KEY}, and belongs to instance {INSTANCE_ID}.",
+    )
+    parser.add_argument("--port", type=int, default=8099, help="default: %(default)s")
+    parser.add_argument("--users", type=int, default=0, metavar="N", help="N generated users (user_standin0000 ...)")
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="ID:EMAIL:FIRST:LAST",
+        type=lambda text: _pair(text, 4, "ID:EMAIL:FIRST:LAST"),
+        help="a user (repeatable)",
+    )
+    parser.add_argument(
+        "--organization",
+        action="append",
+        default=[],
+        metavar="ID:NAME",
+        type=lambda text: _pair(text, 2, "ID:NAME"),
+        help="an organization (repeatable)",
+    )
+    parser.add_argument(
+        "--membership",
+        action="append",
+        default=[],
+        metavar="ORG_ID:USER_ID:ROLE",
+        type=lambda text: _pair(text, 3, "ORG_ID:USER_ID:ROLE"),
+        help="a member of a named organization (repeatable; ROLE like org:admin)",
+    )
+    parser.add_argument("--environment", default="development", help="the instance's environment_type")
+    parser.add_argument("--instance-id", default=INSTANCE_ID, help="another instance's id (its key stays the same)")
+    parser.add_argument("--answer-429", action="append", default=[], metavar="PATH:N",
+                        type=lambda text: _pair(text, 2, "PATH:N"),
+                        help="the N-th request (from 0) of PATH answers 429, Retry-After: 1 (repeatable)")  # fmt: skip
+    args = parser.parse_args(argv)
+    now = int(time.time() * 1000)
+    users = [
+        api_user(f"user_standin{index:04d}", email=f"person{index}@example.com", created_at=BASE_MS + index * 1000,
+                 updated_at=BASE_MS + index * 1000 + 500, first_name="Person", last_name=str(index))
+        for index in range(args.users)
+    ]  # fmt: skip
+    users += [
+        api_user(user_id, email=email, created_at=BASE_MS, updated_at=now, first_name=first, last_name=last)
+        for user_id, email, first, last in args.user
+    ]
+    organizations = [
+        api_organization(organization_id, name=name, created_at=BASE_MS, updated_at=now)
+        for organization_id, name in args.organization
+    ]
+    memberships = []
+    for organization_id, user_id, role in args.membership:
+        organization, member = _by_id(organizations, organization_id), _by_id(users, user_id)
+        if organization is None or member is None:
+            parser.error(f"--membership {organization_id}:{user_id}: name the organization and the user too")
+        memberships.append(
+            api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
+        )
+    faults = {(path, int(index)): (429, {"Retry-After": "1"}) for path, index in args.answer_429}
+    clerk = FakeClerk(users, organizations, memberships, path_faults=faults)
+    clerk.environment_type, clerk.instance_id = args.environment, args.instance_id
+    return clerk, args.port
+
+
+if __name__ == "__main__":
+    clerk, chosen_port = standing_in()
+    with serve(clerk, chosen_port):
+        counted = f"{len(clerk.users)} users, {len(clerk.organizations)} organizations, {len(clerk.memberships)}"
+        print(
+            f"Clerk stand-in on {clerk.url}: instance {clerk.instance_id} ({clerk.environment_type}), "
+            f"{counted} memberships\nits secret key (it accepts no other): {SECRET_KEY}\nCtrl-C stops it",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()

@@ -22,7 +22,7 @@ from clerk_events import SECRET
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import config, event_log, events, paths, transaction
+from clerk_sync import config, event_log, events, instance, paths, transaction
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 
@@ -76,9 +76,11 @@ def db(emulator_host: str) -> Iterator[firestore.Client]:
     emulator.wipe(emulator_host, PROJECT)
     transaction.reset_client()
     event_log.reset()
+    instance.forget()  # the wiped database records no instance any more
     yield firestore.Client(project=PROJECT)
     transaction.reset_client()
     event_log.reset()
+    instance.forget()
 
 
 @pytest.fixture(scope="session")

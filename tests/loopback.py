@@ -23,12 +23,12 @@ SHUTDOWN_SECONDS = 5.0
 
 
 @contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` on a free loopback port until the block ends; yields `http://127.0.0.1:PORT`.
+def serving(handler: type[BaseHTTPRequestHandler], port: int = 0) -> Iterator[str]:
+    """Serve `handler` on loopback (a free port unless `port`) until the block ends; yields `http://127.0.0.1:PORT`.
 
     A handler still busy (say, one made to hang) never holds up the shutdown.
     """
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     server.block_on_close = False
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

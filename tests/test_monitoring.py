@@ -72,6 +72,7 @@ RECONCILE_DOCUMENTED = {
     "drift",
     "conflicts",
     "skipped",
+    "reason",
 }
 # Example lines in those shapes. Token outcome names are not settled; no metric depends on them.
 TOKEN_LINES = [
@@ -90,7 +91,11 @@ RECONCILE_LINES = {
                   "mode": "full", "outcome": "conflicts", "status": 200, "latency_ms": 6120.9, "drift": 2,
                   "conflicts": 1, "skipped": 0},
     "stopped": {"severity": "ERROR", "message": "reconcile full: stopped", "component": "reconcile", "mode": "full",
-                "outcome": "stopped", "status": 503, "latency_ms": 9000.0, "drift": 0, "conflicts": 0, "skipped": 4},
+                "outcome": "stopped", "status": 503, "latency_ms": 9000.0, "drift": 0, "conflicts": 0, "skipped": 4,
+                "reason": "clerk_unavailable"},
+    "needs_a_person": {"severity": "ERROR", "message": "reconcile full: stopped: more than 50 of the 150 users ...",
+                       "component": "reconcile", "mode": "full", "outcome": "stopped", "status": 500,
+                       "latency_ms": 4100.2, "drift": 0, "conflicts": 0, "skipped": 0, "reason": "mass_deletion"},
 }  # fmt: skip
 SCHEMAS = {"webhook": WEBHOOK_DOCUMENTED, "token": TOKEN_DOCUMENTED, "reconcile": RECONCILE_DOCUMENTED}
 
@@ -102,8 +107,15 @@ EXPECTED_METRICS = {
     "clerk_webhook_conflicts",
     "clerk_reconcile_runs",
     "clerk_reconcile_drift_runs",
+    "clerk_reconcile_stops",
 }
-EXPECTED_POLICIES = {"webhook-bad-signatures", "server-errors", "webhook-conflict-lasting", "reconcile-drift"}
+EXPECTED_POLICIES = {
+    "webhook-bad-signatures",
+    "server-errors",
+    "webhook-conflict-lasting",
+    "reconcile-drift",
+    "reconcile-stopped",
+}
 # Svix's retry schedule: each pause follows the previous failed attempt (docs/operations.md "What each answer means").
 SVIX_PAUSES_SECONDS = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600]
 
@@ -628,7 +640,8 @@ def test_reconcile_runs_are_counted_and_drift_only_when_found() -> None:
         "in_sync": {"clerk_reconcile_runs"},
         "repaired": {"clerk_reconcile_runs", "clerk_reconcile_drift_runs"},
         "conflicts": {"clerk_reconcile_runs", "clerk_reconcile_drift_runs"},
-        "stopped": {"clerk_reconcile_runs"},
+        "stopped": {"clerk_reconcile_runs"},  # Clerk or Firestore trouble (503): the next run tries again
+        "needs_a_person": {"clerk_reconcile_runs", "clerk_reconcile_stops"},
     }
     for line in RECONCILE_LINES.values():
         assert set(line) <= RECONCILE_DOCUMENTED
@@ -781,6 +794,10 @@ def test_409_alert_fires_when_the_35_minute_retry_still_conflicts() -> None:
 
 def test_drift_alert_fires_for_one_run_with_drift() -> None:
     assert fires(policy_files()["reconcile-drift"], [0.0])
+
+
+def test_stopped_alert_fires_for_one_run_that_waits_for_a_person() -> None:
+    assert fires(policy_files()["reconcile-stopped"], [0.0])
 
 
 POLICY_LOOKUP = """

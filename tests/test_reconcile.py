@@ -6,109 +6,48 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import emulator
 import pytest
-from clerk_api import BASE_MS, SECRET_KEY, FakeClerk, api_membership, api_organization, api_user, serve
+from clerk_api import (
+    BASE_MS,
+    INSTANCE_ID,
+    SECRET_KEY,
+    FakeClerk,
+    api_membership,
+    api_organization,
+    api_user,
+    serve,
+)
 from clerk_backend_api import models
 from clerk_events import signed_headers
-from conftest import PATHS, PROJECT, apply_event, snapshot_all
+from conftest import PATHS, ROOT, snapshot_all
 from flask.testing import FlaskClient
 from google.cloud import firestore
+from reconcile_runs import (
+    STATE,
+    clerk_users,
+    counts,
+    deliver,
+    documents,
+    organizations_with_members,
+    run_cli,
+    summary_of,
+    without_state,
+)
 
 from clerk_sync import events, reconcile
-from clerk_sync.outcome import Outcome
 from tools import cli
 
 # clerk-backend-api reads a deprecated query field of its own request model on every call.
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*\*\* DEPRECATED \*\*:DeprecationWarning")
-STATE = f"{PATHS.state}/reconcile"
-
-
-def clerk_users(count: int, *, start: int = 0, prefix: str = "user_rc") -> list[dict[str, Any]]:
-    """`count` users, oldest first, each with its own address."""
-    return [
-        api_user(
-            f"{prefix}{index:04d}",
-            email=f"grace{index}@example.com",
-            created_at=BASE_MS + index * 1000,
-            updated_at=BASE_MS + index * 1000 + 500,
-        )
-        for index in range(start, start + count)
-    ]
-
-
-def organizations_with_members(users: list[dict[str, Any]], count: int) -> tuple[list[Any], list[Any]]:
-    """`count` organizations, each with the first three of `users` as members."""
-    organizations = [
-        api_organization(
-            f"org_rc{index:03d}", name=f"Org {index}", created_at=BASE_MS + index, updated_at=BASE_MS + index
-        )
-        for index in range(count)
-    ]
-    memberships = [
-        api_membership(
-            f"orgmem_rc{index:03d}_{user['id']}", organization, user, role="org:member", updated_at=BASE_MS + 10 + index
-        )
-        for index, organization in enumerate(organizations)
-        for user in users[:3]
-    ]
-    return organizations, memberships
-
-
-def run_cli(
-    capsys: pytest.CaptureFixture[str], fake: FakeClerk, tmp_path: Path, emulator_host: str, *options: str
-) -> tuple[int, str, str]:
-    """`python -m clerk_sync …` (reconcile or backfill) in this process; exit code, stdout, stderr."""
-    command, *rest = options
-    capsys.readouterr()
-    code = cli.main(
-        [
-            command,
-            "--env-file",
-            str(tmp_path / "absent.env"),
-            "--emulator",
-            emulator_host,
-            "--project",
-            PROJECT,
-            "--server-url",
-            fake.url,
-            *rest,
-        ]
-    )
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def summary_of(out: str) -> dict[str, Any]:
-    """The `--json` summary."""
-    parsed: dict[str, Any] = json.loads(out)
-    return parsed
-
-
-def counts(summary: dict[str, Any], kind: str) -> dict[str, int]:
-    tally = summary["kinds"][kind]
-    return {name: tally[name] if isinstance(tally[name], int) else len(tally[name]) for name in tally}
-
-
-def deliver(db: firestore.Client, message_id: str, event_type: str, data: dict[str, Any]) -> Outcome:
-    """What the webhook stored before reconcile ran."""
-    body = json.dumps({"type": event_type, "object": "event", "timestamp": BASE_MS, "data": data}).encode()
-    event = events.parse_event(body)
-    assert not isinstance(event, events.IgnoredEvent)
-    return apply_event(db, message_id, event)
-
-
-def documents(db: firestore.Client, collection: str) -> dict[str, dict[str, Any]]:
-    return {snapshot.id: snapshot.to_dict() or {} for snapshot in db.collection(collection).stream(timeout=10)}
-
-
-def without_state(snapshot: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {path: value for path, value in snapshot.items() if not path.startswith(f"{PATHS.state}/")}
 
 
 @pytest.fixture
@@ -315,11 +254,17 @@ def test_webhooks_delivered_during_a_run_stay_correct(
     with serve(fake):
         sender = threading.Thread(target=webhooks)
         sender.start()
-        code, out, err = run_cli(capsys, fake, tmp_path, emulator_host, "backfill", "--page-size", "7")
+        code, out, err = run_cli(capsys, fake, tmp_path, emulator_host, "backfill", "--page-size", "7", "--json")
         sender.join(60)
 
     stored = documents(db, PATHS.users)
-    assert code == 0, out + err
+    # Whichever comes first: reconcile's copy of the deleted user (then the deletion removes it), or
+    # the deletion (then reconcile finds the tombstone, writes nothing and says so; exit 3). The
+    # webhook's own log lines share stdout with the summary here.
+    summary = summary_of("".join(line for line in out.splitlines(True) if not line.startswith('{"severity"')))
+    skipped = tuple((item["id"], item["reason"]) for item in summary["kinds"]["users"]["skipped"])
+    either = {(0, ()), (3, ((deleted, "deleted in Firestore (tombstone) but alive in Clerk"),))}
+    assert (code, skipped) in either, out + err
     assert not sender.is_alive()
     assert all(stored[data["id"]]["first_name"] == "Webhook" for data in newer if data["id"] != deleted)
     assert deleted not in stored  # the webhook's deletion holds: reconcile never resurrects
@@ -366,7 +311,7 @@ def test_a_second_run_while_one_holds_the_lease_refuses(
 
     assert code == 1
     assert "another reconcile run holds the lease" in err
-    assert fake.requests == []
+    assert [request.path for request in fake.requests] == ["/v1/instance"]  # asked which instance, listed nothing
     assert documents(db, PATHS.users) == {}
 
 
@@ -415,11 +360,13 @@ def test_a_wrong_secret_key_stops_with_clerks_answer_and_writes_nothing(
     fake = FakeClerk(clerk_users(3))
 
     with serve(fake):
-        code, out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
+        code, out, err = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
 
     assert code == 1
-    assert "Clerk refused GET /users?offset=0: 401" in out
-    assert without_state(snapshot_all(db)) == {}
+    assert "Clerk refused GET /instance: 401" in out
+    assert "resumes" not in err  # nothing was saved to resume from
+    assert len(fake.requests) == 1  # a refused key is not retried
+    assert snapshot_all(db) == {}
 
 
 def test_reconcile_without_a_secret_key_explains_what_to_set(
@@ -498,13 +445,14 @@ def test_what_a_full_run_costs_in_clerk_requests_and_firestore_reads(
     summary = summary_of(out)
     paths = [request.path for request in fake.requests]
     assert code == 0
-    # Listing each kind once (ceil(n / page) requests, plus the count for the progress bar); the
-    # extras reuse those listings; nothing is fetched by id when nothing is extra.
+    # The key's instance; listing each kind once (ceil(n / page) requests, plus the count for the
+    # progress bar); the extras reuse those listings; nothing is fetched by id when nothing is extra.
+    assert paths.count("/v1/instance") == 1
     assert paths.count("/v1/users") == 3
     assert paths.count("/v1/users/count") == 1
     assert paths.count("/v1/organizations") == 1
     assert paths.count("/v1/organization_memberships") == 2
-    assert summary["clerk_requests"] == len(paths) == 7
+    assert summary["clerk_requests"] == len(paths) == 8
     # Each object is read once to compare and once in the pass that looks for extras.
     assert summary["firestore_reads"] == 2 * (12 + 3 + 9)
 
@@ -531,3 +479,27 @@ def test_a_10000_user_backfill_then_an_in_sync_full_run(
             )
     assert (first_code, first["drift"]) == (0, 10_000 + 100 + 300)
     assert (second_code, second["outcome"]) == (0, "in_sync")
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_the_stand_in_starts_on_its_own_as_the_docs_show(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = emulator.free_port()
+    command = [sys.executable, str(ROOT / "tests" / "clerk_api.py"), "--port", str(port), "--users", "3",
+               "--user", "user_2AdaLovelace:ada@example.com:Ada:Lovelace", "--organization", "org_2Engines:Engines",
+               "--membership", "org_2Engines:user_2AdaLovelace:org:admin", "--answer-429", "/v1/users:0"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline().decode()  # printed once it is serving
+        standin = FakeClerk([], url=f"http://127.0.0.1:{port}/v1")
+        code, out, err = run_cli(capsys, standin, tmp_path, emulator_host, "backfill", "--json")
+    finally:
+        emulator.stop(process)
+
+    assert first_line.startswith(f"Clerk stand-in on http://127.0.0.1:{port}/v1: instance {INSTANCE_ID} (development)")
+    assert code == 0, out + err
+    assert "GET /users?offset=0: 429, retrying in 1.0 s" in err
+    assert counts(summary_of(out), "users")["missing"] == 4
+    assert documents(db, PATHS.memberships("org_2Engines"))["user_2AdaLovelace"]["role"] == "org:admin"

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from google.auth import crypt, jwt
 from google.cloud import firestore
 from loopback import send, serving
+from reconcile_runs import clerk_users, run_cli
 
 INVOKER = "scheduler@demo-clerk-sync-test.iam.gserviceaccount.com"
 KEY_ID = "test-key-1"
@@ -214,3 +215,33 @@ def test_without_its_settings_it_answers_500_misconfigured(
 
     assert (status, body) == (500, {"outcome": "misconfigured"})
     assert '"reason":"RECONCILE_AUDIENCE"' in server.log()
+
+
+@pytest.mark.filterwarnings(r"ignore:.*\*\* DEPRECATED \*\*:DeprecationWarning")  # clerk-backend-api
+def test_a_scheduled_run_never_deletes_90_of_150_users_it_answers_500_for_a_person(
+    scheduled: Server,
+    signing: tuple[rsa.RSAPrivateKey, str],
+    clerk: FakeClerk,
+    db: firestore.Client,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    emulator_host: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLERK_SECRET_KEY", SECRET_KEY)
+    original = clerk.users
+    clerk.users = clerk_users(150, prefix="user_mass", name="mass")
+    try:
+        assert run_cli(capsys, clerk, tmp_path, emulator_host, "backfill")[0] == 0
+        clerk.users = clerk.users[:60]
+
+        status, body = call(scheduled, f"Bearer {token(signing[0], AUDIENCE)}")
+    finally:
+        clerk.users = original
+
+    line = json.loads([text for text in scheduled.log().splitlines() if text.startswith("{")][-1])
+    assert (status, body["outcome"], body["stop_reason"]) == (500, "stopped", "mass_deletion")
+    assert len(list(db.collection(PATHS.users).stream(timeout=10))) == 150
+    assert list(db.collection(PATHS.user_tombstones).stream(timeout=10)) == []
+    assert (line["reason"], line["severity"]) == ("mass_deletion", "ERROR")
+    assert "--allow-mass-deletion" in line["message"]

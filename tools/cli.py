@@ -36,10 +36,9 @@ DEFAULT_CLERK_API = "https://api.clerk.com/v1"
 Command = Callable[[argparse.Namespace], int]
 
 
-def load_env_file(path: Path) -> None:
-    """Read `.env` like the function does locally: real environment variables win."""
-    if path.is_file():
-        config.load_env_file(path)
+def load_env_file(path: Path) -> set[str]:
+    """Read `.env` like the function does locally: real environment variables win; the names it filled."""
+    return config.load_env_file(path) if path.is_file() else set()
 
 
 def _port(name: str, default: int) -> int:
@@ -184,19 +183,50 @@ def firestore_client_for(args: argparse.Namespace) -> firestore.Client:
     return firestore_client(target)
 
 
+def _secret_key(args: argparse.Namespace, real_project: bool) -> str:
+    """CLERK_SECRET_KEY from --secret-key-file, the environment or (for the emulator only) `.env`.
+
+    Against a real project a key left in `.env` (often the development instance's) is never used.
+    """
+    if args.secret_key_file is not None:
+        source = "standard input" if str(args.secret_key_file) == "-" else str(args.secret_key_file)
+        try:
+            text = sys.stdin.read(4096) if source == "standard input" else args.secret_key_file.read_text()[:4096]
+        except OSError as error:
+            raise ToolError(f"cannot read --secret-key-file {source}: {error.strerror or error}") from None
+        key = text.strip()
+        if not key.startswith("sk_"):
+            raise ToolError(f"--secret-key-file {source} does not hold a Backend API key (sk_live_… or sk_test_…)")
+        return key
+    if real_project and "CLERK_SECRET_KEY" in args.from_env_file:
+        raise ToolError(
+            "against a real project CLERK_SECRET_KEY never comes from .env (it often holds the development "
+            "instance's key): set it in the environment, or pass --secret-key-file FILE (- for standard input)"
+        )
+    key = os.environ.get("CLERK_SECRET_KEY", "").strip()
+    if not key:
+        where = "the environment or --secret-key-file" if real_project else "the environment, .env or --secret-key-file"
+        raise ToolError(
+            "set CLERK_SECRET_KEY to the instance's Backend API key (sk_live_… or sk_test_…, Clerk Dashboard → "
+            f"API keys), in {where}"
+        )
+    return key
+
+
 def _run_reconcile(args: argparse.Namespace) -> int:
     from clerk_sync.reconcile import Mode  # noqa: PLC0415 (each tool loads only when it runs)
     from tools import reconcile  # noqa: PLC0415
 
-    secret_key = os.environ.get("CLERK_SECRET_KEY", "").strip()
-    if not secret_key:
-        raise ToolError(
-            "set CLERK_SECRET_KEY to the instance's Backend API key (sk_live_… or sk_test_…, Clerk Dashboard → "
-            "API keys), in the environment or .env"
-        )
+    target = firestore_target(args.project, args.emulator, args.database)
+    secret_key = _secret_key(args, real_project=target.emulator_host is None)
+    print(target.describe(), file=sys.stderr)
     backfill = args.command == "backfill"
+    undo_run = None if backfill else args.undo_run
+    if undo_run is not None and (args.mode != "full" or args.no_deletions or args.allow_mass_deletion):
+        raise ToolError("--undo-run is a full run without deletions: leave out --mode, --no-deletions and "
+                        "--allow-mass-deletion")  # fmt: skip
     return reconcile.reconcile(
-        firestore_client_for(args),
+        firestore_client(target),
         settings(),
         secret_key=secret_key,
         server_url=args.server_url or os.environ.get("CLERK_API_URL", "").strip() or DEFAULT_CLERK_API,
@@ -207,6 +237,10 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         page_size=args.page_size,
         budget_seconds=args.budget,
         restart=args.restart,
+        allow_mass_deletion=not backfill and args.allow_mass_deletion,
+        pin_instance=args.pin_instance,
+        read_timeout=args.timeout,
+        undo_run=undo_run,
         as_json=args.json,
         label=args.command,
         out=sys.stdout,
@@ -244,6 +278,14 @@ def _page_size(text: str) -> int:
     if value > 500:
         raise argparse.ArgumentTypeError("Clerk serves at most 500 objects per page")
     return value
+
+
+def _run_id(text: str) -> str:
+    from clerk_sync.reconcile import undo  # noqa: PLC0415 (each tool loads only when it runs)
+
+    if text != undo.ALL_RUNS and not undo.RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id (12 hex digits, as a summary prints) nor all")
+    return text
 
 
 def _not_negative(text: str) -> int:
@@ -340,7 +382,22 @@ def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_opt
     shared.add_argument(
         "--server-url", help=f"Clerk Backend API base URL (default: CLERK_API_URL or {DEFAULT_CLERK_API})"
     )
-    key = "CLERK_SECRET_KEY (environment or .env) is the instance's Backend API key."
+    shared.add_argument(
+        "--secret-key-file",
+        type=Path,
+        metavar="FILE",
+        help="read the Backend API key from FILE (- for standard input) instead of CLERK_SECRET_KEY",
+    )
+    shared.add_argument(
+        "--pin-instance",
+        action="store_true",
+        help="record the key's Clerk instance for a database that records none, though Firestore holds objects "
+        "that instance does not have",
+    )
+    key = (
+        "CLERK_SECRET_KEY is the instance's Backend API key: from the environment or --secret-key-file "
+        "(.env only for the emulator)."
+    )
     reconcile = commands.add_parser(
         "reconcile",
         parents=[common, firestore_options, shared],
@@ -355,6 +412,18 @@ def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_opt
         help="full: everything, deletions found; incremental: users changed since the last run (default: full)",
     )
     reconcile.add_argument("--no-deletions", action="store_true", help="repair missing and outdated only")
+    reconcile.add_argument(
+        "--undo-run",
+        type=_run_id,
+        metavar="RUN_ID",
+        help="remove the tombstones that run (or `all` runs) wrote for objects Clerk still holds, then write "
+        "Clerk's state back (a full run without deletions)",
+    )
+    reconcile.add_argument(
+        "--allow-mass-deletion",
+        action="store_true",
+        help="delete even when Clerk lacks more than max(50, 2 %%) of a kind Firestore holds (else the run stops)",
+    )
     reconcile.set_defaults(run=_run_reconcile)
     backfill = commands.add_parser(
         "backfill",
@@ -362,7 +431,7 @@ def _add_reconcile(commands: Any, common: argparse.ArgumentParser, firestore_opt
         help="copy every existing Clerk user, organization and membership (reconcile without deletions)",
         description=f"A full reconcile that deletes nothing: for the first deploy. {key}",
     )
-    backfill.set_defaults(run=_run_reconcile, mode="full", no_deletions=True)
+    backfill.set_defaults(run=_run_reconcile, mode="full", no_deletions=True, allow_mass_deletion=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Command = args.run
     try:
-        load_env_file(args.env_file)
+        args.from_env_file = load_env_file(args.env_file)
         return run(args)
     except ToolError as problem:
         print(f"error: {problem}", file=sys.stderr)

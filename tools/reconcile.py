@@ -72,14 +72,16 @@ def summary(report: Report, label: str) -> str:
         "repaired": "repaired; Firestore matches Clerk",
         "drift": "dry run, nothing written; the counts say what a real run would repair",
         "conflicts": "done, but conflicts or skipped objects remain",
-        "partial": "stopped at its time budget; the next run resumes from the checkpoint",
+        "partial": "stopped at its time budget; the next run "
+        + ("resumes from the checkpoint" if report.checkpointed else "starts again"),
         "stopped": f"stopped: {report.stopped}",
     }[report.outcome]
     resumed = ", resumed from a checkpoint" if report.resumed else ""
+    run = f"run {report.run_id}, " if report.run_id else ""
     lines = [
         f"{label} {report.mode}{'' if report.deletions or report.mode is Mode.INCREMENTAL else ' (no deletions)'}: "
         f"{verb}",
-        f"{report.elapsed_seconds:.1f} s, {report.clerk_requests} Clerk requests, "
+        f"{run}{report.elapsed_seconds:.1f} s, {report.clerk_requests} Clerk requests, "
         f"{report.firestore_reads} Firestore documents read{resumed}",
         "",
         f"  {'':<14}{'in sync':>9}{'missing':>9}{'outdated':>10}{'extra':>7}{'conflicts':>11}{'skipped':>9}",
@@ -90,6 +92,14 @@ def summary(report: Report, label: str) -> str:
             f"  {kind:<14}{tally.in_sync:>9}{tally.missing:>9}{tally.outdated:>10}{tally.extra:>7}"
             f"{len(tally.conflicts):>11}{len(tally.skipped):>9}"
         )
+    if report.undo_of:
+        verb_undo = "would be removed" if report.dry_run else "removed"
+        lines += [
+            f"  undo of run {report.undo_of}: {kind}: {counted['restored']} tombstones {verb_undo} (Clerk holds "
+            f"those objects), {counted['kept']} kept (Clerk confirms them gone)"
+            for kind, counted in report.undone.items()
+            if counted["restored"] or counted["kept"]
+        ] or [f"  undo of run {report.undo_of}: no tombstone of that run found"]
     for kind in KINDS:
         tally = report.tallies[kind]
         lines += [
@@ -113,6 +123,10 @@ def reconcile(
     page_size: int,
     budget_seconds: float | None,
     restart: bool,
+    allow_mass_deletion: bool = False,
+    pin_instance: bool = False,
+    read_timeout: float = 30.0,
+    undo_run: str | None = None,
     as_json: bool,
     label: str,
     out: TextIO,
@@ -133,6 +147,10 @@ def reconcile(
             page_size=page_size,
             budget_seconds=budget_seconds,
             restart=restart,
+            allow_mass_deletion=allow_mass_deletion,
+            pin_instance=pin_instance,
+            read_timeout=read_timeout,
+            undo_run=undo_run,
             progress=progress,
         )
     except ReconcileBusy as busy:
@@ -141,6 +159,6 @@ def reconcile(
         progress.finish()
         api.close()
     out.write(json.dumps(report.as_dict(), indent=2) + "\n" if as_json else summary(report, label))
-    if report.stopped and report.stopped != "interrupted":
-        err.write("the next run resumes from the checkpoint saved after the last finished page\n")
+    if report.stopped and report.checkpointed:
+        err.write("the next run resumes from the checkpoint saved after the last finished step\n")
     return 130 if report.stopped == "interrupted" else report.exit_code

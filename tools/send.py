@@ -143,7 +143,11 @@ def user_event(
     last_name: str = "Lovelace",
     updated_at: int | None = None,
 ) -> dict[str, Any]:
-    """The envelope Clerk posts; `user.updated` moves the user to a new address unless `email` is given."""
+    """The envelope Clerk posts; `user.updated` moves the user to a new address unless `email` is given.
+
+    Without `instance_id`, like every hand-made event: only real events record the Clerk instance
+    the data belongs to (clerk_sync/instance.py), so a real instance can follow `send` locally.
+    """
     updated_at = now_ms() if updated_at is None else updated_at
     if event_type == "user.deleted":
         data: dict[str, Any] = {"deleted": True, "id": user_id, "object": "user"}
@@ -155,7 +159,6 @@ def user_event(
     return {
         "data": data,
         "event_attributes": {"http_request": {"client_ip": "127.0.0.1", "user_agent": "clerk-sync send"}},
-        "instance_id": "ins_2localdevelopment00000000",
         "object": "event",
         "timestamp": timestamp,
         "type": event_type,
@@ -256,7 +259,6 @@ def _envelope(event_type: str, data: dict[str, Any], timestamp: int) -> dict[str
     return {
         "data": data,
         "event_attributes": {"http_request": {"client_ip": "127.0.0.1", "user_agent": "clerk-sync send"}},
-        "instance_id": "ins_2localdevelopment00000000",
         "object": "event",
         "timestamp": timestamp,
         "type": event_type,

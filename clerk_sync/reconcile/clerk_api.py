@@ -18,6 +18,7 @@ __all__ = ["PAGE_SIZE", "ClerkApi", "ClerkUnavailable", "backoff", "retry_after_
 
 PAGE_SIZE = 500
 MAX_ATTEMPTS = 8
+FIRST_ATTEMPTS = 3  # the run's first request: Clerk unreachable or the key refused stops it at once
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 300.0
@@ -71,9 +72,11 @@ class ClerkApi:
         """Release the HTTP connections."""
         self._clerk.__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
-    def _call(self, what: str, call: Callable[[], T], *, missing_is_none: bool = False) -> T | None:
+    def _call(
+        self, what: str, call: Callable[[], T], *, missing_is_none: bool = False, attempts: int = MAX_ATTEMPTS
+    ) -> T | None:
         """One request with bounded retries; None for a 404 when `missing_is_none`."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             self.requests += 1
             try:
                 return call()
@@ -92,11 +95,23 @@ class ClerkApi:
                     raise ClerkUnavailable(f"Clerk refused {what}: {status} {detail}") from None
             except self._transport_errors as error:
                 wait, why = backoff(attempt), type(error).__name__
-            if attempt == MAX_ATTEMPTS:
-                raise ClerkUnavailable(f"{what} still failing after {MAX_ATTEMPTS} attempts ({why})")
-            self.note(f"{what}: {why}, retrying in {wait:.1f} s (attempt {attempt + 1} of {MAX_ATTEMPTS})")
+            if attempt == attempts:
+                raise ClerkUnavailable(f"{what} still failing after {attempts} attempts ({why})")
+            self.note(f"{what}: {why}, retrying in {wait:.1f} s (attempt {attempt + 1} of {attempts})")
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def instance(self) -> tuple[str, str]:
+        """The key's instance: its id (`ins_…`) and environment (`development`, `production`).
+
+        A run's first request: it gives up after FIRST_ATTEMPTS, so an unreachable Clerk or a
+        refused key stops a run within seconds.
+        """
+        clerk = self._clerk
+        found: Any = self._call(
+            "GET /instance", lambda: clerk.instance_settings.get(timeout_ms=REQUEST_TIMEOUT_MS), attempts=FIRST_ATTEMPTS
+        )
+        return str(found.id), str(found.environment_type)
 
     @staticmethod
     def _dump(item: Any) -> dict[str, Any]:
@@ -136,10 +151,7 @@ class ClerkApi:
         if kind != "users":
             return None
         clerk = self._clerk
-        try:
-            count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=REQUEST_TIMEOUT_MS))
-        except ClerkUnavailable:
-            return None
+        count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=REQUEST_TIMEOUT_MS))
         return int(count.total_count) if count is not None else None
 
     def fetch(self, kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:

@@ -212,5 +212,10 @@ def payment_event(event_type: str, data: dict[str, Any]) -> str:
 
 def plan_document(slug: str, features: list[str], *, payer_type: str = "user") -> dict[str, Any]:
     """A plan as backfill copies it into billing_plans (only what the webhook reads matters here)."""
-    return {"plan_id": plan_id(slug), "slug": slug, "name": slug.title(), "for_payer_type": payer_type,
-            "features": features}  # fmt: skip
+    return {
+        "plan_id": plan_id(slug),
+        "slug": slug,
+        "name": slug.title(),
+        "for_payer_type": payer_type,
+        "features": features,
+    }

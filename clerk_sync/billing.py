@@ -38,6 +38,7 @@ __all__ = [
     "optional_object",
     "payer_from",
     "payer_guard",
+    "payer_of",
     "payer_sweeps",
     "payments_collection",
     "plan_id",
@@ -109,6 +110,18 @@ def billing_collection(paths: Paths, payer_type: str, payer_id: str) -> str:
 def payments_collection(paths: Paths, payer_type: str, payer_id: str) -> str:
     """The payer's payments, under its subscription document."""
     return f"{billing_collection(paths, payer_type, payer_id)}/{SUBSCRIPTION}/{PAYMENTS}"
+
+
+def payer_of(paths: Paths, document_path: str, depth: int) -> tuple[str, str, list[str]] | None:
+    """Whose billing a document path is (found by a collection-group query): payer type, payer id, and
+    the path's rest below `billing` (`depth` segments); None when it is not this deployment's."""
+    for payer_type in PAYER_TYPES:
+        prefix = f"{_payer_collection(paths, payer_type)}/"
+        if document_path.startswith(prefix):
+            payer_id, *rest = document_path[len(prefix) :].split("/")
+            if len(rest) == depth + 1 and rest[0] == BILLING and rest[1] == SUBSCRIPTION:
+                return payer_type, payer_id, rest[1:]
+    return None
 
 
 def payer_guard(paths: Paths, billing_ids: Ids) -> tuple[str, ...]:

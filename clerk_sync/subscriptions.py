@@ -327,10 +327,11 @@ def parse_subscription(event_type: str, envelope: dict[str, Any], body: bytes) -
     subscription_id = payload.clerk_id(data.get("id"), "data.id", "subscription")
     payer = billing.payer_from(data)
     updated_at = payload.required_time(data, "updated_at")
+    clerk_payer_id = payload.optional_str(data, "payer_id")  # checked even when `payer.id` names it too
     part: dict[str, Any] = {
         "subscription_id": subscription_id,
         **payer.ids,
-        "clerk_payer_id": payer.clerk_payer_id or payload.optional_str(data, "payer_id") or None,
+        "clerk_payer_id": payer.clerk_payer_id or clerk_payer_id or None,
         "status": payload.optional_str(data, "status"),
         "active_at": payload.optional_time(data, "active_at"),
         "past_due_at": payload.optional_time(data, "past_due_at"),

@@ -4,6 +4,8 @@ Documents (names are part of the data contract):
   {ORGANIZATIONS_COLLECTION}/{org_id}                        the synced organization
   {ORGANIZATIONS_COLLECTION}/{org_id}/memberships/{user_id}  its members (see memberships.py)
   organization_tombstones/{org_id}                           deleted organizations
+
+An organization's deletion also sweeps its billing ({ORGANIZATIONS_COLLECTION}/{org_id}/billing, billing.py).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Documents (names are part of the data contract):
   {USERS_COLLECTION}/{user_id}     the synced user, readable by that user's client
   email_claims/{email key}         who owns a normalised primary email (uniqueness)
   user_tombstones/{user_id}        deleted users, so late upserts never resurrect them
+
+A user's deletion also sweeps their memberships everywhere and their billing
+({USERS_COLLECTION}/{user_id}/billing, billing.py).
 """
 
 from __future__ import annotations

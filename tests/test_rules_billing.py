@@ -31,6 +31,7 @@ from clerk_events import (
     new_organization_id,
     new_user_id,
     signed_headers,
+    user_event,
 )
 from conftest import PATHS, PROJECT, ROOT
 from flask.testing import FlaskClient
@@ -76,7 +77,8 @@ class World:
     ada: str
     bob: str
     cy: str
-    stranger: str
+    stranger: str  # a synced user with no billing and no organization
+    banned: str  # pays for Pro, but Clerk banned them
     acme: str
     beta: str
     ada_subscription: str
@@ -115,6 +117,7 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
         bob=new_user_id(),
         cy=new_user_id(),
         stranger=new_user_id(),
+        banned=new_user_id(),
         acme=new_organization_id(),
         beta=new_organization_id(),
         ada_subscription=new_id("csub"),
@@ -122,6 +125,8 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
         ada_payment=new_id("cpa"),
         acme_payment=new_id("cpa"),
     )
+    for user_id in (built.ada, built.bob, built.cy, built.stranger, built.banned):
+        _deliver(client, user_event("user.created", user_id, emails=[f"{user_id}@example.com"]))
     plans = {"free": ["basic"], "pro": ["basic", "export"], "team": ["basic", "export", "audit-log"]}
     for slug, features in plans.items():
         db.collection(PATHS.billing_plans).document(plan_id(slug)).set(plan_document(slug, features), timeout=10)
@@ -130,12 +135,16 @@ def world(client: FlaskClient, db: firestore.Client) -> World:
         (built.bob, "user", "free", new_id("csub"), new_id("csub_item")),
         (built.acme, "organization", "team", new_id("csub"), new_id("csub_item")),
         (built.beta, "organization", "free", new_id("csub"), new_id("csub_item")),
+        (built.banned, "user", "pro", new_id("csub"), new_id("csub_item")),
     ]
     for payer_id, payer_type, slug, subscription_id, item_id in subscriptions:
         item = item_data(item_id, slug, updated_at=BASE_MS + 1)
         data = subscription_data(subscription_id, payer_type, payer_id, [item], updated_at=BASE_MS + 1)
         _deliver(client, subscription_event("subscription.created", data))
     _deliver(client, payment_event("paymentAttempt.updated", payment_data(built.ada_payment, "user", built.ada)))
+    banned = user_event("user.updated", built.banned, emails=[f"{built.banned}@example.com"], banned=True,
+                        updated_at=BASE_MS + 5)  # fmt: skip
+    _deliver(client, banned)
     acme_payment = payment_data(built.acme_payment, "organization", built.acme)
     _deliver(client, payment_event("paymentAttempt.updated", acme_payment))
     members = [
@@ -226,6 +235,12 @@ def test_nobody_writes_billing_documents_or_plans(rules_host: str, world: World,
     assert {path: db.document(path).get(timeout=10).to_dict() for path, _ in targets} == before
 
 
+def test_a_banned_payer_reads_neither_billing_nor_what_the_plan_gates(rules_host: str, world: World) -> None:
+    assert denied(rest(rules_host, "GET", user_subscription(world.banned), world.banned))
+    assert denied(rest(rules_host, "GET", "premium/guide", world.banned))
+    assert denied(rest(rules_host, "GET", "premium/guide", new_user_id()))  # never synced: no user document
+
+
 def test_plans_are_for_signed_in_users(rules_host: str, world: World) -> None:
     assert ids_in(rest(rules_host, "GET", PATHS.billing_plans, world.stranger)) == sorted(
         plan_id(slug) for slug in ("free", "pro", "team")
@@ -283,12 +298,13 @@ def test_the_complete_file_keeps_everything_else_closed(emulator_host: str, worl
 
 
 ORGANIZATION_SUBSCRIPTION = "/databases/$(database)/documents/organizations/$(orgId)/billing/subscription"
+OWN_BILLING_READ = "allow read: if request.auth != null && request.auth.uid == userId && clerkSyncReader();"
 FEATURE_HELPER = "\n    }\n\n    // The signed-in user's own subscription grants `feature`"
 # Each variant is a plausible loosening, and the check of the matrix below that must notice it.
 LOOSENED = {
     "any signed-in user reads a user's billing": (
-        "allow read: if request.auth != null && request.auth.uid == userId;",
-        "allow read: if request.auth != null;",
+        OWN_BILLING_READ,
+        "allow read: if clerkSyncReader();",
         "other user gets a user's subscription",
     ),
     "anyone gets an organization's subscription": (
@@ -303,11 +319,11 @@ LOOSENED = {
     ),
     "the organization's plan without membership": (
         f"return clerkSyncMember(orgId)\n        && exists({ORGANIZATION_SUBSCRIPTION})\n        && plan in",
-        f"return request.auth != null\n        && exists({ORGANIZATION_SUBSCRIPTION})\n        && plan in",
+        f"return clerkSyncReader()\n        && exists({ORGANIZATION_SUBSCRIPTION})\n        && plan in",
         "outsider reads team reports",
     ),
     "plans for the signed out": (
-        "    match /billing_plans/{planId} {\n      allow read: if request.auth != null;",
+        "    match /billing_plans/{planId} {\n      allow read: if clerkSyncSessionLive();",
         "    match /billing_plans/{planId} {\n      allow read: if true;",
         "signed out lists plans",
     ),
@@ -317,7 +333,7 @@ LOOSENED = {
         "free user reads premium",
     ),
     "owner writes own billing": (
-        "allow read: if request.auth != null && request.auth.uid == userId;\n      allow write: if false;",
+        OWN_BILLING_READ + "\n      allow write: if false;",
         "allow read, write: if request.auth != null && request.auth.uid == userId;",
         "owner forges own subscription",
     ),

@@ -18,6 +18,7 @@ upsert body does the rest (duplicates, the payer's tombstone, the merge write of
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "SUBSCRIPTION_FIELDS",
     "SYNCED_FIELDS",
     "derived",
+    "parse_backend_subscription",
     "parse_item",
     "parse_subscription",
 ]
@@ -61,6 +63,10 @@ SUBSCRIPTION_FIELDS = (
     "latest_payment_id",
 )
 PART_DIGEST = "subscription_digest"  # a digest of the subscription's own fields: breaks their ties
+# The Backend API's subscription (what reconcile reads) has no canceled_at, ended_at or
+# latest_payment_id: the digest covers the fields both sources carry, so the same state read from
+# either has the same digest (and reconcile finds it in sync).
+UNDIGESTED = frozenset({"canceled_at", "ended_at", "latest_payment_id"})
 ITEMS = "items"  # item id -> the item's fields, its `sync_digest` and its plan's `features`
 SYNCED_FIELDS = (*SUBSCRIPTION_FIELDS, PART_DIGEST, ITEMS)
 # Each item's fields from Clerk (its `sync_digest` covers these).
@@ -252,13 +258,14 @@ def _data(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(plan: dict[str, Any], where: str) -> dict[str, Any]:
-    """What an app's billing page shows of the item's plan."""
+    """What an app's billing page shows of the item's plan (webhooks say `amount`, the Backend API `fee`)."""
+    fee = billing.money(plan, "fee", where) if "amount" not in plan else None
     return {
         "id": billing.plan_id(plan.get("id"), f"{where}.id"),
         "slug": payload.optional_str(plan, "slug", where),
         "name": payload.optional_str(plan, "name", where),
-        "amount": payload.optional_int(plan, "amount", where),
-        "currency": payload.optional_str(plan, "currency", where),
+        "amount": payload.optional_int(plan, "amount", where) if fee is None else fee["amount"],
+        "currency": payload.optional_str(plan, "currency", where) if fee is None else fee["currency"],
         "is_recurring": payload.flag(plan, "is_recurring", where),
     }
 
@@ -341,9 +348,20 @@ def parse_subscription(event_type: str, envelope: dict[str, Any], body: bytes) -
         "updated_at": updated_at,
         "latest_payment_id": payload.optional_str(data, "latest_payment_id"),
     }
-    part[PART_DIGEST] = versions.content_digest(part)
+    part[PART_DIGEST] = versions.content_digest({name: value for name, value in part.items() if name not in UNDIGESTED})
     document = {**part, ITEMS: _listed_items(data)}
     return _upsert(event_type, {"subscription_id": subscription_id, **payer.ids}, document, updated_at)
+
+
+def parse_backend_subscription(payer_type: str, payer_id: str, data: object) -> Upsert:
+    """The payer's subscription as the Backend API answers `GET /users/{id}/billing/subscription` (or the
+    organization's), for reconcile and backfill: it names no `payer` object, the path does."""
+    if not isinstance(data, dict):
+        raise MalformedEvent("data is not an object")
+    named = "user_id" if payer_type == "user" else "organization_id"
+    payer = {"id": data.get("payer_id"), named: payer_id}
+    body = json.dumps({"type": "subscription.updated", "data": {**data, "payer": payer}}).encode()
+    return parse_subscription("subscription.updated", json.loads(body), body)
 
 
 def parse_item(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:

@@ -87,6 +87,7 @@ ITEM_FIELDS = (
 )
 FEATURES = "features"  # inside an item: its plan's feature slugs from billing_plans, null when not copied yet
 DERIVED_FIELDS = ("active_plans", "active_features")
+ROOM_BYTES = 64 * 1024  # for the derived fields and each item's features, written after the merge
 SUBSCRIPTION_TYPES = ("subscription.created", "subscription.updated", "subscription.active", "subscription.pastDue")
 ITEM_TYPES = (
     "subscriptionItem.updated",
@@ -195,8 +196,27 @@ def _ordering(change: Upsert, stored: dict[str, Any] | None) -> Upsert | None:
             payer_id=incoming["payer_id"],
             clerk_payer_id=incoming.get("clerk_payer_id") or kept.get("clerk_payer_id"),
         )
-    document = {**part, ITEMS: items}
+    document = {**part, ITEMS: fit(items, payload.MAX_DOCUMENT_BYTES - payload.stored_bytes(part) - ROOM_BYTES)}
     return dataclasses.replace(change, document=document, digest=whole_digest(document))
+
+
+def fit(items: dict[str, dict[str, Any]], limit: int) -> dict[str, dict[str, Any]]:
+    """The items, within `limit` bytes: a merged document must stay under Firestore's 1 MiB, or every
+    retry of its event would fail. Items that grant nothing go first, the oldest first; in practice a
+    payer has a handful (Clerk's lists drop ended items)."""
+    if payload.stored_bytes(items) <= limit:
+        return items
+    kept = dict(items)
+    spare = sorted(
+        (entry["updated_at"], item_id)
+        for item_id, entry in items.items()
+        if entry.get("status") not in billing.GRANTING_STATUSES
+    )
+    for _, item_id in spare:
+        del kept[item_id]
+        if payload.stored_bytes(kept) <= limit:
+            break
+    return kept
 
 
 def _plan_features(snapshot: firestore.DocumentSnapshot[Any] | None) -> list[str] | None:

@@ -557,3 +557,19 @@ def test_the_snake_case_past_due_types_of_clerks_first_billing_webhooks_are_appl
 
     assert post(client, body) == (200, "applied")
     assert statuses(payer.stored(db))[payer.pro][0] == "past_due"
+
+
+def test_a_merged_document_that_would_outgrow_firestore_drops_the_oldest_items_that_grant_nothing() -> None:
+    entries = {
+        f"csub_item_{index}": subscriptions.item_entry(
+            item_data(f"csub_item_{index}", f"plan-{index}", status=status, updated_at=BASE_MS + index), "item"
+        )[1]
+        for index, status in enumerate(["ended", "active", "ended", "abandoned", "past_due", "ended"])
+    }
+    expected = ["csub_item_1", "csub_item_3", "csub_item_4", "csub_item_5"]  # the two oldest spare ones go
+    room = payload.stored_bytes({item_id: entries[item_id] for item_id in expected})
+
+    kept = subscriptions.fit(entries, limit=room)
+
+    assert sorted(kept) == expected
+    assert subscriptions.fit(entries, limit=payload.stored_bytes(entries)) == entries

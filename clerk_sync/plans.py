@@ -50,9 +50,10 @@ MAX_PLANS = 400  # one batch of writes and deletes; Clerk instances have a handf
 
 @dataclass(frozen=True)
 class Copied:
-    """What a copy did: plans written (new or changed), removed (gone from Clerk), unchanged."""
+    """What a copy did (or, without writing, would do): plans added, changed, removed (gone from Clerk), unchanged."""
 
-    written: int
+    added: int
+    changed: int
     removed: int
     unchanged: int
 
@@ -109,8 +110,11 @@ def plan_document(plan: object) -> tuple[str, dict[str, Any]]:
     return plan_id, document
 
 
-def copy_plans(db: firestore.Client, paths: Paths, listed: Iterable[object], *, timeout: float) -> Copied:
-    """Make `billing_plans` exactly Clerk's complete plan list (one batch); StoreUnavailable on Firestore trouble.
+def copy_plans(
+    db: firestore.Client, paths: Paths, listed: Iterable[object], *, timeout: float, write: bool = True
+) -> Copied:
+    """Make `billing_plans` exactly Clerk's complete plan list (one batch; `write=False` only counts);
+    StoreUnavailable on Firestore trouble.
 
     Only the sync writes there, so a plan Clerk no longer lists is removed. Raises MalformedEvent
     (nothing written) when an entry is unusable, ValueError beyond MAX_PLANS.
@@ -125,19 +129,19 @@ def copy_plans(db: firestore.Client, paths: Paths, listed: Iterable[object], *, 
             for snapshot in collection.select(list(PLAN_FIELDS)).stream(retry=NO_RETRY, timeout=timeout)
         }
         batch = db.batch()
-        written = removed = 0
+        added = changed = removed = 0
         for plan_id, document in plans.items():
             if {name: stored.get(plan_id, {}).get(name) for name in PLAN_FIELDS} != document:
                 batch.set(collection.document(plan_id), {**document, "synced_at": firestore.SERVER_TIMESTAMP})
-                written += 1
+                added, changed = (added + 1, changed) if plan_id not in stored else (added, changed + 1)
         for plan_id in set(stored) - set(plans):
             batch.delete(collection.document(plan_id))
             removed += 1
-        if written or removed:
+        if write and (added or changed or removed):
             batch.commit(retry=None, timeout=timeout)
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
         raise StoreUnavailable(f"plans: {type(error).__name__}") from error
-    return Copied(written=written, removed=removed, unchanged=len(plans) - written)
+    return Copied(added=added, changed=changed, removed=removed, unchanged=len(plans) - added - changed)
 
 
 def _refresh(attempt: Attempt, reference: firestore.DocumentReference, features: dict[str, list[str]]) -> bool:

@@ -153,9 +153,9 @@ def test_copying_makes_the_plans_clerks_list_and_a_second_copy_writes_nothing(db
         snapshot.id: snapshot.to_dict() or {} for snapshot in db.collection(PATHS.billing_plans).stream(timeout=10)
     }
     assert (first, second, changed) == (
-        plans.Copied(written=2, removed=1, unchanged=0),
-        plans.Copied(written=0, removed=0, unchanged=2),
-        plans.Copied(written=1, removed=0, unchanged=1),
+        plans.Copied(added=2, changed=0, removed=1, unchanged=0),
+        plans.Copied(added=0, changed=0, removed=0, unchanged=2),
+        plans.Copied(added=0, changed=1, removed=0, unchanged=1),
     )
     assert set(stored) == {"cplan_free", "cplan_pro"}
     assert stored["cplan_pro"]["features"] == ["export", "api"]

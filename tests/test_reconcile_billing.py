@@ -168,3 +168,30 @@ def test_backfill_deletes_no_subscription_and_a_webhook_newer_than_clerk_is_kept
     user0 = stored(db, "user", "user_rc0000")
     assert user0 is not None
     assert user0["items"]["csub_item_rc0"]["status"] == "past_due"  # Firestore's newer item stays
+
+
+@pytest.mark.soak
+@pytest.mark.usefixtures("secret_key")
+def test_a_2000_payer_backfill_then_an_in_sync_full_run(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(2000)
+    fake = FakeClerk(users, plans=[FREE, PRO])
+    for index, user in enumerate(users):
+        plan = PRO if index % 4 == 0 else FREE
+        item = api_subscription_item(f"csub_item_soak{index}", plan, "user", user["id"], updated_at=BASE_MS + 5)
+        fake.subscriptions[user["id"]] = api_subscription(f"csub_soak{index}", "user", user["id"], [item])
+    with serve(fake):
+        first_code, first_out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "backfill", "--json")
+        second_code, second_out, _ = run_cli(capsys, fake, tmp_path, emulator_host, "reconcile", "--json")
+
+    first, second = summary_of(first_out), summary_of(second_out)
+    with capsys.disabled():
+        for label, summary in (("backfill into an empty database", first), ("full reconcile, in sync", second)):
+            print(
+                f"\nreconcile billing: 2,000 users with a subscription each, {label}: {summary['elapsed_seconds']} s, "
+                f"{summary['clerk_requests']} Clerk requests, {summary['firestore_reads']} Firestore reads, "
+                f"drift {summary['drift']}"
+            )
+    assert (first_code, counts(first, "subscriptions")["missing"]) == (0, 2000)
+    assert (second_code, second["outcome"], counts(second, "subscriptions")["in_sync"]) == (0, "in_sync", 2000)

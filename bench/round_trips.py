@@ -3,8 +3,9 @@
 The production code path (`clerk_sync.events.apply_event`) runs unchanged; only the benchmark's client
 differs, in that its emulator channel is wrapped with `grpc.intercept_channel`. Expected: BatchGetDocuments
 (which begins the transaction) + Commit for every upsert outcome; a conflict reads the claim's owner in a
-second batch; a deletion then queries what belonged to the deleted object, and commits a batch of deletes
-per 250 documents found.
+second batch; a deletion then queries what belonged to the deleted object (a user's or an organization's
+billing, then its memberships), and commits a batch of deletes per 250 documents found. Billing events
+read their plans in the same batch: 2 calls too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from datetime import timedelta
 
 import harness
+from billing_events import item_data, item_event, payment_data, payment_event, subscription_data, subscription_event
 from clerk_events import membership_event, organization_deletion_event, organization_event
 from harness import Table
 from rpc_count import CallCounter, counting_client
@@ -41,6 +43,18 @@ def upsert(user_id: str, *, email: str | None, updated_at: int) -> events.Event:
             updated_at=updated_at,
         )
     )
+
+
+def subscription(payer_id: str, items: int, updated_at: int) -> str:
+    listed = [item_data(f"csub_item_{index}", f"plan-{index}", updated_at=updated_at) for index in range(items)]
+    return subscription_event(
+        "subscription.updated", subscription_data("csub_1", "user", payer_id, listed, updated_at=updated_at)
+    )
+
+
+def item(payer_id: str, status: str, updated_at: int) -> str:
+    changed = item_data("csub_item_0", "plan-0", status=status, updated_at=updated_at)
+    return item_event("subscriptionItem.updated", changed, "csub_1", "user", payer_id)
 
 
 def main() -> None:
@@ -105,10 +119,21 @@ def main() -> None:
                 parsed(membership_event(f"{member}.deleted", "orgmem_2", "org_o", "user_c")),
                 2,
             ),
-            ("user: delete (1 membership)", "msg_a4", parsed(harness.deletion_event("user_a")), 4),
+            ("user: delete (1 membership)", "msg_a4", parsed(harness.deletion_event("user_a")), 5),
             ("user: update after delete", "msg_a5", upsert("user_a", email="a@example.com", updated_at=BASE_MS + 9), 2),
-            ("user: same delete again", "msg_a4", parsed(harness.deletion_event("user_a")), 3),
-            ("organization: delete (no members left)", "msg_o2", parsed(organization_deletion_event("org_o")), 3),
+            ("user: same delete again", "msg_a4", parsed(harness.deletion_event("user_a")), 4),
+            ("organization: delete (no members left)", "msg_o2", parsed(organization_deletion_event("org_o")), 4),
+            ("subscription: create (2 items)", "msg_s1", parsed(subscription("user_c", 2, BASE_MS + 1)), 2),
+            ("subscription item: update", "msg_s2", parsed(item("user_c", "active", BASE_MS + 3)), 2),
+            ("subscription item: older (stale)", "msg_s3", parsed(item("user_c", "past_due", BASE_MS + 2)), 2),
+            ("subscription: older list (stale)", "msg_s4", parsed(subscription("user_c", 1, BASE_MS)), 2),
+            (
+                "payment attempt",
+                "msg_p1",
+                parsed(payment_event("paymentAttempt.updated", payment_data("cpa_1", "user", "user_c"))),
+                2,
+            ),
+            ("user: delete (subscription + payment)", "msg_c2", parsed(harness.deletion_event("user_c")), 5),
         ]
         for label, message_id, event, expected in scenarios:
             outcome = apply(message_id, event)

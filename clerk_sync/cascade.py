@@ -30,10 +30,15 @@ COMMITS_IN_FLIGHT = 4
 
 @dataclass(frozen=True)
 class Sweep:
-    """Documents to delete: those `query` finds whose path `ours` accepts."""
+    """Documents to delete: those `query` finds whose path `ours` accepts.
+
+    `ordered`: the query orders by document name already (a `recursive()` one, which finds a
+    collection's documents and all their subcollections' in one query).
+    """
 
     query: firestore.Query | firestore.CollectionReference
     ours: Callable[[str], bool]
+    ordered: bool = False
 
 
 def sweep(db: firestore.Client, sweeps: Sequence[Sweep], deadline: float) -> int:
@@ -57,7 +62,8 @@ def _sweep_one(db: firestore.Client, job: Sweep, deadline: float) -> int:
     with ThreadPoolExecutor(max_workers=COMMITS_IN_FLIGHT, thread_name_prefix="sweep") as commits:
         pending: list[Future[Any]] = []
         while True:
-            query = job.query.select([]).order_by("__name__").limit(BATCH_SIZE)
+            query = job.query.select([])
+            query = (query if job.ordered else query.order_by("__name__")).limit(BATCH_SIZE)
             if last is not None:
                 query = query.start_after(last)
             found = list(query.stream(retry=NO_RETRY, timeout=remaining(deadline)))

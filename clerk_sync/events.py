@@ -15,7 +15,17 @@ from typing import Any, Protocol
 
 from google.cloud import firestore
 
-from clerk_sync import cascade, event_log, memberships, organizations, sessions, transaction, users
+from clerk_sync import (
+    cascade,
+    event_log,
+    memberships,
+    organizations,
+    payments,
+    sessions,
+    subscriptions,
+    transaction,
+    users,
+)
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 from clerk_sync.paths import Paths
@@ -67,7 +77,7 @@ FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
 FOLLOW_UPS: dict[str, FollowUp] = {users.AUTH_FOLLOW_UP: users.align_auth_user}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
-KINDS = (users.KIND, organizations.KIND, memberships.KIND)
+KINDS = (users.KIND, organizations.KIND, memberships.KIND, subscriptions.KIND, payments.KIND)
 
 PARSERS: dict[str, Parser] = {
     "user.created": users.parse_upsert,
@@ -83,6 +93,12 @@ PARSERS: dict[str, Parser] = {
     "session.ended": sessions.parse_end,
     "session.removed": sessions.parse_end,
     "session.revoked": sessions.parse_end,
+    **dict.fromkeys(subscriptions.SUBSCRIPTION_TYPES, subscriptions.parse_subscription),
+    **dict.fromkeys(subscriptions.ITEM_TYPES, subscriptions.parse_item),
+    **dict.fromkeys(payments.PAYMENT_TYPES, payments.parse_upsert),
+    # Clerk's billing changelog (2025-07) spelled these in snake case; its catalog now says pastDue.
+    "subscription.past_due": subscriptions.parse_subscription,
+    "subscriptionItem.past_due": subscriptions.parse_item,
 }
 
 

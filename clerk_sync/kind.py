@@ -36,6 +36,7 @@ __all__ = [
     "delete",
     "parsed_upsert",
     "upsert",
+    "whole_document",
 ]
 
 Ids = Mapping[str, str]
@@ -76,6 +77,11 @@ def _no_follow_ups(_change: Upsert | Deletion, _stored: dict[str, Any] | None) -
     return ()
 
 
+def whole_document(change: Upsert, stored: dict[str, Any] | None) -> Upsert | None:
+    """The whole document is one version: the change wins unless the stored one is newer (ties by digest)."""
+    return None if versions.is_older(change.updated_at, change.digest, stored) else change
+
+
 @dataclass(frozen=True)
 class Kind:
     """A kind of Clerk object: where it lives, what it owns, and its own rules (the hooks)."""
@@ -100,6 +106,12 @@ class Kind:
     # What a deletion leaves elsewhere, swept in batches after its transaction.
     sweeps: Callable[[firestore.Client, Paths, Ids], list[Sweep]] = _no_sweeps
     extra_owned: tuple[str, ...] = field(default=())  # fields the sync writes beyond the synced ones
+    # Which version wins over what is stored: the change to write (perhaps merged with the stored
+    # document), or None when the stored one is newer (stale). A kind whose document holds parts
+    # versioned on their own (a subscription's items, each by its own updated_at) merges them here.
+    ordering: Callable[[Upsert, dict[str, Any] | None], Upsert | None] = whole_document
+    # The document's id when it is not one of the ids (a payer's one `billing/subscription`).
+    document_id: Callable[[Ids], str] | None = None
     # Work outside Firestore an applied change needs (by name, from events.FOLLOW_UPS), given what
     # was stored before. Named in the event record, so a retry that finds the event already recorded
     # (a follow-up failed after the commit: 503) completes it.
@@ -126,7 +138,8 @@ class Kind:
 
     def document(self, db: firestore.Client, paths: Paths, ids: Ids) -> firestore.DocumentReference:
         """The object's document."""
-        return db.collection(self.collection(paths, ids)).document(ids[self.place[-1]])
+        document_id = ids[self.place[-1]] if self.document_id is None else self.document_id(ids)
+        return db.collection(self.collection(paths, ids)).document(document_id)
 
     def tombstone(self, db: firestore.Client, paths: Paths, clerk_id: str) -> firestore.DocumentReference:
         """The object's tombstone."""
@@ -249,10 +262,10 @@ def upsert(change: Upsert, attempt: Attempt, delivery: Delivery) -> Outcome:
         return Outcome.DUPLICATE
     snapshot = snapshots[document_ref.path]
     stored = (snapshot.to_dict() or {}) if snapshot.exists else None
-    if any(snapshots[ref.path].exists for ref in tombstone_refs) or versions.is_older(
-        change.updated_at, change.digest, stored
-    ):
+    ordered = None if any(snapshots[ref.path].exists for ref in tombstone_refs) else kind.ordering(change, stored)
+    if ordered is None:
         return _record(attempt, delivery, change, event_ref, Outcome.STALE)
+    change = ordered
     admission = (
         kind.admit(attempt, delivery, change, snapshots, stored)
         if kind.admit is not None

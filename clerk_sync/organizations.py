@@ -4,6 +4,8 @@ Documents (names are part of the data contract):
   {ORGANIZATIONS_COLLECTION}/{org_id}                        the synced organization
   {ORGANIZATIONS_COLLECTION}/{org_id}/memberships/{user_id}  its members (see memberships.py)
   organization_tombstones/{org_id}                           deleted organizations
+
+An organization's deletion also sweeps its billing ({ORGANIZATIONS_COLLECTION}/{org_id}/billing, billing.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import kind, payload
+from clerk_sync import billing, kind, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.kind import Deletion, Ids, Upsert
 from clerk_sync.paths import Paths
@@ -45,15 +47,21 @@ def organization_id(value: object, where: str) -> str:
     return payload.clerk_id(value, where, "organization")
 
 
-def _members(db: firestore.Client, paths: Paths, organization_ids: Ids) -> list[Sweep]:
-    """Every membership of the organization, however many (in batches, after the tombstone)."""
-    return [Sweep(query=db.collection(paths.memberships(organization_ids["clerk_id"])), ours=lambda _path: True)]
+def _belongings(db: firestore.Client, paths: Paths, organization_ids: Ids) -> list[Sweep]:
+    """Its billing, and every membership of the organization, however many (in batches, after the tombstone).
+
+    The members go last: the delivery that finishes a cut-off sweep is then the one that removed the
+    last of them (`applied`, not `duplicate`).
+    """
+    organization_id = organization_ids["clerk_id"]
+    members = Sweep(query=db.collection(paths.memberships(organization_id)), ours=lambda _path: True)
+    return [*billing.payer_sweeps(db, paths, "organization", organization_id), members]
 
 
-# An organization's own rule is its cascade: its members go with it.
+# An organization's own rule is its cascade: its members and its billing go with it.
 KIND = kind.Kind(
     family="organization",
-    sweeps=_members,
+    sweeps=_belongings,
     collection=lambda paths, _ids: paths.organizations,
     tombstones=lambda paths: paths.organization_tombstones,
     synced_fields=SYNCED_FIELDS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BOOKKEEPING", "MEMBERSHIPS", "Paths", "collection_path_problem", "paths_for"]
+__all__ = ["BILLING_PLANS", "BOOKKEEPING", "MEMBERSHIPS", "Paths", "collection_path_problem", "paths_for"]
 
 # A collection path has an odd number of segments: `users`, `tenants/acme/users`.
 COLLECTION_PATH = re.compile(r"[^/]+(/[^/]+/[^/]+)*")
@@ -26,7 +26,11 @@ BOOKKEEPING = (
     "webhook_events",
     "sync_state",
     "ended_sessions",
+    "billing_tombstones",
 )
+# Clerk Billing's plans, copied by backfill and reconcile; beside the users collection too, but
+# client-readable (an app maps plans to features and shows prices), so not bookkeeping.
+BILLING_PLANS = "billing_plans"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Paths:
     events: str
     state: str
     ended_sessions: str  # Clerk sessions that ended: the rules deny Firebase sessions exchanged from them
+    billing_tombstones: str  # subscriptions and payments reconcile found gone from Clerk
+    billing_plans: str
 
     def memberships(self, organization_id: str) -> str:
         """An organization's memberships, one document per member keyed by Clerk user id."""
@@ -85,4 +91,6 @@ def paths_for(users: str, organizations: str) -> Paths:
         events=names["webhook_events"],
         state=names["sync_state"],
         ended_sessions=names["ended_sessions"],
+        billing_tombstones=names["billing_tombstones"],
+        billing_plans=f"{beside}{BILLING_PLANS}",
     )

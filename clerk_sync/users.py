@@ -4,6 +4,9 @@ Documents (names are part of the data contract):
   {USERS_COLLECTION}/{user_id}     the synced user, readable by that user's client
   email_claims/{email key}         who owns a normalised primary email (uniqueness)
   user_tombstones/{user_id}        deleted users, so late upserts never resurrect them
+
+A user's deletion also sweeps their memberships everywhere and their billing
+({USERS_COLLECTION}/{user_id}/billing, billing.py).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 
-from clerk_sync import ids, kind, payload
+from clerk_sync import billing, ids, kind, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
@@ -166,10 +169,15 @@ def _removal(settings: Any) -> Literal["delete", "strip"]:
     return "delete" if settings.on_user_deleted == "delete" else "strip"
 
 
-def _memberships(db: firestore.Client, paths: Paths, user_ids: Ids) -> list[Sweep]:
-    """The user's memberships in every organization (Clerk does not send a delete for each)."""
-    query = db.collection_group(MEMBERSHIPS).where(filter=FieldFilter("user_id", "==", user_ids["clerk_id"]))
-    return [Sweep(query=query, ours=paths.is_membership)]
+def _belongings(db: firestore.Client, paths: Paths, user_ids: Ids) -> list[Sweep]:
+    """The user's billing, and its memberships in every organization (Clerk does not send a delete for each).
+
+    The few billing documents go first: the sweep that can take long comes last, so the delivery that
+    finishes it is the one that removed its last documents (`applied`, not `duplicate`).
+    """
+    user_id = user_ids["clerk_id"]
+    query = db.collection_group(MEMBERSHIPS).where(filter=FieldFilter("user_id", "==", user_id))
+    return [*billing.payer_sweeps(db, paths, "user", user_id), Sweep(query=query, ours=paths.is_membership)]
 
 
 def blocked(document: dict[str, Any] | None) -> bool:
@@ -246,7 +254,7 @@ KIND = kind.Kind(
     admit=_admit,
     on_removal=_release_claim,
     removal=_removal,
-    sweeps=_memberships,
+    sweeps=_belongings,
     extra_owned=(PENDING_FIELD,),
     follow_ups=_auth_follow_ups,
 )

@@ -10,6 +10,8 @@ tests serve it in-process; people start it on its own to try reconcile without a
   GET /v1/users, /v1/users/count, /v1/users/{id}
   GET /v1/organizations, /v1/organizations/{id}, /v1/organizations/{id}/memberships?user_id=...
   GET /v1/organization_memberships
+  GET /v1/billing/plans, /v1/billing/subscription_items
+  GET /v1/users/{id}/billing/subscription, /v1/organizations/{id}/billing/subscription
 """
 
 from __future__ import annotations
@@ -159,6 +161,117 @@ def api_membership(
     }
 
 
+def _money(amount: int) -> dict[str, Any]:
+    return {"amount": amount, "amount_formatted": f"${amount / 100:.2f}", "currency": "USD", "currency_symbol": "$"}
+
+
+def api_plan(slug: str, features: list[str], *, amount: int = 2000, payer_type: str = "user") -> dict[str, Any]:
+    """A CommercePlan as `GET /v1/billing/plans` returns it."""
+    return {
+        "object": "commerce_plan",
+        "id": f"cplan_{slug}",
+        "name": slug.replace("-", " ").title(),
+        "fee": _money(amount),
+        "annual_monthly_fee": _money(amount * 10 // 12),
+        "annual_fee": _money(amount * 10),
+        "description": None,
+        "product_id": "cprod_standin",
+        "is_default": amount == 0,
+        "is_recurring": amount > 0,
+        "publicly_visible": True,
+        "has_base_fee": amount > 0,
+        "for_payer_type": payer_type,
+        "slug": slug,
+        "avatar_url": None,
+        "features": [
+            {
+                "object": "feature",
+                "id": f"feat_{name}",
+                "name": name.title(),
+                "slug": name,
+                "description": None,
+                "avatar_url": None,
+            }
+            for name in features
+        ],
+        "free_trial_enabled": False,
+        "free_trial_days": None,
+    }
+
+
+def api_payer(payer_type: str, payer_id: str) -> dict[str, Any]:
+    """A CommercePayer (the user or organization that pays)."""
+    is_user = payer_type == "user"
+    return {
+        "object": "commerce_payer",
+        "id": f"cpayer_{payer_id}",
+        "instance_id": INSTANCE_ID,
+        "user_id": payer_id if is_user else None,
+        "organization_id": None if is_user else payer_id,
+        "first_name": "Grace" if is_user else None,
+        "last_name": "Hopper" if is_user else None,
+        "email": "grace.hopper@example.com" if is_user else "billing@example.com",
+        "organization_name": None if is_user else "Acme",
+        "image_url": "https://img.clerk.com/xxxxxx",
+        "created_at": BASE_MS,
+        "updated_at": BASE_MS,
+    }
+
+
+def api_subscription_item(
+    item_id: str,
+    plan: dict[str, Any],
+    payer_type: str,
+    payer_id: str,
+    *,
+    status: str = "active",
+    updated_at: int = BASE_MS,
+    seats: int | None = None,
+) -> dict[str, Any]:
+    """A CommerceSubscriptionItem as the Backend API returns it (listed, or nested in the payer's subscription)."""
+    return {
+        "object": "commerce_subscription_item",
+        "id": item_id,
+        "instance_id": INSTANCE_ID,
+        "status": status,
+        "plan_id": plan["id"],
+        "price_id": None,
+        "plan": plan,
+        "plan_period": "month",
+        "payer_id": f"cpayer_{payer_id}",
+        "payer": api_payer(payer_type, payer_id),
+        "is_free_trial": False,
+        "period_start": BASE_MS - 60_000,
+        "period_end": None if status == "ended" else BASE_MS - 60_000 + 30 * 24 * 3600 * 1000,
+        "canceled_at": updated_at if status == "canceled" else None,
+        "past_due_at": updated_at if status == "past_due" else None,
+        "ended_at": updated_at if status == "ended" else None,
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+        "seats": {"quantity": seats} if seats is not None else None,
+    }
+
+
+def api_subscription(
+    subscription_id: str, payer_type: str, payer_id: str, items: list[dict[str, Any]], *, updated_at: int = BASE_MS
+) -> dict[str, Any]:
+    """A CommerceSubscription as `GET /v1/users/{id}/billing/subscription` returns it: no payer object."""
+    past_due = any(item["status"] == "past_due" for item in items)
+    return {
+        "object": "commerce_subscription",
+        "id": subscription_id,
+        "instance_id": INSTANCE_ID,
+        "status": "past_due" if past_due else "active",
+        "payer_id": f"cpayer_{payer_id}",
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+        "active_at": BASE_MS - 60_000,
+        "past_due_at": updated_at if past_due else None,
+        "subscription_items": items,
+        "eligible_for_free_trial": False,
+    }
+
+
 @dataclass
 class Request:
     """One request the fake API saw."""
@@ -181,6 +294,8 @@ class FakeClerk:
     users: list[dict[str, Any]]
     organizations: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[dict[str, Any]] = field(default_factory=list)
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)  # payer id -> its subscription
     unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
     faults: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
     path_faults: dict[tuple[str, int], tuple[int, dict[str, str]]] = field(default_factory=dict)
@@ -217,10 +332,11 @@ class FakeClerk:
         if parts == ["users"]:
             listed = [user for user in self.users if user["id"] not in self.unlisted]
             return 200, {}, _page(listed, query, limit, offset)
-        if parts == ["organizations"]:
-            return 200, {}, _listing(_page(self.organizations, query, limit, offset), len(self.organizations))
-        if parts == ["organization_memberships"]:
-            return 200, {}, _listing(_page(self.memberships, query, limit, offset), len(self.memberships))
+        if parts in (["organizations"], ["organization_memberships"]):
+            listed = self.organizations if parts == ["organizations"] else self.memberships
+            return 200, {}, _listing(_page(listed, query, limit, offset), len(listed))
+        if parts[0] == "billing" or parts[2:] == ["billing", "subscription"]:
+            return self.billing(parts, limit, offset)
         if len(parts) == 2 and parts[0] in {"users", "organizations"}:
             found = _by_id(self.users if parts[0] == "users" else self.organizations, parts[1])
             return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
@@ -236,6 +352,18 @@ class FakeClerk:
             ]
             return 200, {}, _listing(_page(members, query, limit, offset), len(members))
         return 404, {}, _errors("resource_not_found", "Not found")
+
+    def billing(self, parts: list[str], limit: int, offset: int) -> tuple[int, dict[str, str], Any]:
+        """Plans, every subscription item, and a payer's subscription (404 for a payer without one)."""
+        if parts == ["billing", "plans"]:
+            return 200, {}, _listing(self.plans[offset : offset + limit], len(self.plans))
+        if parts == ["billing", "subscription_items"]:
+            items = [
+                item for subscription in self.subscriptions.values() for item in subscription["subscription_items"]
+            ]
+            return 200, {}, _listing(items[offset : offset + limit], len(items))
+        found = self.subscriptions.get(parts[1]) if len(parts) == 4 else None
+        return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
 
 
 def _by_id(objects: list[dict[str, Any]], object_id: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from clerk_events import SECRET
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import config, event_log, events, instance, paths, transaction
+from clerk_sync import billing, config, event_log, events, instance, paths, transaction
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
 
@@ -103,7 +103,8 @@ EVENT_LOG_STATE = f"{PATHS.state}/{event_log.STATE_DOCUMENT}"
 
 
 def snapshot_all(db: firestore.Client) -> dict[str, dict[str, Any]]:
-    """Every top-level document and every membership, by path (to assert 'nothing changed').
+    """Every top-level document, every membership and every billing document, by path (to assert
+    'nothing changed').
 
     Leaves out the event log's migration state, which the first event a fresh database sees writes.
     """
@@ -113,8 +114,9 @@ def snapshot_all(db: firestore.Client) -> dict[str, dict[str, Any]]:
         for document in collection.stream(timeout=10)
         if document.reference.path != EVENT_LOG_STATE
     }
-    for member in db.collection_group(paths.MEMBERSHIPS).stream(timeout=10):
-        found[member.reference.path] = member.to_dict() or {}
+    for group in (paths.MEMBERSHIPS, billing.BILLING, billing.PAYMENTS):
+        for document in db.collection_group(group).stream(timeout=10):
+            found[document.reference.path] = document.to_dict() or {}
     return found
 
 

@@ -10,6 +10,11 @@ event at least once, some twice with the same svix id, shuffled within a window,
 pool, retrying every non-2xx after a compressed backoff with a fresh timestamp and signature. The
 `*_problems` functions compare Firestore with the final Clerk state; every message they produce
 names the seed, so `SIM_SEED=N` replays it.
+
+`generate_billing` writes Clerk Billing histories on the same model: payers (users and organizations)
+whose subscription items go through trials, renewals, failed charges, cancellations, upgrades, seat
+changes and payments, each change sent as an item event and often a subscription event listing every
+item, some payers deleted while their items' events still arrive.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from billing_events import item_data, payment_data, standalone_item, subscription_data
 from clerk_events import BASE_MS, email_entry, envelope, membership_data, organization_data, signed_headers
 from conftest import PATHS
 from google.cloud import firestore
 
-from clerk_sync import event_log, events, ids, kind, memberships, paths, versions
+from clerk_sync import billing, event_log, events, ids, kind, memberships, paths, subscriptions, versions
 from clerk_sync.users import normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
@@ -63,7 +69,15 @@ ROLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "org:billing": ("Billing manager", ("org:sys_memberships:read", "org:sys_billing:read", "org:sys_billing:manage")),
 }
 MEMBERSHIP_LIMITS = (5, 10, 25, 100)
-KINDS = {"user": "user", "organization": "organization", "organizationMembership": "membership"}
+KINDS = {
+    "user": "user",
+    "organization": "organization",
+    "organizationMembership": "membership",
+    "subscription": "subscription",
+    "subscriptionItem": "subscription",
+    "paymentAttempt": "payment",
+}
+BILLING_KINDS = frozenset({"subscription", "payment"})
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Direct proxies off: every request of the simulator goes to loopback only.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -286,6 +300,81 @@ class _Membership:
         )
 
 
+@dataclass
+class _BillingItem:
+    """One subscription item (payer <-> plan) as Clerk holds it now."""
+
+    item_id: str
+    slug: str
+    status: str
+    updated_at: int
+    trial: bool = False
+    seats: int | None = None
+    canceled_at: int | None = None
+    past_due_at: int | None = None
+    ended_at: int | None = None
+
+    def data(self) -> dict[str, Any]:
+        """The item as a subscription event nests it."""
+        return item_data(
+            self.item_id,
+            self.slug,
+            status=self.status,
+            updated_at=self.updated_at,
+            is_free_trial=self.trial,
+            seats=self.seats,
+            canceled_at=self.canceled_at,
+            past_due_at=self.past_due_at,
+            ended_at=self.ended_at,
+            amount=0 if self.slug == "free" else 2000,
+        )
+
+
+@dataclass
+class _Subscription:
+    """A payer's one subscription: its own status, the items it lists now, its payments' last attempts."""
+
+    subscription_id: str
+    payer_type: str
+    payer_id: str
+    items: dict[str, _BillingItem] = field(default_factory=dict)
+    status: str = "active"
+    updated_at: int = 0
+    last_listed: str | None = None  # the body of the last subscription event
+    payments: dict[str, str] = field(default_factory=dict)  # payment id -> its newest attempt's body
+
+    def data(self) -> dict[str, Any]:
+        """The subscription as `subscription.*` carries it, every item listed."""
+        past_due = any(item.status == "past_due" for item in self.items.values())
+        return subscription_data(
+            self.subscription_id,
+            self.payer_type,
+            self.payer_id,
+            [item.data() for item in self.items.values()],
+            status=self.status,
+            updated_at=self.updated_at,
+            past_due_at=self.updated_at if past_due else None,
+        )
+
+    def expected(self) -> dict[str, Any]:
+        """The document the function must hold: the last listed subscription, every item at its newest."""
+        if self.last_listed is not None:
+            listed = events.parse_event(self.last_listed.encode())
+            assert isinstance(listed, kind.Upsert)
+            fields = (*subscriptions.SUBSCRIPTION_FIELDS, subscriptions.PART_DIGEST)
+            part = {name: listed.document[name] for name in fields}
+        else:  # only item events: the subscription's own fields wait for its event
+            part = dict.fromkeys((*subscriptions.SUBSCRIPTION_FIELDS, subscriptions.PART_DIGEST))
+            part.update(subscription_id=self.subscription_id, payer_type=self.payer_type, payer_id=self.payer_id)
+            part["clerk_payer_id"] = f"cpayer_{self.payer_id}"
+        items = {
+            item_id: {**subscriptions.item_entry(item.data(), "item")[1], "features": None}
+            for item_id, item in self.items.items()
+        }
+        document = {**part, "items": items, **subscriptions.derived(items)}
+        return {**document, versions.DIGEST_FIELD: subscriptions.whole_digest(document)}
+
+
 def expected_document(body: str) -> dict[str, Any]:
     """The document the function builds from an upsert's body, with its digest."""
     parsed = events.parse_event(body.encode())
@@ -313,6 +402,8 @@ class History:
     deleted_organizations: set[str] = field(default_factory=set)
     deleted_memberships: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (org, user), announced
     stragglers: set[str] = field(default_factory=set)  # svix ids that must arrive after their successors
+    final_subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> expected document
+    final_payments: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> expected document
 
     @property
     def stored_events(self) -> list[SimEvent]:
@@ -398,6 +489,7 @@ class _Generator:
         self.stragglers: set[str] = set()
         self.quiet: set[str] = set()  # membership ids nothing may touch after their race
         self.bulk: _Organization | None = None
+        self.subscriptions: dict[str, _Subscription] = {}  # live payers' subscriptions by payer id
 
     def tick(self) -> int:
         self.clock += self.rng.randint(1, 4000)
@@ -959,6 +1051,140 @@ class _Generator:
         self.tie_membership(self.rng.choice(members))
         return True
 
+    # -- billing: a payer's subscription, its items and payments --
+
+    @staticmethod
+    def subscription_path(subscription: _Subscription) -> str:
+        collection = billing.billing_collection(PATHS, subscription.payer_type, subscription.payer_id)
+        return f"{collection}/{billing.SUBSCRIPTION}"
+
+    def subscribe(self, payer_type: str, payer_id: str) -> _Subscription:
+        """Clerk gives a new payer the default plan: a subscription listing its free item."""
+        subscription = _Subscription(self.next_id("csub"), payer_type, payer_id)
+        self.subscriptions[payer_id] = subscription
+        free = _BillingItem(self.next_id("csub_item"), "free", "active", self.tick())
+        subscription.items[free.item_id] = free
+        self.stories["billing_subscribe"] += 1
+        self.list_items(subscription, "subscription.created")
+        return subscription
+
+    def list_items(self, subscription: _Subscription, event_type: str = "subscription.updated") -> None:
+        """A subscription event listing every item the subscription has now."""
+        subscription.updated_at = self.tick()
+        subscription.status = (
+            "past_due" if any(i.status == "past_due" for i in subscription.items.values()) else "active"
+        )
+        event = self.emit(event_type, subscription.data(), subscription.subscription_id, subscription.updated_at)
+        subscription.last_listed = event.body
+
+    def change_item(self, subscription: _Subscription, item: _BillingItem, event_type: str, **changes: Any) -> None:
+        """An item changes: its own event, and often a subscription event listing it too."""
+        for name, value in changes.items():
+            setattr(item, name, value)
+        item.updated_at = self.tick()
+        subscription.items[item.item_id] = item
+        data = standalone_item(
+            item.data(), subscription.subscription_id, subscription.payer_type, subscription.payer_id
+        )
+        self.emit(event_type, data, subscription.subscription_id, item.updated_at)
+        if self.rng.random() < 0.5:
+            self.list_items(
+                subscription, "subscription.pastDue" if item.status == "past_due" else "subscription.updated"
+            )
+
+    def prune(self, subscription: _Subscription) -> None:
+        """Ended and abandoned items leave the subscription's list (a subscription event without them)."""
+        gone = [item_id for item_id, item in subscription.items.items() if item.status in {"ended", "abandoned"}]
+        for item_id in gone:
+            del subscription.items[item_id]
+        self.stories["billing_prune"] += len(gone)
+        self.list_items(subscription)
+
+    def pay(self, subscription: _Subscription, item: _BillingItem, statuses: tuple[str, ...]) -> None:
+        """One payment for the item, attempt after attempt (a failed charge retried)."""
+        payment_id = self.next_id("cpa")
+        for status in statuses:
+            updated_at = self.tick()
+            data = payment_data(payment_id, subscription.payer_type, subscription.payer_id, status=status,
+                                updated_at=updated_at, attempt_id=self.next_id("pa"), item_id=item.item_id,
+                                slug=item.slug)  # fmt: skip
+            subscription.payments[payment_id] = self.emit("paymentAttempt.updated", data, payment_id, updated_at).body
+        self.stories["billing_payment"] += 1
+
+    def new_item(
+        self, subscription: _Subscription, slug: str, status: str, event_type: str, **fields: Any
+    ) -> _BillingItem:
+        item = _BillingItem(self.next_id("csub_item"), slug, status, 0, **fields)
+        self.change_item(subscription, item, event_type)
+        return item
+
+    def billing_payer(self, payer_type: str) -> _Subscription:
+        """A new user or organization, and its subscription."""
+        if payer_type == "user":
+            return self.subscribe("user", self.create("email").user_id)
+        creator = self.rng.choice(self.live()) if self.users else self.create("email")
+        return self.subscribe("organization", self.create_organization(creator).organization_id)
+
+    def story_trial_to_ended(self, subscription: _Subscription) -> None:
+        """Trial -> active -> past due -> canceled -> ended; the free plan comes back."""
+        current = next((item for item in subscription.items.values() if item.status == "active"), None)
+        pro = self.new_item(subscription, "pro", "active", "subscriptionItem.active", trial=True)
+        if current is not None:
+            self.change_item(subscription, current, "subscriptionItem.ended", status="ended", ended_at=self.clock)
+        self.change_item(subscription, pro, "subscriptionItem.freeTrialEnding")
+        self.change_item(subscription, pro, "subscriptionItem.updated", trial=False)
+        self.pay(subscription, pro, ("paid",))
+        self.change_item(subscription, pro, "subscriptionItem.pastDue", status="past_due", past_due_at=self.clock)
+        self.pay(subscription, pro, ("failed", "failed"))
+        self.change_item(subscription, pro, "subscriptionItem.canceled", status="canceled", canceled_at=self.clock)
+        self.new_item(subscription, "free", "upcoming", "subscriptionItem.upcoming")
+        self.change_item(subscription, pro, "subscriptionItem.ended", status="ended", ended_at=self.clock)
+        comeback = next(item for item in subscription.items.values() if item.status == "upcoming")
+        self.change_item(subscription, comeback, "subscriptionItem.active", status="active")
+        if self.rng.random() < 0.7:
+            self.prune(subscription)
+        self.stories["billing_trial_to_ended"] += 1
+
+    def story_upgrade(self, subscription: _Subscription) -> None:
+        """Free -> Pro (a checkout), then maybe Pro -> Team; an abandoned checkout on the way."""
+        slugs = ["pro", "team"] if self.rng.random() < 0.5 else ["pro"]
+        current = next((item for item in subscription.items.values() if item.status == "active"), None)
+        for slug in slugs:
+            if self.rng.random() < 0.3:
+                self.new_item(subscription, slug, "abandoned", "subscriptionItem.incomplete")
+            upgraded = self.new_item(subscription, slug, "active", "subscriptionItem.active")
+            self.pay(subscription, upgraded, ("paid",))
+            if current is not None:
+                self.change_item(subscription, current, "subscriptionItem.ended", status="ended", ended_at=self.clock)
+            current = upgraded
+        if self.rng.random() < 0.5:
+            self.prune(subscription)
+        self.stories["billing_upgrade"] += 1
+
+    def story_seats(self, subscription: _Subscription) -> None:
+        """A seat-based plan whose seats change (an organization adding and removing members' seats)."""
+        team = self.new_item(subscription, "team", "active", "subscriptionItem.active", seats=self.rng.randint(3, 10))
+        for _ in range(self.rng.randint(2, 4)):
+            self.change_item(subscription, team, "subscriptionItem.updated", seats=self.rng.randint(1, 50))
+        self.pay(subscription, team, ("paid",))
+        self.stories["billing_seats"] += 1
+
+    def story_payer_deleted_with_late_items(self, payer_type: str) -> None:
+        """A payer with billing is deleted while its latest billing events are still on their way."""
+        subscription = self.billing_payer(payer_type)
+        pro = self.new_item(subscription, "pro", "active", "subscriptionItem.active")
+        self.pay(subscription, pro, ("paid",))
+        self.change_item(subscription, pro, "subscriptionItem.canceled", status="canceled", canceled_at=self.clock)
+        self.straggle()
+        self.change_item(subscription, pro, "subscriptionItem.ended", status="ended", ended_at=self.clock)
+        self.straggle()
+        del self.subscriptions[subscription.payer_id]
+        if payer_type == "user":
+            self.delete(self.users[subscription.payer_id])
+        else:
+            self.delete_organization(self.organizations[subscription.payer_id], announced=lambda _position: False)
+        self.stories[f"billing_{payer_type}_deleted_with_late_items"] += 1
+
     def random_step(self, users_target: int, created: int, organizations_target: int) -> None:
         roll = self.rng.random()
         if not self.users or (created < users_target and roll < 0.25):
@@ -1001,6 +1227,14 @@ class _Generator:
             deleted_organizations=self.deleted_organizations,
             deleted_memberships=self.deleted_memberships,
             stragglers=self.stragglers,
+            final_subscriptions={self.subscription_path(sub): sub.expected() for sub in self.subscriptions.values()},
+            final_payments={
+                f"{billing.payments_collection(PATHS, sub.payer_type, sub.payer_id)}/{payment_id}": expected_document(
+                    body
+                )
+                for sub in self.subscriptions.values()
+                for payment_id, body in sub.payments.items()
+            },
         )
 
 
@@ -1056,6 +1290,40 @@ def generate(
             raise AssertionError(f"SIM_SEED={seed}: stories never found what they need: {names}")
     for story in finale:
         assert story(), f"SIM_SEED={seed}: {story.__name__} found nothing to work with"
+    return generator.history()
+
+
+def generate_billing(seed: int, *, payers: int) -> History:
+    """A legal Clerk Billing history for about `payers` payers (a third organizations), ending with a user
+    and an organization deleted while their items' last events are still to arrive.
+
+    Every payer gets the default plan, then one or two stories: a trial that lapses into past due, is
+    canceled and ends; upgrades (with payments, an abandoned checkout, the free item ended); seats that
+    change. Stories of different payers interleave in Clerk's order; Svix then shuffles them.
+    """
+    generator = _Generator(seed)
+    stories = {
+        "trial": generator.story_trial_to_ended,
+        "upgrade": generator.story_upgrade,
+        "seats": generator.story_seats,
+    }
+    pending: list[tuple[_Subscription, Callable[[_Subscription], None]]] = []
+    for index in range(max(3, payers)):
+        subscription = generator.billing_payer("organization" if index % 3 == 2 else "user")
+        names = (
+            ["trial", "upgrade", "seats"]
+            if index < 3
+            else generator.rng.sample(sorted(stories), generator.rng.randint(1, 2))
+        )
+        pending += [(subscription, stories[name]) for name in names]
+    generator.rng.shuffle(pending)
+    for subscription, story in pending:
+        if subscription.payer_id in generator.subscriptions:
+            story(subscription)
+        if generator.rng.random() < 0.2:
+            generator.rename(generator.rng.choice(generator.live()))
+    generator.story_payer_deleted_with_late_items("user")
+    generator.story_payer_deleted_with_late_items("organization")
     return generator.history()
 
 
@@ -1410,8 +1678,13 @@ def _record_problems(history: History, store: _Store) -> list[str]:
 
 
 def _effect_problems(event: SimEvent, record_id: str, store: _Store) -> list[str]:
-    """What an applied event must have left in place (unless something newer or a tombstone took over)."""
+    """What an applied event must have left in place (unless something newer or a tombstone took over).
+
+    Billing documents merge many events; `_billing_problems` compares them whole with Clerk's final state.
+    """
     clerk_id = str(event.clerk_id)
+    if event.kind in BILLING_KINDS:
+        return []
     if event.kind == "user":
         if event.is_deletion:
             gone = clerk_id in store.user_tombstones and clerk_id not in store.users
@@ -1500,8 +1773,25 @@ def final_state_problems(db: firestore.Client, history: History, attempts: list[
         tombstone = store.membership_tombstones.get(membership_id)
         if tombstone and (tombstone.get("organization_id"), tombstone.get("user_id")) != (organization_id, user_id):
             problems.append(f"SIM_SEED={seed}: membership tombstone {membership_id} names another member")
+    problems += _billing_problems(db, history)
     problems += _accounting_problems(history, store.records, attempts, log_text)
     return problems
+
+
+def _billing_problems(db: firestore.Client, history: History) -> list[str]:
+    """Every payer's subscription and payments exactly as Clerk's final state says; none of a deleted payer."""
+    stored_subscriptions: dict[str, dict[str, Any]] = {}
+    for snapshot in db.collection_group(billing.BILLING).stream(timeout=30):
+        if billing.payer_of(PATHS, snapshot.reference.path, 1) is not None:
+            stored_subscriptions[snapshot.reference.path] = snapshot.to_dict() or {}
+    stored_payments: dict[str, dict[str, Any]] = {}
+    for snapshot in db.collection_group(billing.PAYMENTS).stream(timeout=30):
+        if billing.payer_of(PATHS, snapshot.reference.path, 3) is not None:
+            stored_payments[snapshot.reference.path] = snapshot.to_dict() or {}
+    return [
+        *_differences(history.seed, "subscriptions", stored_subscriptions, history.final_subscriptions),
+        *_differences(history.seed, "payments", stored_payments, history.final_payments),
+    ]
 
 
 def _under_tombstone_problems(seed: int, store: _Store) -> list[str]:

@@ -35,6 +35,8 @@ QUICK = {"users": 40, "events_target": 400}
 SOAK = {"users": 400, "events_target": 10_000}
 # Fewer users, more organizations, and one that 600 members join at once and that is deleted at the
 # end: its sweep takes three batches while late member events still arrive.
+BILLING_QUICK = 9  # payers: about 200 events
+BILLING_SOAK = 300  # about 7,000 events
 SOAK_ORGANIZATIONS = {"users": 300, "events_target": 10_000, "organizations": 60, "bulk_members": 600}
 
 
@@ -55,6 +57,14 @@ def run_simulation(
     history = delivery_sim.generate(
         seed, users=users, events_target=events_target, organizations=organizations, bulk_members=bulk_members
     )
+    deliver_and_compare(server, db, history, concurrency=concurrency, window=window)
+
+
+def deliver_and_compare(
+    server: Server, db: firestore.Client, history: delivery_sim.History, *, concurrency: int, window: float
+) -> None:
+    """Deliver a history messily, with retries, and compare Firestore with its final state."""
+    seed = history.seed
     rng = random.Random(f"{seed}-delivery")
     deliveries = delivery_sim.plan(
         history.events, rng, duplicate_share=0.1, window=window, stragglers=history.stragglers
@@ -71,7 +81,7 @@ def run_simulation(
         deliveries,
         rng=rng,
         concurrency=concurrency,
-        wall_seconds=max(90.0, events_target / 10),
+        wall_seconds=max(90.0, len(history.events) / 10),
         checkpoint=checkpoint,
         checkpoint_every=40,
     )
@@ -81,7 +91,7 @@ def run_simulation(
     )
 
     assert not report.undelivered, f"SIM_SEED={seed}: {len(report.undelivered)} undelivered; {report.summary()}"
-    assert report.checkpoints >= events_target // 40
+    assert report.checkpoints >= len(history.events) // 40
     assert not shared_at_checkpoints, f"SIM_SEED={seed}: users shared a primary email: {shared_at_checkpoints[:3]}"
     unexpected = {status for status in report.statuses() if status not in {200, 409, 503}}
     assert not unexpected, f"SIM_SEED={seed}: statuses {unexpected} seen; {report.summary()}"
@@ -93,6 +103,19 @@ def test_messy_delivery_of_a_quick_history_converges_to_clerks_final_state(
     server: Server, db: firestore.Client
 ) -> None:
     run_simulation(server, db, **QUICK)
+
+
+def test_messy_delivery_of_a_billing_history_converges_to_clerks_final_state(
+    server: Server, db: firestore.Client
+) -> None:
+    seed = delivery_sim.seed_from_environment()
+    print(f"SIM_SEED={seed}")
+    history = delivery_sim.generate_billing(seed, payers=BILLING_QUICK)
+
+    deliver_and_compare(server, db, history, concurrency=8, window=8)
+
+    assert history.final_subscriptions, f"SIM_SEED={seed}: no live payer with a subscription"
+    assert history.final_payments
 
 
 # The suite's 300 s per test is too short for 10,000 events on 2 cores; deliver() bounds itself at 1000 s.
@@ -111,6 +134,17 @@ def test_messy_delivery_of_a_long_history_of_big_organizations_converges_to_cler
     server: Server, db: firestore.Client
 ) -> None:
     run_simulation(server, db, **SOAK_ORGANIZATIONS, concurrency=16, window=32)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(SOAK_TIMEOUT_SECONDS)
+def test_messy_delivery_of_a_long_billing_history_converges_to_clerks_final_state(
+    server: Server, db: firestore.Client
+) -> None:
+    history = delivery_sim.generate_billing(delivery_sim.seed_from_environment(), payers=BILLING_SOAK)
+    print(f"SIM_SEED={history.seed}")
+
+    deliver_and_compare(server, db, history, concurrency=16, window=32)
 
 
 # Two versions with one `updated_at` (issue 8, item 6): Clerk's order between them is unknowable,
@@ -193,6 +227,42 @@ def test_versions_sharing_updated_at_end_in_the_larger_digest_in_either_order_th
 
 # The simulator itself: its histories must be legal and its checks must bite, or a passing run
 # proves nothing.
+
+
+def test_final_state_check_notices_billing_divergence(server: Server, db: firestore.Client) -> None:
+    history = delivery_sim.generate_billing(78, payers=4)
+    rng = random.Random(78)
+    report = delivery_sim.deliver(
+        server.url,
+        delivery_sim.plan(history.events, rng, duplicate_share=0.2, window=3, stragglers=history.stragglers),
+        rng=rng,
+    )
+    log_text = server.log()
+    assert not report.undelivered
+    assert delivery_sim.final_state_problems(db, history, report.attempts, log_text) == []
+    subscription_path, expected = next(iter(history.final_subscriptions.items()))
+    payment_path = next(iter(history.final_payments))
+    item_id = next(iter(expected["items"]))
+    deleted_user = next(iter(history.deleted))
+
+    def problems() -> str:
+        return "\n".join(delivery_sim.final_state_problems(db, history, report.attempts, log_text))
+
+    db.document(subscription_path).update({f"items.{item_id}.status": "expired"})
+    assert f"{subscription_path} differs from its last Clerk state in ['items']" in problems()
+    db.document(subscription_path).update({f"items.{item_id}.status": expected["items"][item_id]["status"]})
+
+    saved = db.document(payment_path).get(timeout=10).to_dict() or {}
+    db.document(payment_path).delete()
+    assert f"payments missing ['{payment_path}']" in problems()
+    db.document(payment_path).set(saved)
+
+    left_behind = f"{PATHS.users}/{deleted_user}/billing/subscription"
+    db.document(left_behind).set({**expected, "payer_id": deleted_user})
+    assert f"extra ['{left_behind}']" in problems()
+    db.document(left_behind).delete()
+
+    assert delivery_sim.final_state_problems(db, history, report.attempts, log_text) == []
 
 
 def test_final_state_check_notices_each_kind_of_divergence(server: Server, db: firestore.Client) -> None:

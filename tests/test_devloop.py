@@ -320,7 +320,8 @@ def test_dev_serves_the_whole_loop_and_ctrl_c_stops_every_process(tmp_path: Path
     assert clerk_token not in dev.output.text()
     assert f"ngrok tunnel found: {TUNNEL} -> http://127.0.0.1:{ports.webhook}" in ngrok_hint
     assert f"ngrok http {ports.webhook}" in dev.banner
-    assert "user.*, organization.* and" in dev.banner
+    assert "user.*, organization.*," in dev.banner
+    assert "subscription.*, subscriptionItem.*," in dev.banner
     assert "python3 -m clerk_sync send user.created" in dev.banner
     assert f"token     http://127.0.0.1:{ports.token}/" in dev.banner
     assert f"auth      127.0.0.1:{ports.auth}" in dev.banner

@@ -18,7 +18,7 @@ from tools.common import DEFAULT_AUTH_PORT, DEFAULT_EMULATOR_PORT, DEFAULT_TOKEN
 
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 NODE_TIMEOUT_SECONDS = 120
-DOCUMENTED = {"firebase.ts", "use-firebase-sign-in.tsx", "main.ts", "try-local.ts"}
+DOCUMENTED = {"firebase.ts", "use-firebase-sign-in.tsx", "main.ts", "try-local.ts", "billing.ts"}
 # What the page showed before: `token && signInToFirebase(token)` returns "" | Promise | null, and no .catch.
 CLERK_JS_WITHOUT_CATCH = """import { Clerk } from "@clerk/clerk-js";
 import { signInToFirebase } from "./firebase";

@@ -124,3 +124,48 @@ def test_a_follow_up_that_fails_after_the_commit_is_completed_by_the_retry(
     assert retried is Outcome.DUPLICATE
     assert older is Outcome.STALE
     assert calls == [("note_3", message_id), ("note_3", message_id)]  # the retry ran it; the stale event did not
+
+
+# A kind whose document holds parts versioned on their own declares `ordering` (billing's
+# subscription merges each item by its own updated_at this way) and, for a document whose id is not
+# one of the ids, `document_id`.
+BOARDS = "test_boards"
+
+
+def _by_part(change: Upsert, stored: dict[str, Any] | None) -> Upsert | None:
+    """Each pin by its own version; None when no pin of the change is newer."""
+    pins = dict((stored or {}).get("pins") or {})
+    newer = {name: pin for name, pin in change.document["pins"].items() if pin["at"] > pins.get(name, {}).get("at", -1)}
+    if not newer:
+        return None
+    return dataclasses.replace(change, document={**change.document, "pins": {**pins, **newer}})
+
+
+BOARD = kind.Kind(
+    family="board",
+    collection=lambda _paths, ids: f"{BOARDS}/{ids['clerk_id']}/parts",
+    document_id=lambda _ids: "pins",
+    tombstones=lambda _paths: NOTE_TOMBSTONES,
+    synced_fields=("clerk_id", "pins"),
+    ordering=_by_part,
+)
+
+
+def pin(db: firestore.Client, board_id: str, name: str, text: str, at: int) -> Outcome:
+    document = {"clerk_id": board_id, "pins": {name: {"text": text, "at": at}}}
+    change = kind.parsed_upsert(BOARD, "board.updated", {"clerk_id": board_id}, document, payload.EPOCH)
+    return apply_event(db, new_message_id(), change)
+
+
+def test_a_kind_with_its_own_ordering_merges_parts_each_by_its_own_version(db: firestore.Client) -> None:
+    outcomes = [
+        pin(db, "board_1", "a", "a2", 2),
+        pin(db, "board_1", "b", "b1", 1),
+        pin(db, "board_1", "a", "a1", 1),  # older than the stored a: stale, b untouched
+        pin(db, "board_1", "b", "b3", 3),
+    ]
+    board = stored(db, f"{BOARDS}/board_1/parts/pins")
+
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.STALE, Outcome.APPLIED]
+    assert board is not None
+    assert board["pins"] == {"a": {"text": "a2", "at": 2}, "b": {"text": "b3", "at": 3}}

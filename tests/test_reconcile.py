@@ -452,7 +452,10 @@ def test_what_a_full_run_costs_in_clerk_requests_and_firestore_reads(
     assert paths.count("/v1/users/count") == 1
     assert paths.count("/v1/organizations") == 1
     assert paths.count("/v1/organization_memberships") == 2
-    assert summary["clerk_requests"] == len(paths) == 8
+    # Clerk Billing: the plans, and every subscription item (none here: no payer is asked for more).
+    assert paths.count("/v1/billing/plans") == 1
+    assert paths.count("/v1/billing/subscription_items") == 1
+    assert summary["clerk_requests"] == len(paths) == 10
     # Each object is read once to compare and once in the pass that looks for extras.
     assert summary["firestore_reads"] == 2 * (12 + 3 + 9)
 

@@ -10,6 +10,8 @@ What is checked, from one paged pass over each collection (only the fields neede
   5. every synced field of its documented type, and the ids inside a document equal to its path's;
   6. with SYNC_FIREBASE_AUTH on: no banned or deprovisioned user whose Firebase Auth user is enabled,
      and no deleted user who still has one (a call the webhook could not make, and Svix gave up on).
+  7. no billing (subscription, payments) of a deleted user or organization, none under its own
+     tombstone, and a subscription's `active_plans` / `active_features` what its items grant.
 
 A document with none of the function's fields is the app's (say, written before its user arrived) and
 is not type-checked. Claim document ids are email addresses, so a claim is named by its owner and
@@ -20,7 +22,9 @@ fields under its tombstone, memberships) go by applying its deletion again (a sy
 `user.deleted` / `organization.deleted` under `check_repair_...`: the shared deletion body removes
 a synced copy under its own tombstone, per `ON_USER_DELETED`, and the sweep takes the memberships);
 a membership under its tombstone by a synthesised `organizationMembership.deleted`; a Firebase Auth
-user is disabled or deleted as the webhook does it, from what Firestore holds; a stale claim is
+user is disabled or deleted as the webhook does it, from what Firestore holds; a subscription or
+payment under its tombstone by its kind's deletion; a subscription's derived fields are recomputed
+from its items, in a transaction that re-reads them; a stale claim is
 deleted, and a missing one created, each in a transaction that re-reads what the check saw. A repair
 can make another fixable (a deleted user's claim released lets a live user take it), so repairs run
 again, up to three rounds, while a round fixes something. The rest (two users with one address,
@@ -46,7 +50,21 @@ from typing import Any, TextIO
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import config, events, firebase_auth, ids, memberships, organizations, transaction, users, versions
+from clerk_sync import (
+    billing,
+    config,
+    events,
+    firebase_auth,
+    ids,
+    kind,
+    memberships,
+    organizations,
+    payments,
+    subscriptions,
+    transaction,
+    users,
+    versions,
+)
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import FollowUpFailed, StoreUnavailable
 from clerk_sync.paths import MEMBERSHIPS, Paths
@@ -81,7 +99,8 @@ ADVICE = {
     "wrong_type": "a fresh update from Clerk rewrites the document (change the object in Clerk), or correct the "
     "field by hand; reconcile skips documents whose updated_at and sync_digest match Clerk's",
 }
-TOMBSTONES = ("user_tombstones", "organization_tombstones", "membership_tombstones")
+TOMBSTONES = ("user_tombstones", "organization_tombstones", "membership_tombstones", "billing_tombstones")
+BILLING_KINDS = {kind.family: kind for kind in (subscriptions.KIND, payments.KIND)}
 
 
 @dataclass(frozen=True)
@@ -164,11 +183,13 @@ class Repair:
 
 REPAIR_VERBS = {
     "align_auth_user": "disable or delete the Firebase Auth user, as Firestore says",
-    "sweep_organization": "re-apply the organization's deletion (its synced fields, its memberships)",
-    "sweep_user": "re-apply the user's deletion (its synced fields, its claim, its memberships)",
+    "sweep_organization": "re-apply the organization's deletion (its synced fields, its memberships, its billing)",
+    "sweep_user": "re-apply the user's deletion (its synced fields, its claim, its memberships, its billing)",
     "delete_membership": "apply organizationMembership.deleted",
     "delete_claim": "delete the claim",
     "create_claim": "create the claim",
+    "delete_billing": "apply the subscription's or payment's deletion",
+    "rederive_subscription": "recompute active_plans and active_features from the items",
 }
 # Sweeps first (they may remove what a membership deletion would), stale claims before new ones.
 REPAIR_ORDER = tuple(REPAIR_VERBS)
@@ -263,6 +284,47 @@ MEMBERSHIP_TYPES: dict[str, FieldType] = {
 }
 
 
+OPTIONAL_DIGEST: FieldType = (lambda value: value is None or DIGEST[0](value), "64 hex digits or null")
+PAYER_TYPE: FieldType = (lambda value: value in billing.PAYER_TYPES, "user or organization")
+MAP_OR_NULL: FieldType = (lambda value: value is None or isinstance(value, dict), "map or null")
+SUBSCRIPTION_TYPES: dict[str, FieldType] = {
+    "subscription_id": CLERK_ID,
+    "payer_type": PAYER_TYPE,
+    "payer_id": CLERK_ID,
+    **dict.fromkeys(("clerk_payer_id", "status", "latest_payment_id"), STRING_OR_NULL),
+    **dict.fromkeys(("active_at", "past_due_at", "canceled_at", "ended_at", "created_at"), TIMESTAMP_OR_NULL),
+    "updated_at": TIMESTAMP_OR_NULL,  # null until the subscription's own event (only items so far)
+    subscriptions.PART_DIGEST: OPTIONAL_DIGEST,
+    subscriptions.ITEMS: (lambda value: isinstance(value, dict), "map of items"),
+    "active_plans": STRINGS,
+    "active_features": STRINGS,
+    **WRITTEN,
+}
+ITEM_TYPES: dict[str, FieldType] = {
+    **dict.fromkeys(("status", "plan_id", "interval"), STRING_OR_NULL),
+    "plan": MAP_OR_NULL,
+    **dict.fromkeys(
+        ("period_start", "period_end", "canceled_at", "past_due_at", "ended_at", "created_at"), TIMESTAMP_OR_NULL
+    ),
+    "is_free_trial": BOOLEAN,
+    "seats": INTEGER_OR_NULL,
+    "updated_at": TIMESTAMP,
+    versions.DIGEST_FIELD: DIGEST,
+    subscriptions.FEATURES: (lambda value: value is None or STRINGS[0](value), "list of strings or null"),
+}
+PAYMENT_TYPES: dict[str, FieldType] = {
+    "payment_id": CLERK_ID,
+    "payer_type": PAYER_TYPE,
+    "payer_id": CLERK_ID,
+    **dict.fromkeys(("attempt_id", "clerk_payer_id", "statement_id", "status", "charge_type"), STRING_OR_NULL),
+    **dict.fromkeys(("failed_reason", "totals", "payment_source"), MAP_OR_NULL),
+    "subscription_items": (lambda value: isinstance(value, list), "list"),
+    **dict.fromkeys(("billing_date", "paid_at", "failed_at", "created_at"), TIMESTAMP_OR_NULL),
+    "updated_at": TIMESTAMP,
+    **WRITTEN,
+}
+
+
 def _type_name(value: object) -> str:
     """What a stored value is, without the value itself."""
     if value is None:
@@ -296,6 +358,8 @@ class Snapshot:
     memberships: list[tuple[str, str, dict[str, Any]]]  # (organization id, user id, fields)
     tombstones: dict[str, set[str]]
     auth_disabled: dict[str, bool] | None = None  # uid -> disabled, of the users 6 looks up (None: not checked)
+    subscriptions: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (payer type, id, fields)
+    payments: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)  # (payer type, id, payment)
 
 
 def _pages(query: firestore.Query, read_time: datetime, timeout: float) -> Iterator[firestore.DocumentSnapshot[Any]]:
@@ -344,11 +408,36 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
                 found.append((organization.id, document.id, document.to_dict() or {}))
         return found
 
+    def subscriptions_of_payers() -> list[tuple[str, str, dict[str, Any]]]:
+        """Every payer's subscription document of ours (the `billing` group id is anybody's)."""
+        query = db.collection_group(billing.BILLING).select(list(subscriptions.OWNED_FIELDS))
+        found = []
+        for document in _pages(query, read_time, timeout):
+            owner = billing.payer_of(paths, document.reference.path, 1)
+            if owner is not None:
+                found.append((owner[0], owner[1], document.to_dict() or {}))
+        return found
+
+    def payments_of_payers() -> list[tuple[str, str, str, dict[str, Any]]]:
+        """Every payment document of ours."""
+        query = db.collection_group(billing.PAYMENTS).select(list(payments.OWNED_FIELDS))
+        found = []
+        for document in _pages(query, read_time, timeout):
+            owner = billing.payer_of(paths, document.reference.path, 3)
+            if owner is not None and owner[2][1] == billing.PAYMENTS:
+                found.append((owner[0], owner[1], document.id, document.to_dict() or {}))
+        return found
+
     def ids_of(collection: str) -> set[str]:
         """A tombstone's id is all that matters about it."""
         return {document.id for document in _pages(db.collection(collection).select([]), read_time, timeout)}
 
-    tombstone_paths = (paths.user_tombstones, paths.organization_tombstones, paths.membership_tombstones)
+    tombstone_paths = (
+        paths.user_tombstones,
+        paths.organization_tombstones,
+        paths.membership_tombstones,
+        paths.billing_tombstones,
+    )
     try:
         # Any document's read answers with the server's time, even a document that does not exist.
         probe = db.collection(paths.state).document("check").get(field_paths=[], retry=NO_RETRY, timeout=timeout)
@@ -360,6 +449,8 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
                 documents, db.collection(paths.organizations).select(list(organizations.OWNED_FIELDS))
             )
             member_documents = readers.submit(members)
+            subscription_documents = readers.submit(subscriptions_of_payers)
+            payment_documents = readers.submit(payments_of_payers)
             tombstones = {
                 name: readers.submit(ids_of, path) for name, path in zip(TOMBSTONES, tombstone_paths, strict=True)
             }
@@ -369,6 +460,8 @@ def _read(db: firestore.Client, paths: Paths, timeout: float) -> Snapshot:
                 organizations=organization_documents.result(),
                 memberships=member_documents.result(),
                 tombstones={name: future.result() for name, future in tombstones.items()},
+                subscriptions=subscription_documents.result(),
+                payments=payment_documents.result(),
             )
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:
         raise ToolError(f"Firestore did not answer in time or refused ({type(error).__name__}: {error})") from None
@@ -567,6 +660,75 @@ def _check_auth(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             yield Violation("auth_user_enabled", f"{paths.users}/{user_id}", detail, fix)
 
 
+def _payer_gone(found: Snapshot, paths: Paths, payer_type: str, payer_id: str, subject: str) -> Violation | None:
+    """Billing of a deleted payer: the payer's deletion again sweeps it."""
+    if payer_type == "user" and payer_id in found.tombstones["user_tombstones"]:
+        return Violation("billing_of_deleted_user", subject, f"under {paths.user_tombstones}/{payer_id}",
+                         Fix("sweep_user", (payer_id,)))  # fmt: skip
+    if payer_type == "organization" and payer_id in found.tombstones["organization_tombstones"]:
+        return Violation("billing_of_deleted_organization", subject,
+                         f"under {paths.organization_tombstones}/{payer_id}",
+                         Fix("sweep_organization", (payer_id,)))  # fmt: skip
+    return None
+
+
+def _item_problems(items: dict[str, Any]) -> list[str]:
+    """What is wrong with a subscription's items (ids and field names only)."""
+    problems = []
+    for item_id, entry in sorted(items.items()):
+        if not ids.is_clerk_id(item_id) or not isinstance(entry, dict):
+            problems.append(f"items has an entry that is not an item ({'id' if isinstance(entry, dict) else 'value'})")
+            continue
+        problems += [f"items.{item_id}.{problem}" for problem in type_problems(entry, ITEM_TYPES, {})]
+    return problems
+
+
+def _check_billing(found: Snapshot, paths: Paths) -> Iterator[Violation]:
+    """Promise 6: billing only of live payers, none under its tombstone, typed, its derived fields right."""
+    dead = found.tombstones["billing_tombstones"]
+    for payer_type, payer_id, data in sorted(found.subscriptions, key=lambda found: found[:2]):
+        subject = f"{billing.billing_collection(paths, payer_type, payer_id)}/{billing.SUBSCRIPTION}"
+        gone = _payer_gone(found, paths, payer_type, payer_id, subject)
+        if gone is not None:
+            yield gone
+            continue
+        if not _owned(data, subscriptions.OWNED_FIELDS):
+            continue
+        subscription_id = data.get("subscription_id")
+        if isinstance(subscription_id, str) and subscription_id in dead:
+            fix = Fix("delete_billing", ("subscription", subscription_id, payer_type, payer_id))
+            yield Violation(
+                "billing_under_tombstone", subject, f"under {paths.billing_tombstones}/{subscription_id}", fix
+            )
+            continue
+        same_as = {"payer_type": payer_type, "payer_id": payer_id}
+        problems = type_problems(data, SUBSCRIPTION_TYPES, same_as)
+        items = data.get(subscriptions.ITEMS)
+        problems += _item_problems(items) if isinstance(items, dict) else []
+        if problems:
+            yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
+            continue
+        expected = subscriptions.derived(items) if isinstance(items, dict) else {}
+        stale = sorted(name for name, value in expected.items() if data.get(name) != value)
+        if stale:
+            yield Violation("billing_derived_stale", subject, f"{' and '.join(stale)} differ from what its items grant",
+                            Fix("rederive_subscription", (payer_type, payer_id)))  # fmt: skip
+    for payer_type, payer_id, payment_id, data in sorted(found.payments, key=lambda found: found[:3]):
+        subject = f"{billing.payments_collection(paths, payer_type, payer_id)}/{payment_id}"
+        gone = _payer_gone(found, paths, payer_type, payer_id, subject)
+        if gone is not None:
+            yield gone
+        elif payment_id in dead and _owned(data, payments.OWNED_FIELDS):
+            fix = Fix("delete_billing", ("paymentAttempt", payment_id, payer_type, payer_id))
+            yield Violation("billing_under_tombstone", subject, f"under {paths.billing_tombstones}/{payment_id}", fix)
+        elif _owned(data, payments.OWNED_FIELDS):
+            problems = type_problems(
+                data, PAYMENT_TYPES, {"payment_id": payment_id, **{"payer_type": payer_type, "payer_id": payer_id}}
+            )
+            if problems:
+                yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
+
+
 def scan(
     db: firestore.Client, paths: Paths, *, timeout: float, auth: bool = False, project: str | None = None
 ) -> Report:
@@ -583,12 +745,15 @@ def scan(
         *_check_organizations(found, paths),
         *_check_memberships(found, paths),
         *_check_auth(found, paths),
+        *_check_billing(found, paths),
     ]
     checked = {
         "users": len(found.users),
         "email_claims": len(found.claims),
         "organizations": len(found.organizations),
         "memberships": len(found.memberships),
+        "subscriptions": len(found.subscriptions),
+        "payments": len(found.payments),
         **{name: len(found.tombstones[name]) for name in TOMBSTONES},
         **({"firebase_auth_users": len(_auth_candidates(found))} if found.auth_disabled is not None else {}),
     }
@@ -658,6 +823,49 @@ def _create_claim(attempt: Attempt, paths: Paths, claim_id: str, user_id: str) -
     return "created"
 
 
+def _rederive(attempt: Attempt, paths: Paths, payer_type: str, payer_id: str) -> str:
+    """Recompute the derived fields from the items as they are now (a delivery may have changed them)."""
+    reference = attempt.db.collection(billing.billing_collection(paths, payer_type, payer_id)).document(
+        billing.SUBSCRIPTION
+    )
+    snapshot = attempt.read([reference])[reference.path]
+    items = (snapshot.to_dict() or {}).get(subscriptions.ITEMS) if snapshot.exists else None
+    if not isinstance(items, dict):
+        return "left alone: no items there any more"
+    derived = subscriptions.derived(items)
+    if {name: (snapshot.to_dict() or {}).get(name) for name in derived} == derived:
+        return "left alone: already what its items grant"
+    attempt.set(reference, derived, merge=list(derived))
+    return "recomputed"
+
+
+def _billing_ids(fix: Fix) -> tuple[kind.Kind, dict[str, str]]:
+    family, clerk_id, payer_type, payer_id = fix.ids
+    billing_kind = BILLING_KINDS[family]
+    return billing_kind, {billing_kind.id_field: clerk_id, "payer_type": payer_type, "payer_id": payer_id}
+
+
+def _billing_subject(db: firestore.Client, paths: Paths, fix: Fix) -> str:
+    if fix.action == "delete_billing":
+        billing_kind, billing_ids = _billing_ids(fix)
+        return str(billing_kind.document(db, paths, billing_ids).path)
+    payer_type, payer_id = fix.ids
+    return f"{billing.billing_collection(paths, payer_type, payer_id)}/{billing.SUBSCRIPTION}"
+
+
+def _repair_billing(db: firestore.Client, settings: config.Settings, fix: Fix, timeout: float, run_id: str) -> str:
+    """A subscription or payment under its tombstone: its deletion; stale derived fields: recomputed."""
+    if fix.action == "delete_billing":
+        billing_kind, billing_ids = _billing_ids(fix)
+        deletion = kind.Deletion(billing_kind, billing_kind.deletion_type, billing_ids, None)
+        return _apply(db, settings, deletion, f"check_repair_{run_id}_billing_{billing_ids[billing_kind.id_field]}")
+    payer_type, payer_id = fix.ids
+    paths = settings.paths
+    return transaction.run(
+        db, time.monotonic() + timeout, lambda attempt: _rederive(attempt, paths, payer_type, payer_id)
+    )
+
+
 def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeout: float, run_id: str) -> Repair:
     """Carry out one fix; ids only in what it returns.
 
@@ -695,6 +903,9 @@ def _repair_one(db: firestore.Client, settings: config.Settings, fix: Fix, timeo
             }
             change = _synthesised("organizationMembership.deleted", data)
             result = _apply(db, settings, change, f"check_repair_{run_id}_membership_{membership_id}")
+        elif fix.action in {"delete_billing", "rederive_subscription"}:
+            subject = _billing_subject(db, paths, fix)
+            result = _repair_billing(db, settings, fix, timeout, run_id)
         elif fix.action == "delete_claim":
             claim_id, owner = fix.ids
             subject = f"{paths.claims}[{claim_name(claim_id)}] (owner {owner or '-'})"
@@ -761,7 +972,9 @@ def _write_report(out: TextIO, report: Report, paths: Paths) -> None:
         f"checked {checked['users']} users ({paths.users}), {checked['email_claims']} email claims, "
         f"{checked['organizations']} organizations ({paths.organizations}), {checked['memberships']} memberships, "
         f"{checked['user_tombstones']} + {checked['organization_tombstones']} + "
-        f"{checked['membership_tombstones']} user + organization + membership tombstones"
+        f"{checked['membership_tombstones']} user + organization + membership tombstones, "
+        f"{checked['subscriptions']} subscriptions, {checked['payments']} payments, "
+        f"{checked['billing_tombstones']} billing tombstones"
         + (
             f", the Firebase Auth users of {checked['firebase_auth_users']} banned, deprovisioned or deleted users"
             if "firebase_auth_users" in checked

@@ -100,7 +100,7 @@ def _run_send(args: argparse.Namespace) -> int:
         name: getattr(args, name)
         for name in (
             "user_id", "email", "first_name", "last_name", "organization_id", "name", "slug", "membership_id", "role",
-            "updated_at",
+            "updated_at", "plan", "status", "trial", "seats", "subscription_id", "item_id", "payment_id",
         )
         if getattr(args, name) is not None
     }  # fmt: skip
@@ -308,7 +308,9 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="EVENT|FILE.json",
         help="user.created|updated|deleted (updated, deleted: --user-id), organization.created|updated|deleted "
         "(updated, deleted: --org-id), organizationMembership.created|updated|deleted (all: --org-id and --user-id; "
-        "updated, deleted: --membership-id too), or a JSON file sent as it is",
+        "updated, deleted: --membership-id too), subscription.created|updated|active|pastDue, "
+        "subscriptionItem.updated|active|canceled|ended|abandoned|incomplete|pastDue|upcoming|freeTrialEnding, "
+        "paymentAttempt.created|updated (billing: --user-id or --org-id, the payer), or a JSON file sent as it is",
     )
     send.add_argument("--url", default=DEFAULT_URL, help="where to post (default: %(default)s)")
     send.add_argument("--user-id", help="Clerk user id (user.created: default a new one; memberships: the member)")
@@ -326,6 +328,18 @@ def _add_send(commands: Any, common: argparse.ArgumentParser) -> None:
         "(organizationMembership.created: default a new one)",
     )
     send.add_argument("--role", help="membership role (default: org:member; an update sends it too)")
+    billing = send.add_argument_group("billing events (the payer: --user-id or --org-id)")
+    billing.add_argument("--plan", help="plan slug (default: pro)")
+    billing.add_argument(
+        "--status", help="item, subscription or payment status (default: the event's, e.g. canceled, past_due, paid)"
+    )
+    billing.add_argument(
+        "--trial", action="store_true", default=None, help="the item is a free trial (freeTrialEnding: always)"
+    )
+    billing.add_argument("--seats", type=int, help="seats of the item (default: none, not a seat-based plan)")
+    billing.add_argument("--subscription-id", help="default: one per payer, from its id")
+    billing.add_argument("--item-id", help="default: one per payer and plan")
+    billing.add_argument("--payment-id", help="paymentAttempt: the payment (default: a new one)")
     send.add_argument("--svix-id", help="reuse a delivery's svix id to send a duplicate (default: a new one)")
     send.add_argument(
         "--updated-at", type=int, metavar="MS", help="data.updated_at in epoch ms (deletions: the event timestamp)"

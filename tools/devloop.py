@@ -372,8 +372,9 @@ Offline, in another terminal:
 Real Clerk events (needs network; ngrok: docs/local-development.md#real-clerk-events-through-ngrok):
   1. ngrok http {ports.webhook}
   2. Clerk dashboard -> Webhooks -> Add Endpoint -> Endpoint URL: the https URL ngrok prints + "/"
-     (e.g. https://1a2b-203-0-113-7.ngrok-free.app/); subscribe to user.*, organization.* and
-     organizationMembership.* events. This loop prints the exact URL as soon as ngrok runs.
+     (e.g. https://1a2b-203-0-113-7.ngrok-free.app/); subscribe to user.*, organization.*,
+     organizationMembership.* events (with Clerk Billing also subscription.*, subscriptionItem.*,
+     paymentAttempt.*). This loop prints the exact URL as soon as ngrok runs.
   3. Copy the endpoint's Signing Secret into .env as CLERK_WEBHOOK_SIGNING_SECRET, restart make dev
      (until then Clerk's deliveries are answered 401 bad_signature).
 {rule}

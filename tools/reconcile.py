@@ -13,7 +13,7 @@ from typing import TextIO
 from google.cloud import firestore
 
 from clerk_sync import config
-from clerk_sync.reconcile import KINDS, ClerkApi, Mode, ReconcileBusy, Report, run
+from clerk_sync.reconcile import TALLIED, ClerkApi, Mode, ReconcileBusy, Report, run
 from tools.common import ToolError
 
 __all__ = ["TerminalProgress", "reconcile", "summary"]
@@ -86,7 +86,7 @@ def summary(report: Report, label: str) -> str:
         "",
         f"  {'':<14}{'in sync':>9}{'missing':>9}{'outdated':>10}{'extra':>7}{'conflicts':>11}{'skipped':>9}",
     ]
-    for kind in KINDS:
+    for kind in TALLIED:
         tally = report.tallies[kind]
         lines.append(
             f"  {kind:<14}{tally.in_sync:>9}{tally.missing:>9}{tally.outdated:>10}{tally.extra:>7}"
@@ -100,7 +100,7 @@ def summary(report: Report, label: str) -> str:
             for kind, counted in report.undone.items()
             if counted["restored"] or counted["kept"]
         ] or [f"  undo of run {report.undo_of}: no tombstone of that run found"]
-    for kind in KINDS:
+    for kind in TALLIED:
         tally = report.tallies[kind]
         lines += [
             f"  conflict  {kind}/{key}: primary email still held by {holder or 'another user'}"

@@ -40,6 +40,7 @@ def block(paths: Paths, template: Path = BLOCK_TEMPLATE) -> str:
         "{{ORGANIZATIONS}}": paths.organizations,
         "{{USER_TOMBSTONES}}": paths.user_tombstones,
         "{{ENDED_SESSIONS}}": paths.ended_sessions,
+        "{{BILLING_PLANS}}": paths.billing_plans,
     }
     text = template.read_text()
     for placeholder, path in names.items():

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from tools import billing_events
 from tools.common import ToolError
 
 __all__ = [
@@ -43,7 +44,7 @@ MEMBERSHIP_TYPES = (
     "organizationMembership.updated",
     "organizationMembership.deleted",
 )
-EVENT_TYPES = USER_TYPES + ORGANIZATION_TYPES + MEMBERSHIP_TYPES
+EVENT_TYPES = USER_TYPES + ORGANIZATION_TYPES + MEMBERSHIP_TYPES + billing_events.BILLING_TYPES
 DEFAULT_URL = "http://127.0.0.1:8080/"
 BASE62 = string.ascii_letters + string.digits
 MAX_SHOWN_BODY = 2000
@@ -232,6 +233,14 @@ class Options:
     membership_id: str | None = None
     role: str | None = None
     updated_at: int | None = None
+    # Billing events: the payer is --user-id or --org-id.
+    plan: str = "pro"
+    status: str | None = None
+    trial: bool = False
+    seats: int | None = None
+    subscription_id: str | None = None
+    item_id: str | None = None
+    payment_id: str | None = None
 
 
 # What a generated event carries where no option says otherwise, and the option that changes it.
@@ -311,6 +320,20 @@ def build(event_type: str, options: Options) -> Built:
         defaulted = () if event_type == "user.deleted" else _defaulted(options, "user")
         return Built(envelope, user_id, detail, defaulted)
     updated_at = now_ms() if options.updated_at is None else options.updated_at
+    if event_type in billing_events.BILLING_TYPES:
+        billing = billing_events.Billing(
+            user_id=options.user_id,
+            organization_id=options.organization_id,
+            plan=options.plan,
+            status=options.status,
+            trial=options.trial,
+            seats=options.seats,
+            subscription_id=options.subscription_id,
+            item_id=options.item_id,
+            payment_id=options.payment_id,
+        )
+        data, about, detail = billing_events.build(event_type, billing, updated_at)
+        return Built(_envelope(event_type, data, now_ms()), about, detail)
     name = _value(options, "name")
     if event_type in ORGANIZATION_TYPES:
         if event_type != "organization.created":

@@ -1,12 +1,15 @@
 """`users`, `user ID`, `organizations`, `organization ID`: the terminal twin of the Firestore console.
 
-These print personal data (emails, names) to the operator's own terminal, never to logs.
+These print personal data (emails, names) to the operator's own terminal, never to logs. A user or
+an organization is shown with its subscription (items, the plans that grant access now) and its
+latest payments.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -14,6 +17,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 
+from clerk_sync import billing
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.transaction import NO_RETRY
 from tools.common import ToolError
@@ -22,6 +26,7 @@ __all__ = ["list_organizations", "list_users", "show_organization", "show_user"]
 
 MAX_EVENTS_READ = 1000
 MAX_MEMBERS_SHOWN = 200
+MAX_PAYMENTS_SHOWN = 10
 
 
 def _time(value: object) -> str:
@@ -104,13 +109,17 @@ def list_organizations(db: firestore.Client, paths: Paths, *, limit: int, timeou
 def _event_records(
     db: firestore.Client, paths: Paths, clerk_ids: Sequence[str], timeout: float
 ) -> list[dict[str, Any]]:
-    """Event-log records about these ids, newest first (equality only: no composite index needed)."""
+    """Event-log records about these ids (or their billing, which records its payer), newest first.
+
+    Equality filters only: no composite index needed.
+    """
     records: list[dict[str, Any]] = []
     for clerk_id in clerk_ids:
-        query = db.collection(paths.events).where(filter=FieldFilter("clerk_id", "==", clerk_id))
-        records += [
-            entry.to_dict() or {} for entry in query.limit(MAX_EVENTS_READ).stream(retry=NO_RETRY, timeout=timeout)
-        ]
+        for field in ("clerk_id", "payer_id"):
+            query = db.collection(paths.events).where(filter=FieldFilter(field, "==", clerk_id))
+            records += [
+                entry.to_dict() or {} for entry in query.limit(MAX_EVENTS_READ).stream(retry=NO_RETRY, timeout=timeout)
+            ]
     return sorted(
         records, key=lambda record: record.get("received_at") or datetime.min.replace(tzinfo=UTC), reverse=True
     )
@@ -153,6 +162,71 @@ def _write_tombstone(out: TextIO, path: str, tombstone: firestore.DocumentSnapsh
         out.write(f"{path}: none\n")
 
 
+@dataclass(frozen=True)
+class _Billing:
+    """A payer's subscription document and its newest payments, as read."""
+
+    path: str
+    subscription: firestore.DocumentSnapshot[Any]
+    payments: list[firestore.DocumentSnapshot[Any]]
+
+    @property
+    def exists(self) -> bool:
+        return self.subscription.exists or bool(self.payments)
+
+
+def _read_billing(db: firestore.Client, paths: Paths, payer_type: str, payer_id: str, timeout: float) -> _Billing:
+    collection = billing.billing_collection(paths, payer_type, payer_id)
+    subscription = db.collection(collection).document(billing.SUBSCRIPTION).get(retry=NO_RETRY, timeout=timeout)
+    query = db.collection(billing.payments_collection(paths, payer_type, payer_id))
+    newest = query.order_by("updated_at", direction=firestore.Query.DESCENDING).limit(MAX_PAYMENTS_SHOWN)
+    return _Billing(
+        f"{collection}/{billing.SUBSCRIPTION}", subscription, list(newest.stream(retry=NO_RETRY, timeout=timeout))
+    )
+
+
+def _money(value: object) -> str:
+    if not isinstance(value, dict):
+        return "-"
+    return str(value.get("amount_formatted") or f"{value.get('amount')} {value.get('currency')}")
+
+
+def _write_billing(out: TextIO, found: _Billing) -> None:
+    """The subscription (its own status, each item, what grants access now) and the newest payments."""
+    if not found.subscription.exists:
+        out.write(f"{found.path}: none\n")
+    else:
+        data = found.subscription.to_dict() or {}
+        plans = ", ".join(data.get("active_plans") or []) or "none"
+        features = ", ".join(data.get("active_features") or []) or "none"
+        out.write(
+            f"{found.path}: {data.get('subscription_id')}, status {data.get('status') or '-'}, "
+            f"updated_at {_time(data.get('updated_at'))}\n  active plans: {plans}; active features: {features}\n"
+        )
+        items = data.get("items") if isinstance(data.get("items"), dict) else {}
+        if items:
+            rows: list[tuple[str, ...]] = [("ITEM", "PLAN", "STATUS", "TRIAL", "SEATS", "PERIOD_END", "UPDATED_AT")]
+            for item_id, entry in sorted(items.items(), key=lambda pair: str(pair[1].get("updated_at"))):
+                rows.append((item_id, str((entry.get("plan") or {}).get("slug") or entry.get("plan_id") or "-"),
+                             str(entry.get("status") or "-"), "yes" if entry.get("is_free_trial") else "no",
+                             str(entry.get("seats") if entry.get("seats") is not None else "-"),
+                             _time(entry.get("period_end")), _time(entry.get("updated_at"))))  # fmt: skip
+            out.write(_indented(rows))
+    payments = f"{found.path}/{billing.PAYMENTS}"
+    shown = f", newest {MAX_PAYMENTS_SHOWN}" if len(found.payments) == MAX_PAYMENTS_SHOWN else ""
+    out.write(f"{payments}: {len(found.payments)}{shown}\n")
+    if found.payments:
+        payment_rows: list[tuple[str, ...]] = [("PAYMENT", "STATUS", "CHARGE", "TOTAL", "CARD", "UPDATED_AT")]
+        for payment in found.payments:
+            data = payment.to_dict() or {}
+            source: dict[str, Any] = data["payment_source"] if isinstance(data.get("payment_source"), dict) else {}
+            card = " ".join(str(source.get(name)) for name in ("card_type", "last4") if source.get(name)) or "-"
+            total = _money((data.get("totals") or {}).get("grand_total"))
+            payment_rows.append((payment.id, str(data.get("status")), str(data.get("charge_type")), total, card,
+                                 _time(data.get("updated_at"))))  # fmt: skip
+        out.write(_indented(payment_rows))
+
+
 def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: float, out: TextIO) -> int:
     """One user's document, tombstone, memberships and event-log entries; 1 when none exists."""
     try:
@@ -167,6 +241,7 @@ def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: floa
             if paths.is_membership(member.reference.path)
         ]
         records = _event_records(db, paths, [user_id], timeout)
+        found = _read_billing(db, paths, "user", user_id, timeout)
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
     _write_document(out, f"{paths.users}/{user_id}", document)
@@ -179,8 +254,9 @@ def show_user(db: firestore.Client, paths: Paths, user_id: str, *, timeout: floa
             rows.append((str(data.get("organization_id")), str(data.get("role")), str(data.get("membership_id")),
                          _time(data.get("updated_at"))))  # fmt: skip
         out.write(_indented(rows))
+    _write_billing(out, found)
     _write_events(out, paths, user_id, records)
-    return 0 if document.exists or tombstone.exists or records or memberships else 1
+    return 0 if document.exists or tombstone.exists or records or memberships or found.exists else 1
 
 
 def show_organization(db: firestore.Client, paths: Paths, organization_id: str, *, timeout: float, out: TextIO) -> int:
@@ -196,6 +272,7 @@ def show_organization(db: firestore.Client, paths: Paths, organization_id: str, 
             .stream(retry=NO_RETRY, timeout=timeout)
         )
         records = _event_records(db, paths, [organization_id], timeout)
+        found = _read_billing(db, paths, "organization", organization_id, timeout)
     except api_exceptions.GoogleAPICallError as error:
         raise _unavailable(error) from None
     _write_document(out, f"{paths.organizations}/{organization_id}", document)
@@ -209,5 +286,6 @@ def show_organization(db: firestore.Client, paths: Paths, organization_id: str, 
             rows.append((member.id, str(data.get("identifier") or "-"), _name(data), str(data.get("role")),
                          str(data.get("membership_id")), _time(data.get("updated_at"))))  # fmt: skip
         out.write(_indented(rows))
+    _write_billing(out, found)
     _write_events(out, paths, organization_id, records)
-    return 0 if document.exists or tombstone.exists or records or members else 1
+    return 0 if document.exists or tombstone.exists or records or members or found.exists else 1

@@ -16,16 +16,18 @@ budget resumes where it stopped; a lease in the same document keeps two runs fro
 The steps, one module each: `clerk_api` (Clerk's Backend API with bounded retries), `listing`
 (paging through it), `comparison` (Clerk's objects against Firestore's), `repairs` (applied through
 the webhook's transactions), `lease` (one run at a time, the checkpoint), `phases` (a run from start
-to end); `kinds` holds what differs between users, organizations and memberships.
+to end); `kinds` holds what differs between users, organizations and memberships;
+`billing_phase` copies Clerk Billing's plans and compares every payer's subscription item by item.
 """
 
 from clerk_sync.reconcile.clerk_api import ClerkApi, retry_after_seconds
 from clerk_sync.reconcile.kinds import KINDS
 from clerk_sync.reconcile.phases import run
-from clerk_sync.reconcile.report import Mode, Progress, ReconcileBusy, ReconcileStopped, Report
+from clerk_sync.reconcile.report import TALLIED, Mode, Progress, ReconcileBusy, ReconcileStopped, Report
 
 __all__ = [
     "KINDS",
+    "TALLIED",
     "ClerkApi",
     "Mode",
     "Progress",

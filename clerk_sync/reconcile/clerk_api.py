@@ -7,6 +7,7 @@ client (pydantic, httpx) is imported when a `ClerkApi` is made, so the webhook n
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -183,3 +184,51 @@ class ClerkApi:
         )
         members = [self._dump(item) for item in (listed.data if listed is not None else [])]
         return next((member for member in members if member["public_user_data"]["user_id"] == user_id), None)
+
+    def plans(self) -> list[dict[str, Any]]:
+        """Every billing plan (users' and organizations'), with its features."""
+        clerk = self._clerk
+        found: list[dict[str, Any]] = []
+
+        def page_at(offset: int) -> Any:
+            return clerk.billing.list_plans(
+                paginated=True, limit=PAGE_SIZE, offset=offset, timeout_ms=REQUEST_TIMEOUT_MS
+            )
+
+        while True:
+            offset = len(found)
+            page: Any = self._call(f"GET /billing/plans?offset={offset}", functools.partial(page_at, offset))
+            data = [self._dump(plan) for plan in (page.data if page is not None else [])]
+            found += data
+            if len(data) < PAGE_SIZE:
+                return found
+
+    def subscription_items(self, offset: int, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """One page of every subscription item of the instance (free plans' too), each naming its payer."""
+        clerk = self._clerk
+        page: Any = self._call(
+            f"GET /billing/subscription_items?offset={offset}",
+            lambda: clerk.billing.list_subscription_items(
+                paginated=True, limit=limit, offset=offset, include_free=True, timeout_ms=REQUEST_TIMEOUT_MS
+            ),
+        )
+        return [self._dump(item) for item in (page.data if page is not None else [])]
+
+    def subscription(self, payer_type: str, payer_id: str) -> dict[str, Any] | None:
+        """A user's or organization's subscription as Clerk has it now; None when Clerk answers 404."""
+        clerk = self._clerk
+        if payer_type == "user":
+            found: Any = self._call(
+                f"GET /users/{payer_id}/billing/subscription",
+                lambda: clerk.users.get_billing_subscription(user_id=payer_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                missing_is_none=True,
+            )
+        else:
+            found = self._call(
+                f"GET /organizations/{payer_id}/billing/subscription",
+                lambda: clerk.organizations.get_billing_subscription(
+                    organization_id=payer_id, timeout_ms=REQUEST_TIMEOUT_MS
+                ),
+                missing_is_none=True,
+            )
+        return None if found is None else self._dump(found)

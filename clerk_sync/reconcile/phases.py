@@ -12,10 +12,10 @@ from google.cloud import firestore
 
 from clerk_sync.config import Settings
 from clerk_sync.outcome import StoreUnavailable
-from clerk_sync.reconcile import guards, kinds, lease, listing, repairs, undo
+from clerk_sync.reconcile import billing_phase, guards, kinds, lease, listing, repairs, undo
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable
 from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
-from clerk_sync.reconcile.report import Mode, Progress, ReconcileStopped, Report, Silent, Tally
+from clerk_sync.reconcile.report import TALLIED, Mode, Progress, ReconcileStopped, Report, Silent, Tally
 
 __all__ = ["LISTINGS", "REMOVALS", "run"]
 
@@ -23,6 +23,7 @@ LISTINGS = kinds.KINDS  # phases 0, 1, 2: each kind listed, compared and repaire
 # Phases 3 and 4: deletions. Users and organizations are counted together before either is deleted;
 # memberships after them, since deleting a user or an organization removes its memberships.
 REMOVALS = (("users", "organizations"), ("memberships",))
+BILLING_PHASE = len(LISTINGS) + len(REMOVALS)  # then Clerk Billing: plans, every payer's subscription
 
 
 def run(
@@ -107,7 +108,7 @@ def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, int]:
     if not isinstance(saved, dict) or saved.get("run_id") != state_run.run_id:
         return state, 0, 0
     tallies = saved.get("tallies") or {}
-    report.tallies = {kind: Tally.from_dict(tallies.get(kind) or {}) for kind in kinds.KINDS}
+    report.tallies = {kind: Tally.from_dict(tallies.get(kind) or {}) for kind in TALLIED}
     report.resumed = report.checkpointed = True
     began = saved.get("listing_began_ms")
     state_run.listing_began_ms = int(began) if isinstance(began, int) else None
@@ -139,16 +140,34 @@ def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start_offse
         if offset and kind in run_state.seen:
             run_state.seen.pop(kind)
         lease.checkpoint(run_state, phase + 1, 0)
+    if not (_removals(run_state, start_phase) and _billing(run_state, start_phase)):
+        return False
+    if report.tallies["users"].conflicts:
+        # A deletion found above may have freed an address a conflicting user waits for.
+        repairs.retry_conflicts(run_state, list(report.tallies["users"].conflicts))
+    return True
+
+
+def _removals(run_state: Run, start_phase: int) -> bool:
+    """The deletion phases (full runs with deletions); False when the budget ran out."""
     for phase, removed in enumerate(REMOVALS, start=len(LISTINGS)):
-        if phase < start_phase or not report.deletions:
+        if phase < start_phase or not run_state.report.deletions:
             continue
         run_state.progress.note(f"{' and '.join(removed)}: looking for objects Clerk no longer has")
         if not repairs.remove_extras(run_state, removed):
             return False  # the checkpoint still names this phase: the next run looks again
         lease.checkpoint(run_state, phase + 1, 0)
-    if report.tallies["users"].conflicts:
-        # A deletion found above may have freed an address a conflicting user waits for.
-        repairs.retry_conflicts(run_state, list(report.tallies["users"].conflicts))
+    return True
+
+
+def _billing(run_state: Run, start_phase: int) -> bool:
+    """Clerk Billing's phase, unless a resumed run is past it; False when the budget ran out."""
+    if start_phase > BILLING_PHASE:
+        return True
+    run_state.progress.note("billing: plans, and every payer's subscription")
+    if not billing_phase.reconcile_billing(run_state):
+        return False
+    lease.checkpoint(run_state, BILLING_PHASE + 1, 0)
     return True
 
 

@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 from clerk_sync.reconcile.kinds import KINDS
 
+# What a run counts: the three kinds it lists, then Clerk Billing's subscriptions and plans.
+TALLIED = (*KINDS, "subscriptions", "plans")
+
 __all__ = ["LeaseLost", "Mode", "Progress", "ReconcileBusy", "ReconcileStopped", "Report", "Silent", "Tally"]
 
 
@@ -94,7 +97,7 @@ class Report:
     mode: Mode
     dry_run: bool
     deletions: bool
-    tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
+    tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in TALLIED})
     clerk_requests: int = 0
     firestore_reads: int = 0
     elapsed_seconds: float = 0.0

@@ -44,7 +44,7 @@ from conftest import PATHS
 from google.cloud import firestore
 
 from clerk_sync import billing, event_log, events, ids, kind, memberships, paths, subscriptions, versions
-from clerk_sync.users import normalise_email
+from clerk_sync.users import PENDING_FIELD, normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
 SUCCESS_OUTCOMES = frozenset({"applied", "duplicate", "stale", "ignored"})
@@ -1614,6 +1614,17 @@ def _epoch_ms(moment: object) -> int | None:
     return round((moment - EPOCH) / timedelta(milliseconds=1)) if isinstance(moment, datetime) else None
 
 
+def _parked_problems(by_state: dict[tuple[object, ...], SimEvent], user_id: str, document: dict[str, Any]) -> list[str]:
+    """A parked address move: all but the address is stored, and the 409 records nothing."""
+    event = by_state.get((user_id, _epoch_ms(document.get("updated_at")), document.get(versions.DIGEST_FIELD)))
+    problems = []
+    if event is None or expected_document(event.body).get("email") != document[PENDING_FIELD]:
+        problems.append(f"users/{user_id} waits for an address no event of its state holds")
+    if document.get("email") is not None:
+        problems.append(f"users/{user_id} waits for an address and still holds one")
+    return problems
+
+
 def _document_problems(history: History, store: _Store) -> list[str]:
     # A stored version is known by its object, `updated_at` and digest (versions may share a time).
     by_state: dict[tuple[object, ...], SimEvent] = {
@@ -1627,7 +1638,9 @@ def _document_problems(history: History, store: _Store) -> list[str]:
         return event if record is not None and record.get("outcome") == "applied" else None
 
     for user_id, document in store.users.items():
-        if applied(user_id, document) is None:
+        if PENDING_FIELD in document:
+            problems += _parked_problems(by_state, user_id, document)
+        elif applied(user_id, document) is None:
             problems.append(f"users/{user_id} holds a state whose event is not recorded as applied")
         if user_id in store.user_tombstones:
             problems.append(f"users/{user_id} exists next to its tombstone")

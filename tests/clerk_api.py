@@ -1,13 +1,15 @@
 """A local stand-in for Clerk's Backend API on loopback: users, organizations, memberships.
 
 It serves the documented response shapes (lists with limit/offset and the orderings Clerk offers,
-`GET` by id answering 404 for what is gone), so the real `clerk-backend-api` client parses them,
-and answers chosen requests with a fault (429 + Retry-After, 500) to exercise the retries. The
-tests serve it in-process; people start it on its own to try reconcile without a Clerk instance
-(`.venv/bin/python tests/clerk_api.py --help`, docs/local-development.md).
+users also by cursor, `GET` by id answering 404 for what is gone), so the real `clerk-backend-api`
+client parses them, and answers chosen requests with a fault (429 + Retry-After, 500) to exercise
+the retries. The tests serve it in-process; people start it on its own to try reconcile without a
+Clerk instance (`.venv/bin/python tests/clerk_api.py --help`, docs/local-development.md). Generated
+users and memberships (`Generated`) are made when a request asks for them, so a million of each
+cost no memory.
 
   GET /v1/instance (the key's instance: id and environment_type)
-  GET /v1/users, /v1/users/count, /v1/users/{id}
+  GET /v1/users (also `starting_after=<user id>`), /v1/users/count, /v1/users/{id}
   GET /v1/organizations, /v1/organizations/{id}, /v1/organizations/{id}/memberships?user_id=...
   GET /v1/organization_memberships
   GET /v1/billing/plans, /v1/billing/subscription_items
@@ -19,14 +21,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, overload
 
 from loopback import serving
 
@@ -272,6 +275,83 @@ def api_subscription(
     }
 
 
+class Generated(Sequence[dict[str, Any]]):
+    """`count` objects made on demand, oldest first (object `index` is `make(index)`, its id `prefix + index`).
+
+    Each is made when a request lists or asks for it and dropped after: a million users take no memory.
+    """
+
+    def __init__(self, count: int, make: Callable[[int], dict[str, Any]], prefix: str) -> None:
+        self.size, self.make, self.prefix = count, make, prefix
+
+    def __len__(self) -> int:
+        return self.size
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self.make(position) for position in range(*index.indices(self.size))]
+        if not -self.size <= index < self.size:
+            raise IndexError(index)
+        return self.make(index % self.size)
+
+    def index_of(self, object_id: str) -> int | None:
+        """Where the object with this id is (None: not one of these)."""
+        digits = object_id.removeprefix(self.prefix)
+        if digits == object_id or not digits.isdigit():
+            return None
+        index = int(digits)
+        return index if index < self.size and self.make(index)["id"] == object_id else None
+
+
+def generated_user(index: int) -> dict[str, Any]:
+    """The stand-in's generated user `index` (`user_standin0000`, created a second after the one before)."""
+    return api_user(
+        f"user_standin{index:04d}",
+        email=f"person{index}@example.com",
+        created_at=BASE_MS + index * 1000,
+        updated_at=BASE_MS + index * 1000 + 500,
+        first_name="Person",
+        last_name=str(index),
+    )
+
+
+def generated_users(count: int) -> Generated:
+    """`count` generated users, made on demand."""
+    return Generated(count, generated_user, "user_standin")
+
+
+def generated_organizations(count: int) -> list[dict[str, Any]]:
+    """`count` organizations (`org_standin0000` ...); few enough to hold."""
+    return [
+        api_organization(f"org_standin{index:04d}", name=f"Standin {index}", created_at=BASE_MS + index,
+                         updated_at=BASE_MS + index)
+        for index in range(count)
+    ]  # fmt: skip
+
+
+def generated_memberships(count: int, organizations: list[dict[str, Any]], users: int) -> Generated:
+    """`count` memberships made on demand: the i-th puts generated user `i % users` in `organizations[i % len]`.
+
+    Every pair differs while `count` is at most the least common multiple of the two counts.
+    """
+    if count > math.lcm(len(organizations), users):
+        raise ValueError(f"{count} memberships would repeat a pair: at most lcm({len(organizations)}, {users})")
+
+    def make(index: int) -> dict[str, Any]:
+        organization = organizations[index % len(organizations)]
+        user = generated_user(index % users)
+        return api_membership(f"orgmem_standin{index:07d}", organization, user, role="org:member",
+                              updated_at=BASE_MS + 10_000 + index)  # fmt: skip
+
+    return Generated(count, make, "orgmem_standin")
+
+
 @dataclass
 class Request:
     """One request the fake API saw."""
@@ -294,6 +374,7 @@ class FakeClerk:
     users: list[dict[str, Any]]
     organizations: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[dict[str, Any]] = field(default_factory=list)
+    generated: dict[str, Generated] = field(default_factory=dict)  # "users" / "memberships": served instead
     plans: list[dict[str, Any]] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)  # payer id -> its subscription
     unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
@@ -310,7 +391,13 @@ class FakeClerk:
         """The requests for `path`, in arrival order."""
         return [request for request in self.requests if request.path == path]
 
-    def answer(self, path: str, query: dict[str, str], authorization: str | None) -> tuple[int, dict[str, str], Any]:
+    def served(self, kind: str) -> list[dict[str, Any]] | Generated:
+        """The users or memberships served: the generated ones if any, else the list."""
+        return self.generated.get(kind) or (self.users if kind == "users" else self.memberships)
+
+    def answer(  # noqa: PLR0912 (one branch per endpoint)
+        self, path: str, query: dict[str, str], authorization: str | None
+    ) -> tuple[int, dict[str, str], Any]:
         """Status, headers and JSON body for one request, as Clerk documents them."""
         if authorization != f"Bearer {SECRET_KEY}":
             return 401, {}, _errors("authentication_invalid", "Invalid authentication")
@@ -327,18 +414,28 @@ class FakeClerk:
         if parts == ["instance"]:
             instance = {"object": "instance", "id": self.instance_id, "environment_type": self.environment_type}
             return 200, {}, {**instance, "allowed_origins": None}
+        users, memberships = self.served("users"), self.served("memberships")
         if parts == ["users", "count"]:
-            return 200, {}, {"object": "total_count", "total_count": len(self.users)}
+            return 200, {}, {"object": "total_count", "total_count": len(users)}
         if parts == ["users"]:
-            listed = [user for user in self.users if user["id"] not in self.unlisted]
+            listed = users
+            if self.unlisted:
+                listed = [user for user in users if user["id"] not in self.unlisted]
+            if "starting_after" in query:
+                # Clerk's cursor (with created_at ordering): the page after that user. One it does
+                # not know (deleted since) is refused; Clerk does not document what it answers then.
+                after = _position(listed, query, query["starting_after"])
+                if after is None:
+                    return 422, {}, _errors("form_param_value_invalid", "starting_after: no such user")
+                offset = after + 1
             return 200, {}, _page(listed, query, limit, offset)
         if parts in (["organizations"], ["organization_memberships"]):
-            listed = self.organizations if parts == ["organizations"] else self.memberships
+            listed = self.organizations if parts == ["organizations"] else memberships
             return 200, {}, _listing(_page(listed, query, limit, offset), len(listed))
         if parts[0] == "billing" or parts[2:] == ["billing", "subscription"]:
             return self.billing(parts, limit, offset)
         if len(parts) == 2 and parts[0] in {"users", "organizations"}:
-            found = _by_id(self.users if parts[0] == "users" else self.organizations, parts[1])
+            found = _by_id(users if parts[0] == "users" else self.organizations, parts[1])
             return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
         if len(parts) == 3 and parts[0] == "organizations" and parts[2] == "memberships":
             if not _by_id(self.organizations, parts[1]):
@@ -346,7 +443,7 @@ class FakeClerk:
             wanted = set(query.get("user_id", "").split(",")) - {""}
             members = [
                 member
-                for member in self.memberships
+                for member in memberships
                 if member["organization"]["id"] == parts[1]
                 and (not wanted or member["public_user_data"]["user_id"] in wanted)
             ]
@@ -366,16 +463,60 @@ class FakeClerk:
         return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
 
 
-def _by_id(objects: list[dict[str, Any]], object_id: str) -> dict[str, Any] | None:
+def _by_id(objects: list[dict[str, Any]] | Generated, object_id: str) -> dict[str, Any] | None:
+    if isinstance(objects, Generated):
+        index = objects.index_of(object_id)
+        return None if index is None else objects[index]
     return next((item for item in objects if item["id"] == object_id), None)
 
 
-def _page(objects: list[dict[str, Any]], query: dict[str, str], limit: int, offset: int) -> list[dict[str, Any]]:
-    """One page in the order asked for (`created_at` or `updated_at`, `+` or `-`), ties by id."""
+def _ordered(objects: list[dict[str, Any]] | Generated, query: dict[str, str]) -> Sequence[dict[str, Any]]:
+    """The objects in the order asked for (`created_at` or `updated_at`, `+` or `-`), ties by id."""
     order = query.get("order_by", "-created_at")
+    if isinstance(objects, Generated):  # made oldest first, each changed after the one before
+        return objects if order.startswith("+") else _Reversed(objects)
     field_name = order.lstrip("+-")
-    ordered = sorted(objects, key=lambda item: (item[field_name], item["id"]), reverse=order.startswith("-"))
-    return ordered[offset : offset + limit]
+    return sorted(objects, key=lambda item: (item[field_name], item["id"]), reverse=order.startswith("-"))
+
+
+class _Reversed(Sequence[dict[str, Any]]):
+    """Generated objects newest first, still made on demand."""
+
+    def __init__(self, objects: Generated) -> None:
+        self.objects = objects
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        count = len(self.objects)
+        if isinstance(index, slice):
+            return [self.objects[count - 1 - position] for position in range(*index.indices(count))]
+        return self.objects[count - 1 - (index % count)]
+
+
+def _page(
+    objects: list[dict[str, Any]] | Generated, query: dict[str, str], limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """One page in the order asked for."""
+    return list(_ordered(objects, query)[offset : offset + limit])
+
+
+def _position(objects: list[dict[str, Any]] | Generated, query: dict[str, str], object_id: str) -> int | None:
+    """Where the object with this id is in the order asked for (None: not there)."""
+    if isinstance(objects, Generated):
+        index = objects.index_of(object_id)
+        if index is None:
+            return None
+        return index if query.get("order_by", "-created_at").startswith("+") else len(objects) - 1 - index
+    ordered = _ordered(objects, query)
+    return next((position for position, item in enumerate(ordered) if item["id"] == object_id), None)
 
 
 def _listing(data: list[dict[str, Any]], total: int) -> dict[str, Any]:
@@ -436,6 +577,11 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
     )
     parser.add_argument("--port", type=int, default=8099, help="default: %(default)s")
     parser.add_argument("--users", type=int, default=0, metavar="N", help="N generated users (user_standin0000 ...)")
+    parser.add_argument("--organizations", type=int, default=0, metavar="N",
+                        help="N generated organizations (org_standin0000 ...)")  # fmt: skip
+    parser.add_argument("--memberships", type=int, default=0, metavar="N",
+                        help="N generated memberships: the i-th puts generated user i %% users in generated "
+                        "organization i %% organizations")  # fmt: skip
     parser.add_argument(
         "--user",
         action="append",
@@ -467,20 +613,27 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
                         help="the N-th request (from 0) of PATH answers 429, Retry-After: 1 (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     now = int(time.time() * 1000)
-    users = [
-        api_user(f"user_standin{index:04d}", email=f"person{index}@example.com", created_at=BASE_MS + index * 1000,
-                 updated_at=BASE_MS + index * 1000 + 500, first_name="Person", last_name=str(index))
-        for index in range(args.users)
-    ]  # fmt: skip
-    users += [
-        api_user(user_id, email=email, created_at=BASE_MS, updated_at=now, first_name=first, last_name=last)
-        for user_id, email, first, last in args.user
-    ]
-    organizations = [
+    generated: dict[str, Generated] = {"users": generated_users(args.users)}
+    users: list[dict[str, Any]] = []
+    if args.user:  # named users too: a list (the generated ones made now)
+        users = [*generated.pop("users"), *(api_user(user_id, email=email, created_at=BASE_MS, updated_at=now,
+                 first_name=first, last_name=last) for user_id, email, first, last in args.user)]  # fmt: skip
+    organizations = generated_organizations(args.organizations) + [
         api_organization(organization_id, name=name, created_at=BASE_MS, updated_at=now)
         for organization_id, name in args.organization
     ]
-    memberships = []
+    memberships: list[dict[str, Any]] = []
+    if args.memberships:
+        if not args.users or not args.organizations:
+            parser.error("--memberships N needs --users and --organizations (the generated ones it joins)")
+        try:
+            generated["memberships"] = generated_memberships(
+                args.memberships, organizations[: args.organizations], args.users
+            )
+        except ValueError as problem:
+            parser.error(str(problem))
+    if args.membership:
+        memberships = list(generated.pop("memberships", []))
     for organization_id, user_id, role in args.membership:
         organization, member = _by_id(organizations, organization_id), _by_id(users, user_id)
         if organization is None or member is None:
@@ -489,7 +642,7 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
             api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
         )
     faults = {(path, int(index)): (429, {"Retry-After": "1"}) for path, index in args.answer_429}
-    clerk = FakeClerk(users, organizations, memberships, path_faults=faults)
+    clerk = FakeClerk(users, organizations, memberships, generated=generated, path_faults=faults)
     clerk.environment_type, clerk.instance_id = args.environment, args.instance_id
     return clerk, args.port
 
@@ -497,7 +650,10 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
 if __name__ == "__main__":
     clerk, chosen_port = standing_in()
     with serve(clerk, chosen_port):
-        counted = f"{len(clerk.users)} users, {len(clerk.organizations)} organizations, {len(clerk.memberships)}"
+        counted = (
+            f"{len(clerk.served('users'))} users, {len(clerk.organizations)} organizations, "
+            f"{len(clerk.served('memberships'))}"
+        )
         print(
             f"Clerk stand-in on {clerk.url}: instance {clerk.instance_id} ({clerk.environment_type}), "
             f"{counted} memberships\nits secret key (it accepts no other): {SECRET_KEY}\nCtrl-C stops it",

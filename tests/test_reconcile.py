@@ -287,14 +287,15 @@ def test_a_run_cut_off_by_its_budget_resumes_where_it_stopped(
         )
 
     first, second = summary_of(first_out), summary_of(second_out)
-    offsets = [request.query["offset"] for request in fake.list_requests()]
+    cursors = [request.query.get("starting_after") for request in fake.list_requests()]
     assert (first_code, first["outcome"]) == (1, "partial")
     assert counts(first, "users")["missing"] == 5
     assert checkpoint is not None
     assert (checkpoint["full"]["phase"], checkpoint["full"]["offset"]) == (0, 5)
+    assert checkpoint["full"]["cursors"][-1] == "user_rc0004"
     assert (second_code, second["outcome"], second["resumed"]) == (0, "repaired", True)
     assert counts(second, "users")["missing"] == 23  # the whole run's count
-    assert offsets[:3] == ["0", "5", "10"]  # the second run started at 5, not 0
+    assert cursors[:3] == [None, "user_rc0004", "user_rc0009"]  # the second run started after user 4, not at 0
     assert len(documents(db, PATHS.users)) == 23
     assert "full" not in (db.document(STATE).get(timeout=10).to_dict() or {})  # finished: checkpoint cleared
 
@@ -503,6 +504,6 @@ def test_the_stand_in_starts_on_its_own_as_the_docs_show(
 
     assert first_line.startswith(f"Clerk stand-in on http://127.0.0.1:{port}/v1: instance {INSTANCE_ID} (development)")
     assert code == 0, out + err
-    assert "GET /users?offset=0: 429, retrying in 1.0 s" in err
+    assert "GET /users?order_by=+created_at: 429, retrying in 1.0 s" in err
     assert counts(summary_of(out), "users")["missing"] == 4
     assert documents(db, PATHS.memberships("org_2Engines"))["user_2AdaLovelace"]["role"] == "org:admin"

@@ -70,7 +70,7 @@ def test_clerk_refusing_midway_stops_and_says_the_next_run_resumes(
 
     summary = summary_of(out)
     assert (code, summary["stop_reason"], summary["checkpointed"]) == (1, "clerk_unavailable", True)
-    assert "Clerk refused GET /users?offset=5: 403" in summary["stopped"]
+    assert "Clerk refused GET /users?order_by=+created_at&starting_after=user_rc0004: 403" in summary["stopped"]
     assert "the next run resumes from the checkpoint" in err
     assert (state(db)["full"]["phase"], state(db)["full"]["offset"]) == (0, 5)
     assert "lease_owner" not in state(db)  # released: the next run need not wait

@@ -1,8 +1,14 @@
 """Clerk's Backend API through the official client (`clerk-backend-api`), for reconcile.
 
 Bounded retries that the client's own policy lacks: a 429 waits as long as `Retry-After` says, 5xx
-answers and network errors back off with jitter, everything else stops with Clerk's message. The
-client (pydantic, httpx) is imported when a `ClerkApi` is made, so the webhook never loads it.
+answers and network errors back off with jitter, everything else stops with Clerk's message. No
+wait runs past the run's deadline: a wait that would stops the run instead (OutOfTime), checkpointed.
+The client (pydantic, httpx) is imported when a `ClerkApi` is made, so the webhook never loads it.
+
+Users are listed by cursor (`starting_after=<user id>`, oldest first), which Clerk added because a
+large `offset` on `GET /users` eventually times out. clerk-backend-api 7.0.0 (the newest release)
+has no parameter for it, so that one request goes through the client's own HTTP session, headers
+and response model, with the same retries; every other listing keeps `offset` (Clerk offers no cursor).
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-__all__ = ["PAGE_SIZE", "ClerkApi", "ClerkUnavailable", "backoff", "retry_after_seconds"]
+__all__ = [
+    "PAGE_SIZE",
+    "ClerkApi",
+    "ClerkRefused",
+    "ClerkUnavailable",
+    "OutOfTime",
+    "backoff",
+    "retry_after_seconds",
+]
 
 PAGE_SIZE = 500
 MAX_ATTEMPTS = 8
@@ -30,6 +44,22 @@ T = TypeVar("T")
 
 class ClerkUnavailable(Exception):
     """Clerk kept failing, or refused the request (the message says which, never the key)."""
+
+
+class ClerkRefused(ClerkUnavailable):
+    """Clerk answered a 4xx other than 429 (`status`): retrying the same request cannot help."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OutOfTime(Exception):
+    """Waiting as Clerk asks (or backing off) would run past the run's deadline: the run stops here."""
+
+    def __init__(self, message: str, wait_seconds: float) -> None:
+        super().__init__(message)
+        self.wait_seconds = wait_seconds
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -66,8 +96,11 @@ class ClerkApi:
         # Our own loop retries (it also honours 429, which the client's default policy does not).
         no_retries = RetryConfig("none", BackoffStrategy(0, 0, 1.0, 0), retry_connection_errors=False)
         self._clerk = Clerk(bearer_auth=secret_key, server_url=server_url, retry_config=no_retries)
+        self._secret_key = secret_key
         self.note = note or (lambda _text: None)
         self.requests = 0
+        # time.monotonic() past which no wait ends (the run's budget); None: unbounded.
+        self.deadline: float | None = None
 
     def close(self) -> None:
         """Release the HTTP connections."""
@@ -93,14 +126,23 @@ class ClerkApi:
                     wait, why = backoff(attempt), str(status)
                 else:
                     detail = " ".join(error.body.split())[:300]
-                    raise ClerkUnavailable(f"Clerk refused {what}: {status} {detail}") from None
+                    raise ClerkRefused(f"Clerk refused {what}: {status} {detail}", status) from None
             except self._transport_errors as error:
                 wait, why = backoff(attempt), type(error).__name__
             if attempt == attempts:
                 raise ClerkUnavailable(f"{what} still failing after {attempts} attempts ({why})")
+            if self.deadline is not None and time.monotonic() + wait > self.deadline:
+                raise OutOfTime(f"{what}: {why}, and waiting {wait:.0f} s would pass the run's budget", wait)
             self.note(f"{what}: {why}, retrying in {wait:.1f} s (attempt {attempt + 1} of {attempts})")
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+    def _timeout_ms(self) -> int:
+        """A request's timeout: 30 s, or what is left of the run's budget if less (at least 1 s)."""
+        if self.deadline is None:
+            return REQUEST_TIMEOUT_MS
+        left_ms = int((self.deadline - time.monotonic()) * 1000)
+        return max(1000, min(REQUEST_TIMEOUT_MS, left_ms))
 
     def instance(self) -> tuple[str, str]:
         """The key's instance: its id (`ins_…`) and environment (`development`, `production`).
@@ -110,7 +152,7 @@ class ClerkApi:
         """
         clerk = self._clerk
         found: Any = self._call(
-            "GET /instance", lambda: clerk.instance_settings.get(timeout_ms=REQUEST_TIMEOUT_MS), attempts=FIRST_ATTEMPTS
+            "GET /instance", lambda: clerk.instance_settings.get(timeout_ms=self._timeout_ms()), attempts=FIRST_ATTEMPTS
         )
         return str(found.id), str(found.environment_type)
 
@@ -126,7 +168,7 @@ class ClerkApi:
             page: Any = self._call(
                 what,
                 lambda: clerk.users.list(
-                    request={"limit": limit, "offset": offset, "order_by": order_by}, timeout_ms=REQUEST_TIMEOUT_MS
+                    request={"limit": limit, "offset": offset, "order_by": order_by}, timeout_ms=self._timeout_ms()
                 ),
             )
             return [self._dump(user) for user in page or []]
@@ -134,7 +176,7 @@ class ClerkApi:
             page = self._call(
                 what,
                 lambda: clerk.organizations.list(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=self._timeout_ms()
                 ),
             )
         else:
@@ -142,17 +184,51 @@ class ClerkApi:
             page = self._call(
                 what,
                 lambda: clerk.users.get_instance_organization_memberships(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=self._timeout_ms()
                 ),
             )
         return [self._dump(item) for item in (page.data if page is not None else [])]
+
+    def users_after(self, cursor: str | None, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
+        """One page of users, oldest first, starting after user `cursor` (None: the first page).
+
+        `GET /users?order_by=+created_at&starting_after=...`, sent through the client's own HTTP
+        session and parsed by its `User` model: the pinned client has no `starting_after` yet.
+        """
+        from clerk_backend_api.utils.unmarshal_json_response import unmarshal_json_response  # noqa: PLC0415
+
+        models: Any = self._models
+        configuration = self._clerk.sdk_configuration
+        base_url, _ = configuration.get_server_details()
+        params: dict[str, str | int] = {"limit": limit, "order_by": "+created_at"}
+        if cursor is not None:
+            params["starting_after"] = cursor
+        headers = {
+            "Authorization": f"Bearer {self._secret_key}",
+            "Accept": "application/json",
+            "user-agent": configuration.user_agent,
+        }
+
+        def get() -> list[Any]:
+            client = configuration.client
+            assert client is not None
+            timeout = self._timeout_ms() / 1000
+            request = client.build_request("GET", f"{base_url}/users", params=params, headers=headers, timeout=timeout)
+            response = client.send(request)
+            if response.status_code != 200:
+                raise models.SDKError("API error occurred", response)
+            users: list[Any] = unmarshal_json_response(list[models.User], response)
+            return users
+
+        what = "GET /users?order_by=+created_at" + (f"&starting_after={cursor}" if cursor else "")
+        return [self._dump(user) for user in self._call(what, get) or []]
 
     def total(self, kind: str) -> int | None:
         """How many users Clerk has, for the progress bar (other kinds: unknown up front)."""
         if kind != "users":
             return None
         clerk = self._clerk
-        count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=REQUEST_TIMEOUT_MS))
+        count: Any = self._call("GET /users/count", lambda: clerk.users.count(timeout_ms=self._timeout_ms()))
         return int(count.total_count) if count is not None else None
 
     def fetch(self, kind: str, stored: dict[str, Any]) -> dict[str, Any] | None:
@@ -162,7 +238,7 @@ class ClerkApi:
             user_id = str(stored["clerk_id"])
             found: Any = self._call(
                 f"GET /users/{user_id}",
-                lambda: clerk.users.get(user_id=user_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                lambda: clerk.users.get(user_id=user_id, timeout_ms=self._timeout_ms()),
                 missing_is_none=True,
             )
             return None if found is None else self._dump(found)
@@ -170,7 +246,7 @@ class ClerkApi:
             organization_id = str(stored["clerk_id"])
             found = self._call(
                 f"GET /organizations/{organization_id}",
-                lambda: clerk.organizations.get(organization_id=organization_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                lambda: clerk.organizations.get(organization_id=organization_id, timeout_ms=self._timeout_ms()),
                 missing_is_none=True,
             )
             return None if found is None else self._dump(found)
@@ -178,7 +254,7 @@ class ClerkApi:
         listed: Any = self._call(
             f"GET /organizations/{organization_id}/memberships?user_id={user_id}",
             lambda: clerk.organization_memberships.list(
-                organization_id=organization_id, user_id=[user_id], limit=10, timeout_ms=REQUEST_TIMEOUT_MS
+                organization_id=organization_id, user_id=[user_id], limit=10, timeout_ms=self._timeout_ms()
             ),
             missing_is_none=True,
         )
@@ -192,7 +268,7 @@ class ClerkApi:
 
         def page_at(offset: int) -> Any:
             return clerk.billing.list_plans(
-                paginated=True, limit=PAGE_SIZE, offset=offset, timeout_ms=REQUEST_TIMEOUT_MS
+                paginated=True, limit=PAGE_SIZE, offset=offset, timeout_ms=self._timeout_ms()
             )
 
         while True:
@@ -209,7 +285,7 @@ class ClerkApi:
         page: Any = self._call(
             f"GET /billing/subscription_items?offset={offset}",
             lambda: clerk.billing.list_subscription_items(
-                paginated=True, limit=limit, offset=offset, include_free=True, timeout_ms=REQUEST_TIMEOUT_MS
+                paginated=True, limit=limit, offset=offset, include_free=True, timeout_ms=self._timeout_ms()
             ),
         )
         return [self._dump(item) for item in (page.data if page is not None else [])]
@@ -220,14 +296,14 @@ class ClerkApi:
         if payer_type == "user":
             found: Any = self._call(
                 f"GET /users/{payer_id}/billing/subscription",
-                lambda: clerk.users.get_billing_subscription(user_id=payer_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                lambda: clerk.users.get_billing_subscription(user_id=payer_id, timeout_ms=self._timeout_ms()),
                 missing_is_none=True,
             )
         else:
             found = self._call(
                 f"GET /organizations/{payer_id}/billing/subscription",
                 lambda: clerk.organizations.get_billing_subscription(
-                    organization_id=payer_id, timeout_ms=REQUEST_TIMEOUT_MS
+                    organization_id=payer_id, timeout_ms=self._timeout_ms()
                 ),
                 missing_is_none=True,
             )

@@ -17,6 +17,7 @@ from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, backoff
 from clerk_sync.reconcile.report import Progress, ReconcileStopped, Report
+from clerk_sync.reconcile.seen import Seen
 
 __all__ = ["READ_TIMEOUT_SECONDS", "STORE_ATTEMPTS", "Run"]
 
@@ -45,7 +46,7 @@ class Run:
     allow_mass_deletion: bool = False
     listing_began_ms: int | None = None  # when the users listing began (the next incremental run starts there)
     held_back_ms: int | None = None  # an incremental listing could not prove it skipped nothing after this
-    seen: dict[str, set[str]] = field(default_factory=dict)  # kind -> keys listed in Clerk during this run
+    seen: dict[str, Seen] = field(default_factory=dict)  # kind -> keys listed in Clerk during this run
     pending: dict[str, dict[str, tuple[events.Change, str]]] = field(default_factory=dict)  # conflicts to retry
 
     def read(self, references: list[firestore.DocumentReference]) -> dict[str, firestore.DocumentSnapshot[Any]]:

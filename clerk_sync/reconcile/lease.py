@@ -94,8 +94,8 @@ def _write_if_held(run: Run, what: str, update: dict[str, Any]) -> None:
     )
 
 
-def checkpoint(run: Run, phase: int, offset: int) -> None:
-    """Renew the lease; in a full run also save where a cut-off run resumes."""
+def checkpoint(run: Run, phase: int, offset: int, cursors: tuple[str, ...] = ()) -> None:
+    """Renew the lease; in a full run also save where a cut-off run resumes (`cursors`: a users listing's)."""
     if run.report.dry_run:
         return
     update: dict[str, Any] = {"lease_until": _lease_end(), "lease_owner": run.lease_token}
@@ -104,6 +104,7 @@ def checkpoint(run: Run, phase: int, offset: int) -> None:
             "run_id": run.run_id,
             "phase": phase,
             "offset": offset,
+            "cursors": list(cursors),
             "tallies": {kind: tally.as_dict() for kind, tally in run.report.tallies.items()},
             "listing_began_ms": run.listing_began_ms,
             "saved_at": datetime.now(UTC),  # nested: the transaction writes no sentinel there

@@ -66,12 +66,12 @@ def run(
                 db, settings, api, progress, pin_instance=pin_instance, timeout=read_timeout
             )
             report.instance = key_instance.describe()
-            state, start_phase, start_offset = _begin(state_run, restart)
+            state, start_phase, start = _begin(state_run, restart)
             if to_record and not dry_run:
                 guards.record_instance(db, settings, key_instance, timeout=read_timeout)
             if undo_run is not None:
                 undo.undo_deletions(state_run, undo_run)
-            finished = _phases(state_run, state, start_phase, start_offset)
+            finished = _phases(state_run, state, start_phase, start)
             if finished and not dry_run:
                 lease.finish(state_run, state, began_ms)
                 state_run.lease_token = None  # finishing released it
@@ -94,28 +94,32 @@ def run(
     return report
 
 
-def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, int]:
-    """The lease taken (not for a dry run), and where the run starts: the state, the phase and the offset."""
+def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, listing.Position]:
+    """The lease taken (not for a dry run), and where the run starts: the state, the phase and the position in it."""
     report, settings = state_run.report, state_run.settings
     if report.dry_run:
         state_run.run_id = uuid.uuid4().hex[:12]
-        return lease.read_state(state_run.db, state_run.state_ref, state_run.read_timeout), 0, 0
+        return lease.read_state(state_run.db, state_run.state_ref, state_run.read_timeout), 0, listing.Position()
     deadline = time.monotonic() + settings.firestore_deadline_seconds
     state, state_run.run_id, state_run.lease_token = lease.take(
         state_run.db, state_run.state_ref, report.mode, restart=restart, deadline=deadline
     )
     saved = state.get(str(report.mode))
     if not isinstance(saved, dict) or saved.get("run_id") != state_run.run_id:
-        return state, 0, 0
+        return state, 0, listing.Position()
     tallies = saved.get("tallies") or {}
     report.tallies = {kind: Tally.from_dict(tallies.get(kind) or {}) for kind in TALLIED}
     report.resumed = report.checkpointed = True
     began = saved.get("listing_began_ms")
     state_run.listing_began_ms = int(began) if isinstance(began, int) else None
-    return state, int(saved.get("phase", 0)), int(saved.get("offset", 0))
+    phase, cursors = int(saved.get("phase", 0)), saved.get("cursors")
+    cursors = tuple(str(cursor) for cursor in cursors) if isinstance(cursors, list) else ()
+    if LISTINGS[phase : phase + 1] == ("users",) and not cursors:
+        return state, phase, listing.Position()  # a checkpoint of an offset listing: users start over
+    return state, phase, listing.Position(int(saved.get("offset", 0)), cursors)
 
 
-def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start_offset: int) -> bool:
+def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start: listing.Position) -> bool:
     """Every phase from where the run (re)starts; False when the budget ran out (checkpoint saved)."""
     report = run_state.report
     if report.mode is Mode.INCREMENTAL:
@@ -123,21 +127,21 @@ def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start_offse
     for phase, kind in enumerate(LISTINGS):
         if phase < start_phase:
             continue
-        offset = start_offset if phase == start_phase else 0
-        if phase == 0 and offset == 0:
+        position = start if phase == start_phase else listing.Position()
+        resumed = position.done > 0
+        if phase == 0 and not resumed:
             run_state.listing_began_ms = kinds.now_ms()
-        if offset:
+        if resumed:
             run_state.seen.pop(kind, None)  # a partial listing cannot tell what is extra
         total = run_state.api.total(kind)
-        for page_offset, page in listing.pages(run_state, kind, offset, "+created_at"):
+        for after, page in listing.kind_pages(run_state, kind, position):
             repairs.compare_and_repair(run_state, kind, page)
-            done = page_offset + len(page)
-            run_state.progress.advance(kind, done, total)
-            lease.checkpoint(run_state, phase, done)
+            run_state.progress.advance(kind, after.done, total)
+            lease.checkpoint(run_state, phase, after.done, after.cursors)
             if run_state.out_of_time():
                 return False
         repairs.settle_conflicts(run_state, kind)
-        if offset and kind in run_state.seen:
+        if resumed and kind in run_state.seen:
             run_state.seen.pop(kind)
         lease.checkpoint(run_state, phase + 1, 0)
     if not (_removals(run_state, start_phase) and _billing(run_state, start_phase)):

@@ -13,6 +13,7 @@ from clerk_sync.outcome import Outcome
 from clerk_sync.reconcile import guards, kinds, listing, undo
 from clerk_sync.reconcile.comparison import compare
 from clerk_sync.reconcile.context import Run
+from clerk_sync.reconcile.seen import Seen
 
 __all__ = [
     "STORED_PAGE",
@@ -133,8 +134,11 @@ def find_extras(run: Run, kind: str) -> tuple[list[dict[str, Any]], int, bool]:
     the deletion limit, counting stops (unless mass deletion is allowed): the run stops anyway.
     """
     listed = run.seen.get(kind)
-    if listed is None:
-        listed = {kinds.key(kind, data) for page in listing.pages(run, kind, 0, "+created_at") for data in page[1]}
+    if listed is None:  # this invocation listed only part of the kind (it resumed a run): list it whole
+        listed = Seen()
+        for _, page in listing.kind_pages(run, kind, listing.Position()):
+            for data in page:
+                listed.add(kinds.key(kind, data))
     stored_count, candidates = 0, []
     for page in stored_pages(run, kind):
         stored_count += len(page)

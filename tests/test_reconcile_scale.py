@@ -4,6 +4,8 @@ answers. The million-user run is `make soak` (test_reconcile_soak.py)."""
 
 from __future__ import annotations
 
+import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ from clerk_api import SECRET_KEY, FakeClerk, serve
 from conftest import PATHS
 from google.cloud import firestore
 from reconcile_runs import clerk_users, counts, deliver, documents, run_cli, summary_of
+
+from clerk_sync.reconcile.ramp import WRITES_PER_REPAIR, Ramp
+from clerk_sync.reconcile.ramp import ceiling as ramp_ceiling
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*\*\* DEPRECATED \*\*:DeprecationWarning")
 
@@ -104,3 +109,102 @@ def test_when_every_kept_cursor_is_deleted_the_listing_starts_over_and_skips_nob
     assert (next_code, counts(summary_of(next_out), "users")["extra"]) == (0, 5)
     assert fetched_by_id(clerk) == {user["id"] for user in first_page}
     assert sorted(documents(db, PATHS.users)) == [user["id"] for user in users[5:]]
+
+
+# --- the write ramp --------------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock only the ramp's waits move (plus `tick` per call, as if each call took that long)."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick, self.slept = 1000.0, tick, 0.0
+
+    def time(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+        self.slept += seconds
+
+
+def granted_per_second(grants: list[tuple[float, int]], started: float) -> dict[int, int]:
+    per_second: dict[int, int] = {}
+    for at, writes in grants:
+        second = math.floor(at - started)
+        per_second[second] = per_second.get(second, 0) + writes
+    return per_second
+
+
+def test_the_write_ramp_never_exceeds_firestores_schedule_and_keeps_up_with_it() -> None:
+    clock = Clock(tick=0.0001)
+    raised: list[int] = []
+    ramp = Ramp(clock=clock.time, sleep=clock.sleep, on_raise=raised.append)
+    grants: list[tuple[float, int]] = []
+    started = clock.now + clock.tick
+    while clock.now - started < 1199.5:  # 20 minutes of repairs as fast as they come
+        grants.append((ramp.take(), WRITES_PER_REPAIR))
+
+    per_second = granted_per_second(grants, started)
+    assert all(writes <= ramp_ceiling(second) for second, writes in per_second.items())
+    assert [ramp_ceiling(second) for second in (0, 299, 300, 599, 600, 900, 1199)] == [500, 500, 750, 750, 1125, 1687,
+                                                                                        1687]  # fmt: skip
+    assert all(writes >= ramp_ceiling(second) - WRITES_PER_REPAIR for second, writes in per_second.items()
+               if second < 1199)  # fmt: skip
+    # Each raise said once, for the progress output (the last take waited into the 21st minute):
+    assert raised == [500, 750, 1125, 1687, 2531]
+    assert clock.slept > 1100  # it waited, rather than writing as fast as the repairs came
+
+
+def test_the_write_ramp_holds_its_schedule_across_threads() -> None:
+    clock = Clock()
+    ramp = Ramp(clock=clock.time, sleep=clock.sleep)
+    grants: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def repairs() -> None:
+        for _ in range(1000):
+            granted_at = ramp.take()
+            with lock:
+                grants.append((granted_at, WRITES_PER_REPAIR))
+
+    threads = [threading.Thread(target=repairs) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    per_second = granted_per_second(grants, 1000.0)
+    assert sum(per_second.values()) == 8 * 1000 * WRITES_PER_REPAIR
+    assert max(per_second.values()) <= 500
+    assert len(per_second) == 64  # 32,000 writes at 500 a second
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_every_repair_waits_for_the_ramp_and_the_progress_output_says_its_ceiling(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clerk = FakeClerk(clerk_users(9))
+    with serve(clerk):
+        code, out, err = run_cli(capsys, clerk, tmp_path, emulator_host, "backfill", "--page-size", "5", "--json")
+
+    assert code == 0, out + err
+    assert "writes: at most 500/s now (Firestore's ramp for new traffic: 500/s, +50 % every 5 minutes)" in err
+    assert "9/9 users 100%" in err
+    assert ", writes at most 500/s" in err
+    assert summary_of(out)["write_ceiling"] == 500
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_dry_run_writes_nothing_so_it_never_waits_for_the_ramp(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clerk = FakeClerk(clerk_users(3))
+    with serve(clerk):
+        code, out, err = run_cli(capsys, clerk, tmp_path, emulator_host, "backfill", "--dry-run", "--json")
+
+    assert code == 3
+    assert "writes: at most" not in err
+    assert summary_of(out)["write_ceiling"] is None

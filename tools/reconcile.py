@@ -32,7 +32,7 @@ class TerminalProgress:
         self.last = time.monotonic()
         self.drawn = 0.0
 
-    def advance(self, kind: str, done: int, total: int | None) -> None:
+    def advance(self, kind: str, done: int, total: int | None, ceiling: int | None = None) -> None:
         """A page of `kind` is done; a terminal redraws at most five times a second."""
         now = time.monotonic()
         started = self.started.setdefault(kind, self.last)  # a kind starts when the previous one's last page ended
@@ -44,6 +44,8 @@ class TerminalProgress:
         where = f"{done}/{total}" if total else str(done)
         percent = f" {100 * done / total:3.0f}%" if total else ""
         line = f"{where} {kind}{percent}  {rate:.1f}/s"
+        if ceiling is not None:
+            line += f", writes at most {ceiling}/s"
         if self.tty:
             bar = ""
             if total:

@@ -16,6 +16,7 @@ from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, backoff
+from clerk_sync.reconcile.ramp import Ramp
 from clerk_sync.reconcile.report import Progress, ReconcileStopped, Report
 from clerk_sync.reconcile.seen import Seen
 
@@ -48,6 +49,7 @@ class Run:
     held_back_ms: int | None = None  # an incremental listing could not prove it skipped nothing after this
     seen: dict[str, Seen] = field(default_factory=dict)  # kind -> keys listed in Clerk during this run
     pending: dict[str, dict[str, tuple[events.Change, str]]] = field(default_factory=dict)  # conflicts to retry
+    ramp: Ramp | None = None  # what the repairs may write a second (None: unlimited)
 
     def read(self, references: list[firestore.DocumentReference]) -> dict[str, firestore.DocumentSnapshot[Any]]:
         """These documents in one call, keyed by path (counted in the report)."""
@@ -79,8 +81,10 @@ class Run:
         )
 
     def apply(self, change: events.Change, message_id: str) -> Outcome:
-        """One repair through the webhook's own transaction (and sweep, for a deletion)."""
+        """One repair through the webhook's own transaction (and sweep, for a deletion), once the ramp allows it."""
         delivery = Delivery(message_id=message_id, settings=self.settings)
+        if self.ramp is not None:
+            self.ramp.take()
         return self.with_store_retries(
             f"writing {change.clerk_id}", lambda: events.apply_event(self.db, change, delivery)
         )

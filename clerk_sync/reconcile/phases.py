@@ -15,6 +15,7 @@ from clerk_sync.outcome import StoreUnavailable
 from clerk_sync.reconcile import billing_phase, guards, kinds, lease, listing, repairs, undo
 from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable
 from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
+from clerk_sync.reconcile.ramp import Ramp
 from clerk_sync.reconcile.report import TALLIED, Mode, Progress, ReconcileStopped, Report, Silent, Tally
 
 __all__ = ["LISTINGS", "REMOVALS", "run"]
@@ -43,12 +44,14 @@ def run(
     read_timeout: float = READ_TIMEOUT_SECONDS,
     undo_run: str | None = None,
     progress: Progress | None = None,
+    ramp: Ramp | None = None,
 ) -> Report:
     """One reconcile run (or the rest of a cut-off one); never raises for Clerk or Firestore trouble.
 
     ReconcileBusy is the one exception: another run holds the lease. `undo_run` (a run id, or
     `all`) first removes that run's tombstones of objects Clerk still holds, then runs a full run
-    without deletions, which writes them back.
+    without deletions, which writes them back. Repairs follow `ramp` (by default Firestore's schedule
+    for new traffic, from this invocation's first write).
     """
     started = time.monotonic()
     began_ms = kinds.now_ms()
@@ -58,9 +61,12 @@ def run(
     progress = progress or Silent()
     state_ref = db.collection(settings.paths.state).document(lease.STATE_DOCUMENT)
     budget_deadline = started + budget_seconds if budget_seconds is not None else None
+    api.deadline = budget_deadline
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reconcile") as pool:
         state_run = Run(db, settings, api, report, progress, pool, "", budget_deadline, state_ref, page_size)
         state_run.allow_mass_deletion, state_run.read_timeout = allow_mass_deletion, read_timeout
+        if not dry_run:
+            state_run.ramp = ramp or Ramp(on_raise=lambda writes: _raised(report, progress, writes))
         try:
             key_instance, to_record = guards.check_instance(
                 db, settings, api, progress, pin_instance=pin_instance, timeout=read_timeout
@@ -92,6 +98,16 @@ def run(
     report.clerk_requests = api.requests
     report.elapsed_seconds = time.monotonic() - started
     return report
+
+
+def _ceiling(run_state: Run) -> int | None:
+    return run_state.ramp.current() if run_state.ramp is not None else None
+
+
+def _raised(report: Report, progress: Progress, writes: int) -> None:
+    """The ramp's ceiling rose (or was first reached): said in the progress output and kept in the report."""
+    report.write_ceiling = writes
+    progress.note(f"writes: at most {writes}/s now (Firestore's ramp for new traffic: 500/s, +50 % every 5 minutes)")
 
 
 def _begin(state_run: Run, restart: bool) -> tuple[dict[str, Any], int, listing.Position]:
@@ -136,7 +152,7 @@ def _phases(run_state: Run, state: dict[str, Any], start_phase: int, start: list
         total = run_state.api.total(kind)
         for after, page in listing.kind_pages(run_state, kind, position):
             repairs.compare_and_repair(run_state, kind, page)
-            run_state.progress.advance(kind, after.done, total)
+            run_state.progress.advance(kind, after.done, total, _ceiling(run_state))
             lease.checkpoint(run_state, phase, after.done, after.cursors)
             if run_state.out_of_time():
                 return False
@@ -183,7 +199,7 @@ def _incremental(run_state: Run, state: dict[str, Any]) -> bool:
     for page in listing.changed_users(run_state, since_ms):
         repairs.compare_and_repair(run_state, "users", page)
         looked_at += len(page)
-        run_state.progress.advance("users", looked_at, None)
+        run_state.progress.advance("users", looked_at, None, _ceiling(run_state))
         lease.checkpoint(run_state, 0, 0)  # renews the lease
         if run_state.out_of_time():
             return False

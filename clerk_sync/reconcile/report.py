@@ -40,7 +40,7 @@ class ReconcileBusy(Exception):
 class Progress(Protocol):
     """Where a run reports how far it got (a terminal bar, or nothing)."""
 
-    def advance(self, kind: str, done: int, total: int | None) -> None: ...
+    def advance(self, kind: str, done: int, total: int | None, ceiling: int | None = None) -> None: ...
 
     def note(self, text: str) -> None: ...
 
@@ -48,7 +48,7 @@ class Progress(Protocol):
 class Silent:
     """Progress for a scheduled run: nobody watches it."""
 
-    def advance(self, kind: str, done: int, total: int | None) -> None:
+    def advance(self, kind: str, done: int, total: int | None, ceiling: int | None = None) -> None:
         """Nobody watches a scheduled run."""
 
     def note(self, text: str) -> None:
@@ -110,6 +110,8 @@ class Report:
     checkpointed: bool = False  # a checkpoint of this run is saved: the next run resumes from it
     undo_of: str | None = None  # the run whose deletions this one undid (`--undo-run`)
     undone: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> restored, kept tombstones
+    write_ceiling: int | None = None  # the write ramp's ceiling (writes/s) when the run ended; None: wrote nothing
+    resume: str | None = None  # a run that stopped early: when it goes on, and why it stopped where it did
 
     @property
     def drift(self) -> int:
@@ -158,5 +160,7 @@ class Report:
             "run_id": self.run_id,
             "instance": self.instance,
             "checkpointed": self.checkpointed,
+            "write_ceiling": self.write_ceiling,
+            "resume": self.resume,
             **({"undo_of": self.undo_of, "undone": self.undone} if self.undo_of else {}),
         }

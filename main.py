@@ -175,6 +175,7 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
             api,
             mode=mode,
             budget_seconds=scheduled.budget_seconds,
+            continue_full=True,  # a full run cut off by its budget goes on at the next scheduled run
         )
     except reconcile.ReconcileBusy:
         return web.Reply(409, "busy", "another reconcile run holds the lease")
@@ -182,6 +183,7 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         api.close()
     summary = report.as_dict()
     fields.update(
+        mode=str(report.mode),  # full when it went on with a full run an earlier invocation left cut off
         drift=report.drift,
         conflicts=sum(len(tally.conflicts) for tally in report.tallies.values()),
         skipped=sum(len(tally.skipped) for tally in report.tallies.values()),
@@ -191,9 +193,11 @@ def _reconcile(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
     # A guard that stopped the run waits for a person (500); Clerk or Firestore trouble passes (503).
     status = 200 if not report.stopped else 500 if report.stop_reason in PERSON_NEEDED else 503
     severity = "ERROR" if report.stopped else "WARNING" if report.drift or report.unresolved else "INFO"
-    message = f"reconcile {mode}: {report.outcome}, drift {report.drift}"
+    message = f"reconcile {report.mode}: {report.outcome}, drift {report.drift}"
     if report.stopped:
         message += f": {report.stopped}"
+    if report.resume:
+        message += f"; {report.resume}"
     return web.Reply(status, report.outcome, message, body=summary, severity=severity)
 
 

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clerk_api import SECRET_KEY, FakeClerk, serve
-from conftest import PATHS
+from conftest import PATHS, PROJECT
 from google.cloud import firestore
-from reconcile_runs import clerk_users, counts, deliver, documents, run_cli, summary_of
+from reconcile_runs import STATE, clerk_users, counts, deliver, documents, run_cli, summary_of
 
+from clerk_sync import config
+from clerk_sync.reconcile import ClerkApi, Mode, Report, run
 from clerk_sync.reconcile.ramp import WRITES_PER_REPAIR, Ramp
 from clerk_sync.reconcile.ramp import ceiling as ramp_ceiling
 
@@ -208,3 +211,74 @@ def test_a_dry_run_writes_nothing_so_it_never_waits_for_the_ramp(
     assert code == 3
     assert "writes: at most" not in err
     assert summary_of(out)["write_ceiling"] is None
+
+
+# --- the budget holds whatever Clerk answers --------------------------------------------------------
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_a_retry_after_longer_than_the_budget_stops_the_run_at_once_checkpointed_and_says_when_it_resumes(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = clerk_users(12)
+    clerk = FakeClerk(users, path_faults={("/v1/users", 1): (429, {"Retry-After": "300"})})
+    with serve(clerk):
+        started = time.monotonic()
+        code, out, err = run_cli(capsys, clerk, tmp_path, emulator_host, "reconcile", "--page-size", "5",
+                                 "--budget", "60", "--json")  # fmt: skip
+        elapsed = time.monotonic() - started
+        checkpoint = (db.document(STATE).get(timeout=10).to_dict() or {}).get("full", {})
+        next_code, next_out, _ = run_cli(capsys, clerk, tmp_path, emulator_host, "reconcile", "--page-size", "5",
+                                         "--json")  # fmt: skip
+
+    summary, resumed = summary_of(out), summary_of(next_out)
+    assert (code, summary["outcome"], summary["checkpointed"]) == (1, "partial", True), out + err
+    assert elapsed < 30  # not the 300 s Clerk asked for, nor the 60 s budget
+    assert "retrying in" not in err  # it never began a wait it could not finish
+    assert summary["resume"].startswith("the next full run resumes from the checkpoint; Clerk asked to wait until ")
+    assert "429, and waiting 300 s would pass the run's budget" in summary["resume"]
+    assert (checkpoint["phase"], checkpoint["offset"], checkpoint["cursors"][-1]) == (0, 5, "user_rc0004")
+    assert (next_code, resumed["outcome"], resumed["resumed"]) == (0, "repaired", True)
+    assert counts(resumed, "users")["missing"] == 12
+    # The refused request, then the next run going on after the same user (its deletion phase lists again):
+    assert [request.query.get("starting_after") for request in clerk.list_requests()][1:4] == [
+        "user_rc0004", "user_rc0004", "user_rc0009"]  # fmt: skip
+
+
+@pytest.mark.usefixtures("secret_key")
+def test_the_text_summary_of_a_run_clerk_held_past_its_budget_says_when_it_resumes(
+    db: firestore.Client, emulator_host: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clerk = FakeClerk(clerk_users(3), path_faults={("/v1/instance", 0): (429, {"Retry-After": "120"})})
+    with serve(clerk):
+        code, out, _ = run_cli(capsys, clerk, tmp_path, emulator_host, "reconcile", "--budget", "30")
+
+    assert code == 1
+    assert "reconcile full: stopped at its time budget; the next full run starts again; Clerk asked to wait" in out
+    assert documents(db, PATHS.users) == {}
+
+
+def test_the_next_scheduled_run_goes_on_with_a_full_run_an_earlier_invocation_left_cut_off(
+    db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    users = clerk_users(12)
+    clerk = FakeClerk(users)
+
+    def scheduled(mode: Mode, budget: float) -> Report:
+        api = ClerkApi(SECRET_KEY, clerk.url)
+        try:
+            return run(db, config.read_settings(), api, mode=mode, page_size=5, budget_seconds=budget,
+                       continue_full=True)  # fmt: skip
+        finally:
+            api.close()
+
+    with serve(clerk):
+        cut_off = scheduled(Mode.FULL, 0)  # the daily full run: one page, then its budget is spent
+        hourly = scheduled(Mode.INCREMENTAL, 1500)  # the next scheduled run, an incremental one
+
+    assert (cut_off.outcome, cut_off.resume) == ("partial", "the next scheduled run resumes from the checkpoint")
+    assert (hourly.mode, hourly.resumed, hourly.outcome) == (Mode.FULL, True, "repaired")
+    assert hourly.tallies["users"].missing == 12
+    assert sorted(documents(db, PATHS.users)) == [user["id"] for user in users]
+    assert all(request.query.get("order_by") == "+created_at" for request in clerk.list_requests())

@@ -74,8 +74,7 @@ def summary(report: Report, label: str) -> str:
         "repaired": "repaired; Firestore matches Clerk",
         "drift": "dry run, nothing written; the counts say what a real run would repair",
         "conflicts": "done, but conflicts or skipped objects remain",
-        "partial": "stopped at its time budget; the next run "
-        + ("resumes from the checkpoint" if report.checkpointed else "starts again"),
+        "partial": f"stopped at its time budget; {report.resume or 'the next run starts again'}",
         "stopped": f"stopped: {report.stopped}",
     }[report.outcome]
     resumed = ", resumed from a checkpoint" if report.resumed else ""

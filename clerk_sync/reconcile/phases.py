@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
@@ -13,7 +14,7 @@ from google.cloud import firestore
 from clerk_sync.config import Settings
 from clerk_sync.outcome import StoreUnavailable
 from clerk_sync.reconcile import billing_phase, guards, kinds, lease, listing, repairs, undo
-from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable
+from clerk_sync.reconcile.clerk_api import PAGE_SIZE, ClerkApi, ClerkUnavailable, OutOfTime
 from clerk_sync.reconcile.context import READ_TIMEOUT_SECONDS, Run
 from clerk_sync.reconcile.ramp import Ramp
 from clerk_sync.reconcile.report import TALLIED, Mode, Progress, ReconcileStopped, Report, Silent, Tally
@@ -45,16 +46,23 @@ def run(
     undo_run: str | None = None,
     progress: Progress | None = None,
     ramp: Ramp | None = None,
+    continue_full: bool = False,
 ) -> Report:
     """One reconcile run (or the rest of a cut-off one); never raises for Clerk or Firestore trouble.
 
     ReconcileBusy is the one exception: another run holds the lease. `undo_run` (a run id, or
     `all`) first removes that run's tombstones of objects Clerk still holds, then runs a full run
     without deletions, which writes them back. Repairs follow `ramp` (by default Firestore's schedule
-    for new traffic, from this invocation's first write).
+    for new traffic, from this invocation's first write). With `continue_full`, an incremental run
+    first finishes a full run an earlier invocation left cut off (the scheduled function: a million
+    users take several invocations, and the next scheduled run, hourly, goes on where one stopped).
+
+    No wait for Clerk runs past the budget: a 429 whose `Retry-After` would outlast it ends the run
+    there, partial and checkpointed, and `report.resume` says when it goes on.
     """
     started = time.monotonic()
     began_ms = kinds.now_ms()
+    waited_for: OutOfTime | None = None
     if undo_run is not None:
         mode, deletions, restart = Mode.FULL, False, True
     report = Report(mode=mode, dry_run=dry_run, deletions=deletions and mode is Mode.FULL, undo_of=undo_run)
@@ -68,20 +76,12 @@ def run(
         if not dry_run:
             state_run.ramp = ramp or Ramp(on_raise=lambda writes: _raised(report, progress, writes))
         try:
-            key_instance, to_record = guards.check_instance(
-                db, settings, api, progress, pin_instance=pin_instance, timeout=read_timeout
-            )
-            report.instance = key_instance.describe()
-            state, start_phase, start = _begin(state_run, restart)
-            if to_record and not dry_run:
-                guards.record_instance(db, settings, key_instance, timeout=read_timeout)
-            if undo_run is not None:
-                undo.undo_deletions(state_run, undo_run)
-            finished = _phases(state_run, state, start_phase, start)
-            if finished and not dry_run:
-                lease.finish(state_run, state, began_ms)
-                state_run.lease_token = None  # finishing released it
-            report.partial = not finished
+            report.partial = not _steps(
+                state_run, pin_instance=pin_instance, continue_full=continue_full, restart=restart,
+                undo_run=undo_run, began_ms=began_ms,
+            )  # fmt: skip
+        except OutOfTime as late:
+            report.partial, waited_for = True, late
         except (ReconcileStopped, ClerkUnavailable, StoreUnavailable) as stopped:
             report.stopped = str(stopped)
             report.stop_reason = stopped.reason if isinstance(stopped, ReconcileStopped) else "clerk_unavailable"
@@ -97,7 +97,54 @@ def run(
     report.run_id = state_run.run_id or None
     report.clerk_requests = api.requests
     report.elapsed_seconds = time.monotonic() - started
+    if report.partial or (report.stopped and report.checkpointed):
+        report.resume = _resume(report, waited_for, continue_full)
     return report
+
+
+def _steps(
+    state_run: Run, *, pin_instance: bool, continue_full: bool, restart: bool, undo_run: str | None, began_ms: int
+) -> bool:
+    """The guards, the lease, the phases and the result; False when the budget ran out (checkpoint saved)."""
+    db, settings, report = state_run.db, state_run.settings, state_run.report
+    key_instance, to_record = guards.check_instance(
+        db, settings, state_run.api, state_run.progress, pin_instance=pin_instance, timeout=state_run.read_timeout
+    )
+    report.instance = key_instance.describe()
+    if continue_full and report.mode is Mode.INCREMENTAL and not report.dry_run:
+        _continue_full(state_run)
+    state, start_phase, start = _begin(state_run, restart)
+    if to_record and not report.dry_run:
+        guards.record_instance(db, settings, key_instance, timeout=state_run.read_timeout)
+    if undo_run is not None:
+        undo.undo_deletions(state_run, undo_run)
+    finished = _phases(state_run, state, start_phase, start)
+    if finished and not report.dry_run:
+        lease.finish(state_run, state, began_ms)
+        state_run.lease_token = None  # finishing released it
+    return finished
+
+
+def _continue_full(state_run: Run) -> None:
+    """Make this run the rest of a cut-off full run, if an earlier invocation left one."""
+    saved = lease.read_state(state_run.db, state_run.state_ref, state_run.read_timeout).get(str(Mode.FULL))
+    if isinstance(saved, dict) and isinstance(saved.get("run_id"), str):
+        state_run.report.mode, state_run.report.deletions = Mode.FULL, True
+        state_run.progress.note(f"full run {saved['run_id']} was cut off: this run goes on with it")
+
+
+def _resume(report: Report, waited_for: OutOfTime | None, continue_full: bool) -> str:
+    """When a run that stopped early goes on, and why it stopped where it did."""
+    if not report.checkpointed:
+        when = f"the next {report.mode} run starts again"
+    elif continue_full:
+        when = "the next scheduled run resumes from the checkpoint"
+    else:
+        when = f"the next {report.mode} run resumes from the checkpoint"
+    if waited_for is None:
+        return when
+    not_before = datetime.now(UTC) + timedelta(seconds=waited_for.wait_seconds)
+    return f"{when}; Clerk asked to wait until {not_before:%Y-%m-%dT%H:%M:%SZ}, past this run's budget ({waited_for})"
 
 
 def _ceiling(run_state: Run) -> int | None:

@@ -193,7 +193,9 @@ class ClerkApi:
         """One page of users, oldest first, starting after user `cursor` (None: the first page).
 
         `GET /users?order_by=+created_at&starting_after=...`, sent through the client's own HTTP
-        session and parsed by its `User` model: the pinned client has no `starting_after` yet.
+        session (the pinned client has no `starting_after` yet) and checked against its `User` model
+        (an answer that does not fit stops the run, as elsewhere); the users are handed on as Clerk
+        sent them, since dumping the models back costs about 0.7 ms a user (12 minutes a million).
         """
         from clerk_backend_api.utils.unmarshal_json_response import unmarshal_json_response  # noqa: PLC0415
 
@@ -209,7 +211,7 @@ class ClerkApi:
             "user-agent": configuration.user_agent,
         }
 
-        def get() -> list[Any]:
+        def get() -> list[dict[str, Any]]:
             client = configuration.client
             assert client is not None
             timeout = self._timeout_ms() / 1000
@@ -217,11 +219,12 @@ class ClerkApi:
             response = client.send(request)
             if response.status_code != 200:
                 raise models.SDKError("API error occurred", response)
-            users: list[Any] = unmarshal_json_response(list[models.User], response)
+            unmarshal_json_response(list[models.User], response)  # raises ResponseValidationError
+            users: list[dict[str, Any]] = response.json()
             return users
 
         what = "GET /users?order_by=+created_at" + (f"&starting_after={cursor}" if cursor else "")
-        return [self._dump(user) for user in self._call(what, get) or []]
+        return self._call(what, get) or []
 
     def total(self, kind: str) -> int | None:
         """How many users Clerk has, for the progress bar (other kinds: unknown up front)."""

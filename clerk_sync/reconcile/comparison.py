@@ -9,7 +9,6 @@ from clerk_sync import events, versions
 from clerk_sync.payload import MalformedEvent
 from clerk_sync.reconcile import kinds
 from clerk_sync.reconcile.context import Run
-from clerk_sync.reconcile.seen import Seen
 
 __all__ = ["compare", "verdict"]
 
@@ -26,7 +25,7 @@ def compare(run: Run, kind: str, page: list[dict[str, Any]]) -> list[tuple[str, 
             tally.skipped[str(data.get("id"))] = str(problem) if isinstance(problem, MalformedEvent) else "malformed"
             continue
         assert not isinstance(parsed, events.IgnoredEvent)
-        run.seen.setdefault(kind, Seen()).add(key)
+        run.listed(kind).add(key)
         changes.append((key, parsed))
     references = [kinds.document(run.db, run.settings, kind, key) for key, _ in changes]
     stored = run.read(references) if references else {}

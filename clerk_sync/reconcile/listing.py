@@ -8,7 +8,6 @@ from typing import Any
 
 from clerk_sync.reconcile.clerk_api import ClerkRefused, ClerkUnavailable
 from clerk_sync.reconcile.context import Run
-from clerk_sync.reconcile.seen import Seen
 
 __all__ = ["CURSORS_KEPT", "OVERLAP", "Position", "changed_users", "kind_pages", "pages"]
 
@@ -107,7 +106,7 @@ def changed_users(run: Run, since_ms: int | None) -> Iterator[list[dict[str, Any
     """
     overlap = min(OVERLAP, run.page_size // 2)
     offset, last_id = 0, None
-    seen = run.seen.setdefault("users", Seen())
+    seen = run.listed("users")
     while True:
         page = run.api.listing("users", offset, "-updated_at", run.page_size)
         run.report.clerk_requests = run.api.requests

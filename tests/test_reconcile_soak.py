@@ -1,0 +1,110 @@
+"""`make soak`: a full reconcile of a million users and a million memberships, in sync, against the Clerk
+stand-in (its own process, generating them on demand) and the emulator: the run's peak memory (its
+process's RSS high-water mark) and its time, printed for docs/testing.md and docs/operations.md.
+
+SOAK_USERS and SOAK_MEMBERSHIPS (default 1,000,000 each) run it smaller: the machine decides how
+long a million take.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import emulator
+import pytest
+from clerk_api import INSTANCE_ID, SECRET_KEY, generated_memberships, generated_organizations, generated_user
+from conftest import PATHS, PROJECT, ROOT
+from google.cloud import firestore
+
+from clerk_sync import config, events, instance, versions
+from clerk_sync.reconcile import kinds
+
+FUNCTION_MEMORY_MIB = 512  # make deploy-reconcile: --memory=512Mi
+ORGANIZATIONS = 1000
+
+
+@contextmanager
+def stand_in(users: int, memberships: int) -> Iterator[str]:
+    """The stand-in in a process of its own (its memory is not the run's), serving generated objects; its URL."""
+    port = emulator.free_port()
+    command = [sys.executable, str(ROOT / "tests" / "clerk_api.py"), "--port", str(port), "--users", str(users),
+               "--organizations", str(ORGANIZATIONS), "--memberships", str(memberships)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith(b"Clerk stand-in on")  # printed once it is serving
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        emulator.stop(process)
+
+
+def seed_in_sync(db: firestore.Client, users: int, memberships: int) -> None:
+    """What the webhook's transactions would have stored of every object (documents only), in bulk."""
+    settings = config.read_settings()
+    organizations = generated_organizations(ORGANIZATIONS)
+    objects: list[tuple[str, Any]] = [("organizations", organizations)]
+    objects += [("users", (generated_user(index) for index in range(users)))]
+    objects += [("memberships", generated_memberships(memberships, organizations, users))]
+    writer = db.bulk_writer()
+    for kind, listed in objects:
+        for data in listed:
+            change: Any = events.parse_event(kinds.envelope(kinds.UPSERT_TYPE[kind], data))
+            stored = {**change.document, "synced_at": firestore.SERVER_TIMESTAMP, versions.DIGEST_FIELD: change.digest}
+            writer.set(kinds.document(db, settings, kind, kinds.key(kind, data)), stored)
+    writer.close()  # type: ignore[no-untyped-call]
+    instance.pin(db, PATHS, instance.Pin(INSTANCE_ID, "development"), pinned_by="webhook", timeout=10)
+
+
+def reconcile_process(emulator_host: str, url: str, log: Path) -> tuple[dict[str, Any], float, float]:
+    """`python3 -m clerk_sync reconcile --json` in a process of its own: its summary, peak RSS (MiB) and seconds."""
+    command = [sys.executable, "-m", "clerk_sync", "reconcile", "--env-file", str(log.with_suffix(".absent")),
+               "--emulator", emulator_host, "--project", PROJECT, "--server-url", url, "--json"]  # fmt: skip
+    environment = {**os.environ, "CLERK_SECRET_KEY": SECRET_KEY}
+    started = time.monotonic()
+    with log.open("wb") as err, log.with_suffix(".json").open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, log.read_text()[-3000:]
+    summary: dict[str, Any] = json.loads(log.with_suffix(".json").read_text())
+    return summary, usage.ru_maxrss / 1024, elapsed  # ru_maxrss: KiB on Linux
+
+
+@pytest.mark.soak
+def test_a_full_reconcile_of_a_million_users_and_a_million_memberships_fits_the_functions_memory(
+    db: firestore.Client,
+    emulator_host: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    users = int(os.environ.get("SOAK_USERS", "1000000"))
+    memberships = int(os.environ.get("SOAK_MEMBERSHIPS", str(users)))
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    seeding = time.monotonic()
+    seed_in_sync(db, users, memberships)
+    seeded = time.monotonic() - seeding
+
+    with stand_in(users, memberships) as url:
+        summary, peak_mib, elapsed = reconcile_process(emulator_host, url, tmp_path / "reconcile.log")
+
+    tallies = summary["kinds"]
+    with capsys.disabled():
+        print(
+            f"\nreconcile soak: {users:,} users, {ORGANIZATIONS:,} organizations, {memberships:,} memberships in sync "
+            f"(seeded in {seeded:.0f} s): full run {elapsed:.0f} s ({summary['elapsed_seconds']} s inside), "
+            f"peak RSS {peak_mib:.0f} MiB, {summary['clerk_requests']} Clerk requests, "
+            f"{summary['firestore_reads']} Firestore reads"
+        )
+    assert summary["outcome"] == "in_sync"
+    assert [tallies[kind]["in_sync"] for kind in kinds.KINDS] == [users, ORGANIZATIONS, memberships]
+    assert peak_mib < FUNCTION_MEMORY_MIB

@@ -610,7 +610,9 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
     parser.add_argument("--instance-id", default=INSTANCE_ID, help="another instance's id (its key stays the same)")
     parser.add_argument("--answer-429", action="append", default=[], metavar="PATH:N",
                         type=lambda text: _pair(text, 2, "PATH:N"),
-                        help="the N-th request (from 0) of PATH answers 429, Retry-After: 1 (repeatable)")  # fmt: skip
+                        help="the N-th request (from 0) of PATH answers 429 (repeatable)")  # fmt: skip
+    parser.add_argument("--retry-after", default="1", metavar="SECONDS",
+                        help="the Retry-After of those 429s (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
     now = int(time.time() * 1000)
     generated: dict[str, Generated] = {"users": generated_users(args.users)}
@@ -641,7 +643,7 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
         memberships.append(
             api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
         )
-    faults = {(path, int(index)): (429, {"Retry-After": "1"}) for path, index in args.answer_429}
+    faults = {(path, int(index)): (429, {"Retry-After": args.retry_after}) for path, index in args.answer_429}
     clerk = FakeClerk(users, organizations, memberships, generated=generated, path_faults=faults)
     clerk.environment_type, clerk.instance_id = args.environment, args.instance_id
     return clerk, args.port

@@ -46,10 +46,10 @@ class Ramp:
         self._used = 0  # writes handed out in it
         self._announced = 0  # the ceiling last told to `on_raise`
 
-    def current(self) -> int:
-        """The ceiling now (START_RATE before the first write)."""
+    def current(self) -> int | None:
+        """The ceiling now; None before the first write (the schedule has not begun)."""
         started = self._started
-        return ceiling(0.0 if started is None else self._clock() - started)
+        return None if started is None else ceiling(self._clock() - started)
 
     def take(self, writes: int = WRITES_PER_REPAIR) -> float:
         """Wait until `writes` more fit in the schedule, then count them; the clock's time they were counted at."""

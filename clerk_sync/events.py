@@ -21,6 +21,8 @@ from clerk_sync import (
     memberships,
     organizations,
     payments,
+    permissions,
+    roles,
     sessions,
     subscriptions,
     transaction,
@@ -74,10 +76,21 @@ Parser = Callable[[str, dict[str, Any], bytes], Change]
 # Work outside Firestore that a kind's changes name (Kind.follow_ups), run after the commit. Each
 # raises FollowUpFailed (503: the retry finds the event recorded and runs it again).
 FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
-FOLLOW_UPS: dict[str, FollowUp] = {users.AUTH_FOLLOW_UP: users.align_auth_user}
+FOLLOW_UPS: dict[str, FollowUp] = {
+    users.AUTH_FOLLOW_UP: users.align_auth_user,
+    permissions.ROLES_FOLLOW_UP: roles.refresh_holders,
+}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
-KINDS = (users.KIND, organizations.KIND, memberships.KIND, subscriptions.KIND, payments.KIND)
+KINDS = (
+    users.KIND,
+    organizations.KIND,
+    memberships.KIND,
+    subscriptions.KIND,
+    payments.KIND,
+    roles.KIND,
+    permissions.KIND,
+)
 
 PARSERS: dict[str, Parser] = {
     "user.created": users.parse_upsert,
@@ -99,6 +112,12 @@ PARSERS: dict[str, Parser] = {
     # Clerk's billing changelog (2025-07) spelled these in snake case; its catalog now says pastDue.
     "subscription.past_due": subscriptions.parse_subscription,
     "subscriptionItem.past_due": subscriptions.parse_item,
+    "role.created": roles.parse_upsert,
+    "role.updated": roles.parse_upsert,
+    "role.deleted": roles.parse_deletion,
+    "permission.created": permissions.parse_upsert,
+    "permission.updated": permissions.parse_upsert,
+    "permission.deleted": permissions.parse_deletion,
 }
 
 

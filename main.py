@@ -92,7 +92,7 @@ def _webhook(request: flask.Request, fields: dict[str, Any]) -> web.Reply:
         return web.Reply(400, "malformed", f"malformed event: {malformed}", body=answer)
     fields.update(event_type=event.event_type, clerk_id=event.clerk_id)
     if isinstance(event, events.IgnoredEvent):
-        return web.Reply(200, "ignored", f"{event.event_type} ignored")
+        return web.Reply(200, "ignored", f"{event.event_type} ignored: {event.reason}")
     try:
         db = transaction.client(settings.project_id, settings.database)
         settings = instance.admit_event(db, settings, body)

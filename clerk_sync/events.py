@@ -18,6 +18,7 @@ from google.cloud import firestore
 from clerk_sync import (
     cascade,
     event_log,
+    invitations,
     memberships,
     organizations,
     payments,
@@ -34,6 +35,7 @@ from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
 
 __all__ = [
+    "ACKNOWLEDGED",
     "FOLLOW_UPS",
     "KINDS",
     "PARSERS",
@@ -70,6 +72,11 @@ class IgnoredEvent:
     event_type: str
     clerk_id: None = None
 
+    @property
+    def reason(self) -> str:
+        """Why nothing is stored, for the log line: the decision for a type Clerk documents, or that it is new."""
+        return ACKNOWLEDGED.get(self.event_type, "not a type this version knows (Clerk adds types without notice)")
+
 
 Event = Change | IgnoredEvent
 Parser = Callable[[str, dict[str, Any], bytes], Change]
@@ -90,7 +97,21 @@ KINDS = (
     payments.KIND,
     roles.KIND,
     permissions.KIND,
+    invitations.KIND,
 )
+
+# Types in Clerk's catalog that nothing here stores, and why (docs/data-model.md has every type's decision).
+ACKNOWLEDGED = {
+    "session.created": "a session starting changes nothing the rules read",
+    "session.pending": "a session waiting for an organization changes nothing the rules read",
+    "email.created": "an email Clerk sends (it may hold a one-time code): never stored",
+    "sms.created": "a text message Clerk sends (it may hold a one-time code): never stored",
+    "waitlistEntry.created": "a waitlist entry is no user yet; an invited one arrives as user.created",
+    "waitlistEntry.updated": "a waitlist entry is no user yet; an invited one arrives as user.created",
+    "organizationDomain.created": "a domain grants no access; Clerk turns it into invitations and suggestions",
+    "organizationDomain.updated": "a domain grants no access; Clerk turns it into invitations and suggestions",
+    "organizationDomain.deleted": "a domain grants no access; Clerk turns it into invitations and suggestions",
+}
 
 PARSERS: dict[str, Parser] = {
     "user.created": users.parse_upsert,
@@ -102,7 +123,9 @@ PARSERS: dict[str, Parser] = {
     "organizationMembership.created": memberships.parse_upsert,
     "organizationMembership.updated": memberships.parse_upsert,
     "organizationMembership.deleted": memberships.parse_deletion,
-    # session.created / .pending: nothing to keep (acknowledged as ignored).
+    "organizationInvitation.created": invitations.parse_upsert,
+    "organizationInvitation.accepted": invitations.parse_end,
+    "organizationInvitation.revoked": invitations.parse_end,
     "session.ended": sessions.parse_end,
     "session.removed": sessions.parse_end,
     "session.revoked": sessions.parse_end,

@@ -306,3 +306,42 @@ def deleted_object_event(
     """A deletion carrying Clerk's DeletedObject (`role.deleted`, `permission.deleted`): no key, no `updated_at`."""
     data = {"object": object_name, "id": object_id, "slug": None, "deleted": True}
     return json.dumps(envelope(event_type, data, timestamp=timestamp))
+
+
+def new_invitation_id() -> str:
+    """A fresh Clerk-style organization invitation id, unique within the test run."""
+    return f"orginv_test{next(_ids):08d}"
+
+
+def invitation_event(
+    event_type: str,
+    invitation_id: str,
+    organization_id: str,
+    *,
+    email: str = "invitee@example.com",
+    updated_at: int = BASE_MS,
+    **extra: Any,
+) -> str:
+    """An `organizationInvitation.*` body (`accepted` also names the user who accepted)."""
+    status = {"created": "pending"}.get(event_type.rsplit(".", 1)[-1], event_type.rsplit(".", 1)[-1])
+    data: dict[str, Any] = {
+        "object": "organization_invitation",
+        "id": invitation_id,
+        "email_address": email,
+        "role": "org:member",
+        "role_name": "Member",
+        "organization_id": organization_id,
+        "inviter_id": "user_inviter",
+        "public_inviter_data": {"user_id": "user_inviter", "first_name": "Ina", "identifier": "ina@example.com"},
+        "status": status,
+        "public_metadata": {"team": "blue"},
+        "private_metadata": {"referral": "invitation_secret"},
+        "url": "https://accounts.example.com/accept-invitation?__clerk_ticket=ticket_secret",
+        "expires_at": updated_at + 7 * 86_400_000,
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+    }
+    if event_type.endswith(".accepted"):
+        data["user_id"] = "user_accepted"
+    data.update(extra)
+    return json.dumps(envelope(event_type, data))

@@ -126,8 +126,22 @@ def test_a_type_clerk_adds_later_is_answered_2xx_with_a_log_line_and_stores_noth
     assert (response.status_code, (response.get_json() or {}).get("outcome")) == (200, "ignored")
     assert snapshot_all(db) == {}
     assert [(line["event_type"], line["outcome"]) for line in lines] == [("apiKey.created", "ignored")]
-    assert "not a type this version knows" in lines[0]["message"]
+    assert lines[0]["message"] == "apiKey.created ignored: not a type this version knows"
     assert "sk_do_not_log" not in printed.getvalue()
+
+
+def test_a_type_clerk_documents_and_nothing_stores_is_logged_as_ignored_and_nothing_more(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    body = fixture("waitlistEntry.created")
+    printed = io.StringIO()
+
+    with redirect_stdout(printed):
+        client.post("/", data=body, headers=signed_headers(body))
+
+    lines = [json.loads(line) for line in printed.getvalue().splitlines() if line.startswith("{")]
+    assert [line["message"] for line in lines] == ["waitlistEntry.created ignored"]
+    assert "john.doe@example.com" not in printed.getvalue()
 
 
 def _decisions() -> dict[str, str]:

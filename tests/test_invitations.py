@@ -13,8 +13,10 @@ from clerk_events import (
     new_organization_id,
     organization_deletion_event,
     organization_event,
+    signed_headers,
 )
-from conftest import PATHS, apply_event
+from conftest import PATHS, apply_event, snapshot_all
+from flask.testing import FlaskClient
 from google.cloud import firestore
 
 from clerk_sync import events
@@ -88,3 +90,42 @@ def test_an_organizations_deletion_sweeps_its_invitations_and_later_ones_are_sta
 
     assert (deleted, late) == (Outcome.APPLIED, Outcome.STALE)
     assert list(db.collection(PATHS.invitations(organization)).stream(timeout=TIMEOUT_SECONDS)) == []
+
+
+def test_every_wrong_invitation_field_alone_is_a_400_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    organization, invitation_id = new_organization_id(), new_invitation_id()
+    good = json.loads(invitation_event("organizationInvitation.created", invitation_id, organization))
+    deliver(db, json.dumps(good))
+    before = snapshot_all(db)
+    wrong: dict[str, list[Any]] = {
+        "id": [None, "", 7, "a/b"],
+        "organization_id": [None, "", ["org_1"], "org/x"],
+        "email_address": [7],
+        "role": [7],
+        "status": [{"s": 1}],
+        "public_metadata": ["x", [1]],
+        "inviter_id": [7],
+        "expires_at": ["tomorrow", 1.5],
+        "updated_at": [None, "now"],
+    }
+    bodies = []
+    for field, values in wrong.items():
+        for value in values:
+            for event_type in ("organizationInvitation.created", "organizationInvitation.revoked"):
+                if event_type.endswith("revoked") and field not in {"id", "organization_id"}:
+                    continue  # an ending reads only the ids
+                body = json.loads(json.dumps(good))
+                body["type"] = event_type
+                body["data"][field] = value
+                bodies.append((f"{event_type} {field}={value!r}", json.dumps(body)))
+
+    answers = [
+        (case, response.status_code, (response.get_json() or {}).get("outcome"))
+        for case, body in bodies
+        for response in [client.post("/", data=body, headers=signed_headers(body))]
+    ]
+
+    assert [answer for answer in answers if answer[1:] != (400, "malformed")] == []
+    assert snapshot_all(db) == before

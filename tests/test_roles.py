@@ -24,8 +24,10 @@ from clerk_events import (
     permission_data,
     permission_event,
     role_event,
+    signed_headers,
 )
-from conftest import PATHS, apply_event
+from conftest import PATHS, apply_event, snapshot_all
+from flask.testing import FlaskClient
 from google.cloud import firestore
 
 from clerk_sync import events, permissions, roles
@@ -294,3 +296,49 @@ def test_role_keys_that_name_documents_are_accepted() -> None:
     assert all(roles.is_role_key(key) for key in ("org:admin", "admin", "basic_member", "editor", "org:a_b:c"))
     assert not any(roles.is_role_key(key) for key in ("", ".", "..", "__id__", "a/b", "a b", "x" * 129, None, 3))
     assert permissions.ROLES_FOLLOW_UP in events.FOLLOW_UPS
+
+
+WRONG_VALUES: dict[str, list[Any]] = {
+    "id": [None, "", 7, "role/../x", "__x__"],
+    "key": [None, "", 7, "a/b", ".."],
+    "name": [7, ["x"]],
+    "description": [7, {"x": 1}],
+    "is_creator_eligible": ["yes", 1],
+    "permissions": ["org:posts:edit", [7], [{"id": "perm_1"}], {"id": "perm_1"}],
+    "created_at": ["2026-01-01", 1.5, True],
+    "updated_at": [None, "soon", 1.5, 2**70],
+}
+
+
+def test_every_wrong_role_or_permission_field_alone_is_a_400_and_changes_nothing(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    role_id, edit = new_role_id(), new_permission_id()
+    good_role = json.loads(role_event("role.updated", role_id, "org:editor", [permission_data(edit, "org:posts:edit")]))
+    good_permission = json.loads(permission_event("permission.updated", edit, "org:posts:edit"))
+    deliver(db, json.dumps(good_role))
+    deliver(db, json.dumps(good_permission))
+    before = snapshot_all(db)
+    bodies = []
+    for field, values in WRONG_VALUES.items():
+        for value in values:
+            role_body = json.loads(json.dumps(good_role))
+            role_body["data"][field] = value
+            bodies.append((f"role {field}={value!r}", json.dumps(role_body)))
+            # A permission's key is only a value (a role's names a document).
+            if field not in {"is_creator_eligible", "permissions"} and value not in ("a/b", ".."):
+                permission_body = json.loads(json.dumps(good_permission))
+                permission_body["data"][field] = value
+                bodies.append((f"permission {field}={value!r}", json.dumps(permission_body)))
+    nested = json.loads(json.dumps(good_role))
+    nested["data"]["permissions"][0]["updated_at"] = "late"
+    bodies.append(("role permissions[0].updated_at", json.dumps(nested)))
+
+    answers = [
+        (case, response.status_code, (response.get_json() or {}).get("outcome"))
+        for case, body in bodies
+        for response in [client.post("/", data=body, headers=signed_headers(body))]
+    ]
+
+    assert [answer for answer in answers if answer[1:] != (400, "malformed")] == []
+    assert snapshot_all(db) == before

@@ -11,6 +11,7 @@ import json
 import random
 from typing import Any
 
+import pytest
 from clerk_events import (
     BASE_MS,
     deleted_object_event,
@@ -31,7 +32,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore
 
 from clerk_sync import events, permissions, roles
-from clerk_sync.outcome import Outcome
+from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 from clerk_sync.payload import MalformedEvent
 
 TIMEOUT_SECONDS = 10
@@ -342,3 +343,32 @@ def test_every_wrong_role_or_permission_field_alone_is_a_400_and_changes_nothing
 
     assert [answer for answer in answers if answer[1:] != (400, "malformed")] == []
     assert snapshot_all(db) == before
+
+
+def test_a_refresh_cut_off_after_the_commit_is_503_and_the_retry_completes_it(
+    db: firestore.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, edit, message_id = new_role_id(), new_role_id(), new_permission_id(), new_message_id()
+    for role_id in (first, second):
+        deliver(db, role_event("role.created", role_id, f"org:r{role_id}", [permission_data(edit, "org:posts:edit")]))
+    body = permission_event("permission.updated", edit, "org:articles:edit", updated_at=BASE_MS + 5)
+    derive = roles._derive_again
+    calls: list[str] = []
+
+    def cut_off_after_one(attempt: Any, paths: Any, role: str) -> bool:
+        calls.append(role)
+        if len(calls) == 2:
+            raise StoreUnavailable("deadline spent")  # as if the 8 s ran out between two roles
+        return derive(attempt, paths=paths, role=role)
+
+    monkeypatch.setattr(roles, "_derive_again", cut_off_after_one)
+    with pytest.raises(FollowUpFailed):
+        deliver(db, body, message_id)
+    halfway = sorted([granted(db, first) or [], granted(db, second) or []])
+    monkeypatch.setattr(roles, "_derive_again", derive)
+
+    again = deliver(db, body, message_id)
+
+    assert halfway == [["org:articles:edit"], ["org:posts:edit"]]
+    assert again is Outcome.DUPLICATE
+    assert (granted(db, first), granted(db, second)) == (["org:articles:edit"], ["org:articles:edit"])

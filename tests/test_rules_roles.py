@@ -19,6 +19,7 @@ from typing import Any
 
 import emulator
 import pytest
+from billing_events import payment_data, payment_event
 from clerk_events import (
     BASE_MS,
     deleted_object_event,
@@ -44,6 +45,7 @@ from conftest import PATHS, PROJECT
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
+from clerk_sync import billing
 from tools import rules
 
 DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
@@ -310,9 +312,15 @@ def test_roles_and_permissions_are_read_by_users_the_sync_lets_in_and_written_by
     assert write(rules_host, f"{PATHS.role_keys}/org:viewer", world.readers["viewer"]) == 403
 
 
-def reads_used(host: str, world: World, db: firestore.Client, reader: Reader) -> int:
-    """The documents one evaluation of clerkSyncHasPermission reads, measured against the emulator's
-    limit of 10 per single-document request: the most extra reads the rule still takes, from 10."""
+def reads_used(
+    host: str,
+    world: World,
+    db: firestore.Client,
+    reader: Reader,
+    check: str = f"clerkSyncHasPermission(resource.data.orgId, '{EDIT}')",
+) -> int:
+    """The documents one evaluation of `check` reads, measured against the emulator's limit of 10 per
+    single-document request: the most extra reads the rule still takes, from 10."""
     for index in range(10):
         db.collection(PROBES).document(f"p{index}").set({"ok": True}, timeout=TIMEOUT_SECONDS)
     room = -1
@@ -320,7 +328,7 @@ def reads_used(host: str, world: World, db: firestore.Client, reader: Reader) ->
         probes = "".join(
             f" && get(/databases/$(database)/documents/{PROBES}/p{index}).data.ok" for index in range(extra)
         )
-        emulator.load_rules(host, PROJECT, app_rules(f"clerkSyncHasPermission(resource.data.orgId, '{EDIT}'){probes}"))
+        emulator.load_rules(host, PROJECT, app_rules(f"{check}{probes}"))
         if get(host, f"{POSTS}/{world.post}", reader) != 200:
             break
         room = extra
@@ -334,8 +342,12 @@ def test_a_permission_check_reads_4_documents_or_6_for_a_member_stored_before_it
     by_id = reads_used(rules_host, world, db, world.readers["editor"])
     by_key = reads_used(rules_host, world, db, world.readers["early"])
     own_list = reads_used(rules_host, world, db, world.readers["unknown_role"])
+    billing_admin = reads_used(
+        rules_host, world, db, world.readers["admin"], "clerkSyncBillingReader(resource.data.orgId)"
+    )
 
     assert (by_id, by_key, own_list) == (4, 6, 4)
+    assert billing_admin == 3  # billing's payments: an admin needs no role read
 
 
 def _loosened(original: str, loosened: str) -> str:
@@ -425,3 +437,30 @@ def test_the_checks_notice_helpers_with_a_part_left_out(
     emulator.load_rules(rules_host, PROJECT, _loosened(*LOOSENED[variant]))
 
     assert who_gets_the_post(rules_host, everyone) != right, variant
+
+
+def test_an_organizations_payments_follow_the_billing_readers_role_not_their_membership_list(
+    rules_host: str, world: World, client: FlaskClient
+) -> None:
+    """Billing's rule asks the role too: a role losing `org:sys_billing:read` ends its members' reads at once."""
+    billing_role, read_billing = new_role_id(), new_permission_id()
+    accountant = Reader("accountant", new_user_id(), new_session_id())
+    deliver(client, user_event("user.created", accountant.uid, emails=[f"{accountant.uid.lower()}@example.com"]))
+    granted = [permission_data(read_billing, "org:sys_billing:read")]
+    deliver(client, role_event("role.created", billing_role, "org:accountant", granted))
+    listed = ["org:sys_memberships:read", "org:sys_billing:read"]
+    membership = membership_event(
+        "organizationMembership.created", new_membership_id(), world.org, accountant.uid, role="org:accountant",
+        permissions=listed,
+    )  # fmt: skip
+    deliver(client, membership)
+    deliver(client, payment_event("paymentAttempt.updated", payment_data("cpa_roles", "organization", world.org)))
+    payment = f"{billing.payments_collection(PATHS, 'organization', world.org)}/cpa_roles"
+
+    while_granted = get(rules_host, payment, accountant)
+    deliver(client, role_event("role.updated", billing_role, "org:accountant", [], updated_at=BASE_MS + 1))
+
+    assert while_granted == 200
+    assert get(rules_host, payment, accountant) == 403  # the membership still lists it; the role does not
+    assert get(rules_host, payment, world.readers["admin"]) == 200
+    assert get(rules_host, payment, world.readers["viewer"]) == 403

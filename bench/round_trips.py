@@ -167,13 +167,13 @@ def main() -> None:
             ),
             (
                 "permission: new key, 1 role holds it",
-                "msg_p1",
+                "msg_perm1",
                 parsed(permission_event("permission.updated", "perm_e", "org:articles:edit", updated_at=BASE_MS + 5)),
                 6,
             ),
             (
                 "permission: delete, 1 role holds it",
-                "msg_p2",
+                "msg_perm2",
                 parsed(deleted_object_event("permission.deleted", "permission", "perm_p")),
                 6,
             ),

@@ -115,8 +115,8 @@ indexes: ## exempt metadata and timestamps from indexing; memberships queryable 
 	  '$(FIRESTORE_ADMIN_API)/projects/$(PROJECT)/databases/$(FIRESTORE_DATABASE)/collectionGroups/memberships/fields/user_id?updateMask=indexConfig' \
 	  -d '$(USER_ID_INDEX)'
 
-bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory, backlog): print tables, keep bench/results/
-	@for script in cold_start latency round_trips round_trip_delay memory backlog; do \
+bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory, backlog, roles): print tables, keep bench/results/
+	@for script in cold_start latency round_trips round_trip_delay memory backlog roles; do \
 	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
 	done
 

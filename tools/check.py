@@ -257,8 +257,9 @@ USER_TYPES: dict[str, FieldType] = {
     users.PENDING_FIELD: (lambda value: isinstance(value, str), "string"),
     **WRITTEN,
 }
-# Fields present only at times: a parked address move (users.PENDING_FIELD).
-OPTIONAL_FIELDS = frozenset({users.PENDING_FIELD})
+# Fields present only at times: a parked address move (users.PENDING_FIELD), a member's role by id
+# (only once the role is stored).
+OPTIONAL_FIELDS = frozenset({users.PENDING_FIELD, memberships.ROLE_ID_FIELD})
 ORGANIZATION_TYPES: dict[str, FieldType] = {
     "clerk_id": CLERK_ID,
     **dict.fromkeys(("name", "slug", "image_url"), STRING_OR_NULL),
@@ -276,6 +277,7 @@ MEMBERSHIP_TYPES: dict[str, FieldType] = {
     "role": STRING_OR_NULL,
     "role_name": STRING_OR_NULL,
     "permissions": STRINGS,
+    memberships.ROLE_ID_FIELD: CLERK_ID,
     "public_metadata": METADATA,
     **dict.fromkeys(("identifier", "first_name", "last_name", "image_url"), STRING_OR_NULL),
     "created_at": TIMESTAMP_OR_NULL,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import kind, payload
+from clerk_sync import documents, kind, payload
 from clerk_sync.kind import Deletion, Upsert
 from clerk_sync.organizations import organization_id
 from clerk_sync.payload import MalformedEvent
@@ -29,21 +29,8 @@ __all__ = [
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "membership_id",
-    "organization_id",
-    "user_id",
-    "role",
-    "role_name",
-    "permissions",
-    "public_metadata",
-    "identifier",
-    "first_name",
-    "last_name",
-    "image_url",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.MEMBERSHIP.names_set_by("clerk")
 
 # A member's document is keyed by user id, its tombstone by membership id: a late delete of an old
 # membership only removes the document while it still holds that id (`Kind.holds`).

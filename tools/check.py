@@ -7,7 +7,8 @@ What is checked, from one paged pass over each collection (only the fields neede
      `ON_USER_DELETED=keep-app-fields` left, with only the app's fields and `clerk_deleted_at`, is legal);
   4. no membership of a deleted organization or user (one whose organization or user was never
      synced is fine: order is not guaranteed);
-  5. every synced field of its documented type, and the ids inside a document equal to its path's;
+  5. every synced field of its declared type (clerk_sync/documents.py, the one declaration the writers,
+     the docs and the TypeScript client share), and the ids inside a document equal to its path's;
   6. with SYNC_FIREBASE_AUTH on: no banned or deprovisioned user whose Firebase Auth user is enabled,
      and no deleted user who still has one (a call the webhook could not make, and Svix gave up on).
   7. no billing (subscription, payments) of a deleted user or organization, none under its own
@@ -53,6 +54,7 @@ from google.cloud import firestore
 from clerk_sync import (
     billing,
     config,
+    documents,
     events,
     firebase_auth,
     ids,
@@ -239,51 +241,6 @@ CLERK_ID: FieldType = (ids.is_clerk_id, "Clerk id")
 DIGEST: FieldType = (lambda value: isinstance(value, str) and HEX_DIGEST.fullmatch(value) is not None, "64 hex digits")
 WRITTEN = {"synced_at": TIMESTAMP, versions.DIGEST_FIELD: DIGEST}
 
-USER_TYPES: dict[str, FieldType] = {
-    "clerk_id": CLERK_ID,
-    "email": STRING_OR_NULL,
-    "email_verified": BOOLEAN,
-    "email_addresses": STRINGS,
-    **dict.fromkeys(("phone_number", "username", "first_name", "last_name", "image_url"), STRING_OR_NULL),
-    "external_id": STRING_OR_NULL,
-    "public_metadata": METADATA,
-    "unsafe_metadata": METADATA,
-    "banned": BOOLEAN,
-    "locked": BOOLEAN,
-    "deprovisioned": BOOLEAN,
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    "last_sign_in_at": TIMESTAMP_OR_NULL,
-    users.PENDING_FIELD: (lambda value: isinstance(value, str), "string"),
-    **WRITTEN,
-}
-# Fields present only at times: a parked address move (users.PENDING_FIELD).
-OPTIONAL_FIELDS = frozenset({users.PENDING_FIELD})
-ORGANIZATION_TYPES: dict[str, FieldType] = {
-    "clerk_id": CLERK_ID,
-    **dict.fromkeys(("name", "slug", "image_url"), STRING_OR_NULL),
-    "public_metadata": METADATA,
-    "max_allowed_memberships": INTEGER_OR_NULL,
-    "created_by": STRING_OR_NULL,
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    **WRITTEN,
-}
-MEMBERSHIP_TYPES: dict[str, FieldType] = {
-    "membership_id": CLERK_ID,
-    "organization_id": CLERK_ID,
-    "user_id": CLERK_ID,
-    "role": STRING_OR_NULL,
-    "role_name": STRING_OR_NULL,
-    "permissions": STRINGS,
-    "public_metadata": METADATA,
-    **dict.fromkeys(("identifier", "first_name", "last_name", "image_url"), STRING_OR_NULL),
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    **WRITTEN,
-}
-
-
 OPTIONAL_DIGEST: FieldType = (lambda value: value is None or DIGEST[0](value), "64 hex digits or null")
 PAYER_TYPE: FieldType = (lambda value: value in billing.PAYER_TYPES, "user or organization")
 MAP_OR_NULL: FieldType = (lambda value: value is None or isinstance(value, dict), "map or null")
@@ -339,8 +296,7 @@ def type_problems(data: dict[str, Any], types: dict[str, FieldType], same_as: di
     problems = []
     for name, (test, expected) in types.items():
         if name not in data:
-            if name not in OPTIONAL_FIELDS:
-                problems.append(f"{name} missing")
+            problems.append(f"{name} missing")
         elif not test(data[name]):
             problems.append(f"{name} is {_type_name(data[name])}, not {expected}")
         elif name in same_as and data[name] != same_as[name]:
@@ -563,7 +519,7 @@ def _check_users(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                     advice="app_fields_under_tombstone",
                 )
         elif _owned(data, users.OWNED_FIELDS):
-            problems = type_problems(data, USER_TYPES, {"clerk_id": user_id})
+            problems = documents.USER.problems(data, {"clerk_id": user_id})
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
@@ -584,7 +540,7 @@ def _check_organizations(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                 advice="" if owned else "app_fields_under_tombstone",
             )
         elif _owned(data, organizations.OWNED_FIELDS):
-            problems = type_problems(data, ORGANIZATION_TYPES, {"clerk_id": organization_id})
+            problems = documents.ORGANIZATION.problems(data, {"clerk_id": organization_id})
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
@@ -620,7 +576,7 @@ def _check_memberships(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             )
         elif sweep is None and _owned(data, memberships.OWNED_FIELDS):
             same_as = {"user_id": user_id, "organization_id": organization_id}
-            problems = type_problems(data, MEMBERSHIP_TYPES, same_as)
+            problems = documents.MEMBERSHIP.problems(data, same_as)
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 

@@ -77,6 +77,9 @@ class Type(Protocol):
     def typescript(self, indent: str) -> str:
         """The type as TypeScript, as the Firebase JS SDK returns it."""
 
+    def descriptor(self) -> dict[str, Any]:
+        """The type as the TypeScript client's validator reads it (client/src/schema.ts)."""
+
 
 def _wrong(value: object, where: str, expected: str) -> str:
     return f"{where} is {type_name(value)}, not {expected}"
@@ -86,6 +89,7 @@ def _wrong(value: object, where: str, expected: str) -> str:
 class _Scalar:
     """A string, boolean, integer or timestamp, with an optional test of its own (ids, digests)."""
 
+    kind: str  # the client's validator's name for it
     words: str
     schema: Mapping[str, Any]
     ts: str
@@ -109,6 +113,10 @@ class _Scalar:
         """As TypeScript."""
         return self.ts
 
+    def descriptor(self) -> dict[str, Any]:
+        """Its kind, and what a value must be."""
+        return {"kind": self.kind, "expected": self.expected}
+
 
 def _json_object(text: str) -> bool:
     try:
@@ -117,16 +125,21 @@ def _json_object(text: str) -> bool:
         return False
 
 
-STRING = _Scalar("string", {"type": "string"}, "string", lambda value: isinstance(value, str))
-BOOLEAN = _Scalar("boolean", {"type": "boolean"}, "boolean", lambda value: isinstance(value, bool))
+STRING = _Scalar("string", "string", {"type": "string"}, "string", lambda value: isinstance(value, str))
+BOOLEAN = _Scalar("boolean", "boolean", {"type": "boolean"}, "boolean", lambda value: isinstance(value, bool))
 INTEGER = _Scalar(
-    "integer", {"type": "integer"}, "number", lambda value: isinstance(value, int) and not isinstance(value, bool)
+    "integer",
+    "integer",
+    {"type": "integer"},
+    "number",
+    lambda value: isinstance(value, int) and not isinstance(value, bool),
 )
 TIMESTAMP = _Scalar(
-    "timestamp", {TIMESTAMP_KEYWORD: "timestamp"}, "Timestamp", lambda value: isinstance(value, datetime)
+    "timestamp", "timestamp", {TIMESTAMP_KEYWORD: "timestamp"}, "Timestamp", lambda value: isinstance(value, datetime)
 )
 # A Clerk id doubles as a document id (ids.is_clerk_id): URL-safe, at most 128 characters, never `__x__`.
 CLERK_ID = _Scalar(
+    "clerk_id",
     "string",
     {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "not": {"pattern": "^__.+__$"}},
     "string",
@@ -134,6 +147,7 @@ CLERK_ID = _Scalar(
     "Clerk id",
 )
 DIGEST = _Scalar(
+    "digest",
     "string",
     {"type": "string", "pattern": "^[0-9a-f]{64}$"},
     "string",
@@ -142,6 +156,7 @@ DIGEST = _Scalar(
 )
 # Metadata is stored as a map, or as the JSON text of the object when Firestore cannot hold it as a map.
 METADATA = _Scalar(
+    "metadata",
     "map, or string",
     {
         "anyOf": [
@@ -188,6 +203,10 @@ class Nullable:
         """`X | null`."""
         return f"{self.of.typescript(indent)} | null"
 
+    def descriptor(self) -> dict[str, Any]:
+        """Null, or the type."""
+        return {"kind": "nullable", "of": self.of.descriptor(), "expected": self.expected}
+
 
 @dataclass(frozen=True)
 class ArrayOf:
@@ -224,6 +243,10 @@ class ArrayOf:
         inner = self.of.typescript(indent)
         return f"({inner})[]" if "|" in inner else f"{inner}[]"
 
+    def descriptor(self) -> dict[str, Any]:
+        """A list of the type."""
+        return {"kind": "array", "of": self.of.descriptor(), "expected": self.expected}
+
 
 @dataclass(frozen=True)
 class MapOf:
@@ -259,6 +282,10 @@ class MapOf:
     def typescript(self, indent: str) -> str:
         """`{ [id: string]: X }`."""
         return f"{{ [{self.key_words.replace(' ', '_')}: string]: {self.of.typescript(indent)} }}"
+
+    def descriptor(self) -> dict[str, Any]:
+        """A map of the type."""
+        return {"kind": "map", "of": self.of.descriptor(), "expected": self.expected}
 
 
 @dataclass(frozen=True)
@@ -302,6 +329,17 @@ class ObjectOf:
     def typescript(self, indent: str) -> str:
         """Its name, or the object type spelled out."""
         return self.name or _typescript_object(self.fields, indent)
+
+    def descriptor(self) -> dict[str, Any]:
+        """A map of named fields."""
+        return {"kind": "object", "fields": _field_descriptors(self.fields), "expected": self.expected}
+
+
+def _field_descriptors(fields: tuple[Field, ...]) -> list[dict[str, Any]]:
+    return [
+        {"name": declared.name, "type": declared.type.descriptor(), "optional": declared.optional}
+        for declared in fields
+    ]
 
 
 def _field_problems(
@@ -414,3 +452,12 @@ class Document:
     def typescript(self) -> str:
         """The document's TypeScript interface (its fields, as the JS SDK returns them)."""
         return _typescript_object(self.fields, "")
+
+    def descriptor(self) -> dict[str, Any]:
+        """The document as the TypeScript client's validator and converters read it."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "fields": _field_descriptors(self.fields),
+            "sync_fields": list(self.field_names),
+        }

@@ -39,6 +39,7 @@ from clerk_sessions import (
 )
 from conftest import PROJECT, ROOT, TSX, Server, start_server, stop_server
 from flask.testing import FlaskClient
+from google.cloud import firestore
 from loopback import send, send_streamed
 
 RULES = (ROOT / "firestore.rules").read_text()
@@ -240,36 +241,47 @@ def test_server_writes_one_log_line_per_exchange_without_the_tokens(token_server
     assert answer["token"] not in text
 
 
-def test_the_docs_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_else(
+def test_the_client_package_reads_typed_what_the_rules_allow_and_nothing_else(
     auth_emulator_host: str,
     token_server: Server,
     rules_host: str,
     client: FlaskClient,
+    db: firestore.Client,
     tmp_path: Path,
     docs_ts: Path,
 ) -> None:
     owner, other, org_id, other_org = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
+    mistyped_org = new_org_id()
     deliver_user(client, owner)
     deliver_user(client, other)
-    for organization_id, member in ((org_id, owner), (other_org, other)):
+    for organization_id, member in ((org_id, owner), (other_org, other), (mistyped_org, owner)):
         deliver(client, organization_event("organization.created", organization_id, name=f"Org {member[-4:]}"))
         deliver(
             client,
-            membership_event("organizationMembership.created", f"orgmem_{member[-10:]}", organization_id, member),
-        )
+            membership_event("organizationMembership.created", f"orgmem_{organization_id[-6:]}{member[-6:]}",
+                             organization_id, member),
+        )  # fmt: skip
+    # A hand edit the declaration does not allow: the package says so, naming the field, not the value.
+    db.collection("organizations").document(mistyped_org).update({"name": 42})
+    session_id = new_session_id()
     environment = {
         **os.environ,
         "PROJECT_ID": PROJECT,
         "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
         "FIRESTORE_EMULATOR_HOST": rules_host,
         "TOKEN_URL": token_server.url,
-        "CLERK_SESSION_TOKEN": session_token(owner, **v2_organization(org_id, role="member", slug="acme")),
+        "CLERK_SESSION_TOKEN": session_token(
+            owner, sid=session_id, **v2_organization(org_id, role="member", slug="acme")
+        ),
+        "SESSION_ID": session_id,
+        "ORG_ID": org_id,
         "FORGED_SESSION_TOKEN": sign(session_claims(owner), OTHER_KEY),
         "OTHER_UID": other,
         "OTHER_ORG_ID": other_org,
+        "MISTYPED_ORG_ID": mistyped_org,
     }
 
-    # tsx runs the page's firebase.ts as written (build/docs-ts/ is what `make docs-ts` writes).
+    # tsx runs the built package and the page's firebase.ts (build/docs-ts/ is what `make docs-ts` writes).
     result = subprocess.run(
         [str(TSX), str(ROOT / "tests" / "js" / "read_from_app.mjs")],
         cwd=tmp_path,
@@ -282,21 +294,40 @@ def test_the_docs_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_n
 
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = db.collection("users").document(owner).get(timeout=10).to_dict() or {}
+    owner_membership = f"orgmem_{org_id[-6:]}{owner[-6:]}"
+    mistyped_at = f"organizations/{mistyped_org}"
     assert report == {
-        "forged_exchange_error": "token exchange: 401 bad_signature",
+        "forged_exchange": ["exchange-refused: token exchange: 401 bad_signature"],
         "before_sign_in_error": "not signed in to Firebase",
         "uid": owner,
         "claims": {"org_id": org_id, "org_role": "member", "org_slug": "acme"},
         "sign_in_provider": "custom",
-        "own_clerk_id": owner,
+        "own": {"clerk_id": owner, "email": f"{owner.lower()}@example.com",
+                "updated_at_ms": round(stored["updated_at"].timestamp() * 1000)},
         "watched_clerk_id": owner,
-        "memberships": [{"organization_id": org_id, "role": "org:member"}],
+        "memberships": sorted(  # by path, as Firestore orders a collection-group query
+            [{"organization_id": found, "role": "org:member"} for found in (org_id, mistyped_org)],
+            key=lambda member: member["organization_id"],
+        ),
+        "live_memberships": sorted([owner_membership, f"orgmem_{mistyped_org[-6:]}{owner[-6:]}"],
+                                   key=lambda membership: {owner_membership: org_id}.get(membership, mistyped_org)),
         "organization_name": f"Org {owner[-4:]}",
+        "live_organization_name": f"Org {owner[-4:]}",
+        "members": [owner],
+        "live_members": [owner],
+        "mistyped": f"ClerkSyncSchemaError: {mistyped_at}: name is integer, not string or null",
+        "mistyped_live": f"ClerkSyncSchemaError: {mistyped_at}: name is integer, not string or null",
+        "sync_field_write": "ClerkSyncWriteError: ClerkUser: email is written by the sync only",
+        "app_field_write": "permission-denied",  # the converter lets it through; the rules refuse client writes
         "other_error": "permission-denied",
         "other_organization_error": "permission-denied",
         "all_memberships_error": "permission-denied",
         "after_sign_out_error": "permission-denied",
-    }
+        "after_sign_out_read": "not signed in to Firebase",
+        "current_user_after_sign_out": None,
+        "errors": [],
+    }  # fmt: skip
 
 
 def test_local_development_without_a_key_file_mints_tokens_only_the_auth_emulator_accepts(

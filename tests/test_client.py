@@ -1,0 +1,255 @@
+"""The TypeScript client package (client/): generated from the declaration, strict, installable by path.
+
+Its types, descriptors and converters (client/src/documents.ts), the JSON Schema and docs/data-model.md's
+tables are what `python3 -m tools.generate` makes of clerk_sync/documents.py, byte for byte; the package
+compiles under `strict` with nothing but `firebase` as a peer; its validator says what the Python one says
+about the same documents; and an app outside the repository installs it by path as the docs say and
+imports it. The package's reads and sign-in run against the emulators in tests/test_token_end_to_end.py
+and tests/test_access_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clerk_events import membership_event, organization_event, user_event
+from conftest import ROOT, TSC, TSX
+
+from clerk_sync import documents, events, kind, schema, versions
+from tools import generate
+
+NODE_TIMEOUT_SECONDS = 120
+NPM_TIMEOUT_SECONDS = 300
+WRONG_VALUES: list[tuple[str, object]] = [
+    ("clerk_id", "not an id!"),
+    ("clerk_id", "__reserved__"),
+    ("email", 7),
+    ("email", ["a@example.com"]),
+    ("email_addresses", "a@example.com"),
+    ("email_addresses", ["a@example.com", 3]),
+    ("email_addresses", [None]),
+    ("public_metadata", [1]),
+    ("public_metadata", "[1]"),
+    ("public_metadata", "not json"),
+    ("unsafe_metadata", None),
+    ("updated_at", None),
+    ("updated_at", 1_756_382_400_000),
+    ("created_at", "2025-01-01"),
+    ("banned", 1),
+    ("locked", "false"),
+    ("sync_digest", "ABC"),
+    ("pending_email", None),
+    ("pending_email", 5),
+]
+
+
+def test_the_generated_files_are_what_the_declaration_says() -> None:
+    for path, wanted in generate.outputs().items():
+        assert (ROOT / path).read_text() == wanted, f"{path} differs: run python3 -m tools.generate"
+
+
+def test_generate_check_names_a_drifted_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    drifted = {**generate.outputs(), generate.TYPESCRIPT: "// an older declaration\n"}
+    monkeypatch.setattr(generate, "outputs", lambda: drifted)
+
+    assert generate.main(["--check"]) == 1
+    assert "client/src/documents.ts differs from clerk_sync/documents.py" in capsys.readouterr().err
+
+
+def test_every_declared_document_has_its_table_in_the_data_model_and_no_table_names_another() -> None:
+    page = (ROOT / generate.DATA_MODEL).read_text()
+
+    without_memberships = page.replace("<!-- fields: ClerkMembership -->", "")
+    with pytest.raises(ValueError, match="no field table for ClerkMembership"):
+        generate.data_model(without_memberships)
+    with pytest.raises(ValueError, match="ClerkGhost --> names no declared document"):
+        generate.data_model(page + "\n<!-- fields: ClerkGhost -->\n<!-- /fields -->\n")
+    for document in documents.DOCUMENTS:
+        for name in document.field_names:
+            assert f"`{name}`" in generate.table(document)
+
+
+def test_the_generated_types_name_every_declared_field_with_its_optionality() -> None:
+    generated = (ROOT / generate.TYPESCRIPT).read_text()
+
+    for document in documents.DOCUMENTS:
+        interface = generated.split(f"export interface {document.name} {{\n", 1)[1].split("\n}\n", 1)[0]
+        members = [line.strip() for line in interface.splitlines() if not line.strip().startswith(("/**", "*"))]
+        declared = [line.split(":")[0] for line in members]
+        assert declared == [name + ("?" if document.field(name).optional else "") for name in document.field_names]
+
+
+def test_the_json_schema_declares_each_document_with_its_required_fields() -> None:
+    exported = json.loads((ROOT / generate.JSON_SCHEMA).read_text())
+
+    assert exported["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    user = exported["$defs"]["ClerkUser"]
+    assert user["x-firestore-path"] == "{USERS_COLLECTION}/{user_id}"
+    assert user["additionalProperties"] is True  # the app's own fields
+    assert set(user["required"]) == set(documents.USER.field_names) - {"pending_email"}
+    assert user["properties"]["updated_at"]["x-firestore-type"] == "timestamp"
+    assert user["properties"]["email"]["anyOf"] == [{"type": "string"}, {"type": "null"}]
+    assert user["properties"]["synced_at"]["x-set-by"] == "sync"
+
+
+def test_the_client_package_compiles_under_strict_with_firebase_as_its_only_peer(client_package: Path) -> None:
+    manifest = json.loads((client_package / "package.json").read_text())
+    settings = json.loads(
+        "\n".join(
+            line for line in (client_package / "tsconfig.json").read_text().splitlines() if not line.startswith("//")
+        )
+    )
+
+    assert (client_package / "dist" / "index.js").exists()
+    assert (client_package / "dist" / "index.d.ts").exists()
+    assert "dependencies" not in manifest
+    assert manifest["peerDependencies"] == {"firebase": "^12.0.0"}
+    assert settings["compilerOptions"]["strict"] is True
+    assert manifest["exports"]["."] == {"types": "./dist/index.d.ts", "default": "./dist/index.js"}
+
+
+def firestore_json(document: dict[str, Any]) -> dict[str, Any]:
+    """A document as tests/js/schema_problems.mjs reads it: timestamps as {"$timestamp_ms": N}."""
+
+    def convert(value: object) -> object:
+        if isinstance(value, datetime):
+            return {"$timestamp_ms": round(value.timestamp() * 1000)}
+        if isinstance(value, dict):
+            return {key: convert(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [convert(item) for item in value]
+        return value
+
+    converted = convert(document)
+    assert isinstance(converted, dict)
+    return converted
+
+
+def written(body: str) -> tuple[schema.Document, dict[str, Any]]:
+    change = events.parse_event(body.encode())
+    assert isinstance(change, kind.Upsert)
+    declared = {"user": documents.USER, "organization": documents.ORGANIZATION}.get(
+        change.kind.family, documents.MEMBERSHIP
+    )
+    return declared, {**change.document, "synced_at": datetime.now(UTC), versions.DIGEST_FIELD: change.digest}
+
+
+def test_the_typescript_validator_says_what_the_python_one_says(client_package: Path) -> None:
+    user_declared, user = written(user_event("user.created", "user_parity", username="ada"))
+    cases: list[tuple[schema.Document, dict[str, Any]]] = [
+        (user_declared, user),
+        written(user_event("user.created", "user_phone", emails=[], phones=["+15555550100"])),
+        written(organization_event("organization.created", "org_parity", name=None, max_allowed_memberships=None)),
+        written(membership_event("organizationMembership.created", "orgmem_parity", "org_parity", "user_parity")),
+        (user_declared, {**user, "pending_email": "next@example.com", "public_metadata": '{"a": [[1]]}'}),
+        (user_declared, {name: value for name, value in user.items() if name not in {"email", "locked"}}),
+        (
+            documents.ORGANIZATION,
+            {**written(organization_event("organization.created", "org_x"))[1], "max_allowed_memberships": 2.5},
+        ),
+        (documents.MEMBERSHIP, {"membership_id": "orgmem_1", "permissions": ["a", 1]}),
+        *((user_declared, {**user, field: value}) for field, value in WRONG_VALUES),
+    ]
+    lines = "".join(
+        json.dumps({"name": declared.name, "data": firestore_json(data)}) + "\n" for declared, data in cases
+    )
+
+    result = subprocess.run(
+        [str(TSX), str(ROOT / "tests" / "js" / "schema_problems.mjs")],
+        cwd=ROOT,
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT_SECONDS,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    typescript = [json.loads(line) for line in result.stdout.splitlines()]
+    python = [declared.problems(data) for declared, data in cases]
+    assert typescript == python
+    assert python[:5] == [[], [], [], [], []]
+    assert sum(1 for problems in python if problems) == len(cases) - 5  # every wrong case is caught
+
+
+@pytest.fixture
+def app_outside_the_repository(tmp_path: Path) -> Path:
+    """An app's directory with its own package.json pinning firebase (the repository's versions)."""
+    pinned = json.loads((ROOT / "package.json").read_text())["devDependencies"]
+    app = tmp_path / "my-app"
+    app.mkdir()
+    manifest = {
+        "name": "my-app",
+        "private": True,
+        "type": "module",
+        # firebase's protobufjs asks for @types/node; pinned as the repository pins it, so npm's cache has it.
+        "dependencies": {"firebase": pinned["firebase"], "@types/node": pinned["@types/node"]},
+    }
+    (app / "package.json").write_text(json.dumps(manifest, indent=2))
+    return app
+
+
+APP_TS = """import { Timestamp } from "firebase/firestore";
+import { CLERK_USER, documentProblems, typeName, type ClerkUser, type UserOf } from "clerk-firestore-sync";
+
+type MyUser = UserOf<{ user: { plan?: "free" | "pro" } }>;
+const user: Pick<ClerkUser, "clerk_id" | "email"> = { clerk_id: "user_1", email: null };
+const plan: MyUser["plan"] = "pro";
+console.log(JSON.stringify({
+  problems: documentProblems(CLERK_USER, { ...user, updated_at: Timestamp.now() }).length,
+  sameFirebase: typeName(Timestamp.now()),
+  plan,
+}));
+"""
+
+
+def test_an_app_installs_the_package_by_path_and_uses_it_typed(
+    client_package: Path, app_outside_the_repository: Path
+) -> None:
+    app = app_outside_the_repository
+    npm = shutil.which("npm")
+    assert npm is not None, "npm is not on PATH"
+    # The docs' command; --offline takes firebase from npm's cache (filled by `npm ci`), --ignore-scripts
+    # keeps the build `make client` did (client_package) and skips firebase's own postinstall.
+    installed = subprocess.run(
+        [npm, "install", "--install-links", str(client_package), "--offline", "--ignore-scripts", "--no-audit",
+         "--no-fund"],
+        cwd=app, capture_output=True, text=True, timeout=NPM_TIMEOUT_SECONDS, check=False,
+        env={**os.environ, "npm_config_update_notifier": "false"},
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    copy = app / "node_modules" / "clerk-firestore-sync"
+    (app / "app.ts").write_text(APP_TS)
+    (app / "tsconfig.json").write_text(
+        json.dumps(
+            {
+                "compilerOptions": {"strict": True, "module": "nodenext", "target": "es2022", "lib": ["es2022", "dom"],
+                                    "types": [], "skipLibCheck": True, "outDir": "out"},
+                "files": ["app.ts"],
+            }
+        )
+    )  # fmt: skip
+    compiled = subprocess.run(
+        [str(TSC), "-p", "."], cwd=app, capture_output=True, text=True, timeout=NODE_TIMEOUT_SECONDS, check=False
+    )
+    ran = subprocess.run(
+        ["node", "out/app.js"], cwd=app, capture_output=True, text=True, timeout=NODE_TIMEOUT_SECONDS, check=False
+    )
+
+    assert not copy.is_symlink()  # a copy: its `firebase` is the app's own, never the repository's
+    assert sorted(path.name for path in copy.iterdir()) == ["clerk-sync.schema.json", "dist", "package.json", "src"]
+    assert not (copy / "node_modules").exists()
+    dependency = json.loads((app / "package.json").read_text())["dependencies"]["clerk-firestore-sync"]
+    assert dependency.startswith("file:")
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout) == {"problems": 17, "sameFirebase": "timestamp", "plan": "pro"}

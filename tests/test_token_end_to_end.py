@@ -22,6 +22,7 @@ from typing import Any
 import emulator
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
+from auth_proxy import proxying
 from clerk_events import membership_event, new_message_id, organization_event, signed_headers, user_event
 from clerk_sessions import (
     APP_ORIGIN,
@@ -365,3 +366,60 @@ def test_auth_emulator_refuses_a_token_that_is_not_a_custom_token(auth_emulator_
 
     assert status == 400
     assert "INVALID_CUSTOM_TOKEN" in answer["error"]["message"]
+
+
+def test_connect_clerk_to_firebase_follows_every_change_of_clerks_session_and_reports_every_failure(
+    auth_emulator_host: str, token_server: Server, tmp_path: Path, docs_ts: Path
+) -> None:
+    user_a, user_b, org_1, org_2 = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
+    session_a, session_b = new_session_id(), new_session_id()
+    template_claims = {name: value for name, value in session_claims(user_a).items() if name not in {"sid", "v", "sts"}}
+    with proxying(token_server.url.removeprefix("http://").rstrip("/")) as proxy:
+        proxy.fail_next = 1  # the first exchange meets a 503: retried
+        environment = {
+            **os.environ,
+            "PROJECT_ID": PROJECT,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+            "TOKEN_URL": f"http://{proxy.host}/",
+            "CLOSED_URL": f"http://127.0.0.1:{emulator.free_port()}/",
+            "SESSION_A": session_a,
+            "SESSION_B": session_b,
+            "ORG_1": org_1,
+            "ORG_2": org_2,
+            "TOKEN_A_ORG_1": session_token(user_a, sid=session_a, **v2_organization(org_1)),
+            "TOKEN_A_ORG_2": session_token(user_a, sid=session_a, **v2_organization(org_2)),
+            "TOKEN_B": session_token(user_b, sid=session_b),
+            "TEMPLATE_TOKEN": sign(template_claims),
+        }
+        result = subprocess.run(
+            [str(TSX), str(ROOT / "tests" / "js" / "follow_clerk.mjs")],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT_SECONDS,
+            check=False,
+        )
+        calls = list(proxy.calls)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    steps = report["steps"]
+    a_in = {"uid": user_a, "clerk_sid": session_a}
+    assert steps["first_after_a_503"] | {"took_ms": 0} == {**a_in, "org_id": org_1, "sign_ins": 1, "took_ms": 0}
+    assert steps["first_after_a_503"]["took_ms"] >= 500  # the retry waited
+    assert steps["same_state_again"] == {**a_in, "org_id": org_1, "sign_ins": 1}  # not exchanged again
+    assert steps["organization_switch"] == {**a_in, "org_id": org_2, "sign_ins": 2}
+    assert steps["other_users_session"] == {"uid": user_b, "clerk_sid": session_b, "org_id": None, "sign_ins": 3}
+    assert steps["signed_out"] == {"uid": None, "org_id": None, "sign_ins": 3}
+    assert steps["sign_in_replaced_by_sign_out"]["uid"] is None  # the last state wins
+    assert steps["sign_out_replaced_by_sign_in"] | {"sign_ins": 0} == {**a_in, "org_id": org_2, "sign_ins": 0}
+    assert steps["after_refusals"]["uid"] is None  # a failed exchange signs nobody in
+    assert steps["clerk_listener_signed_in"]["uid"] == user_b
+    assert steps["clerk_listener_signed_out"]["uid"] is None
+    assert report["errors"] == [
+        {"code": "no-session-token", "reason": None, "status": None},
+        {"code": "exchange-refused", "reason": "not_a_session_token", "status": 401},
+        {"code": "exchange-unavailable", "reason": None, "status": None},
+    ]
+    assert calls.count("POST /") >= 6

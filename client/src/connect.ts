@@ -85,6 +85,8 @@ export interface ClerkFirebaseConnection {
    * attempt failed (onError has it) or a newer state replaced it; never rejects.
    */
   follow(signIn: ClerkSignIn | null): Promise<void>;
+  /** Resolves when Firebase has caught up with the last state followed (or that attempt failed). */
+  settled(): Promise<void>;
   /** Stop following Clerk and watching the own document; Firebase's session stays as it is. */
   disconnect(): void;
 }
@@ -260,6 +262,8 @@ export function connectClerkToFirebase(options: ConnectOptions): ClerkFirebaseCo
           ? error
           : new ClerkFirebaseError("exchange-unavailable", `token exchange: ${String(error)}`, { cause: error }),
       );
+      // Firebase is signed in as the state Clerk reports, or not at all: never as the one before it.
+      if (signIn !== null) await leave().catch((failed: unknown) => report(failed as ClerkFirebaseError));
     } finally {
       if (running === controller) running = undefined;
     }
@@ -283,6 +287,7 @@ export function connectClerkToFirebase(options: ConnectOptions): ClerkFirebaseCo
 
   return {
     follow: (signIn) => follow(signIn),
+    settled: () => queue,
     disconnect(): void {
       stopFollowingClerk?.();
       stopFollowingClerk = undefined;

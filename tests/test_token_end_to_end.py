@@ -328,6 +328,8 @@ def test_the_client_package_reads_typed_what_the_rules_allow_and_nothing_else(
         "after_sign_out_read": "not signed in to Firebase",
         "current_user_after_sign_out": None,
         "errors": [],
+        "while_signed_in": [f"data {owner}", "signed out"],
+        "metadata": [{}, {"plan": "pro"}],
     }  # fmt: skip
 
 

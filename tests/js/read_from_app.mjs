@@ -6,7 +6,7 @@
 // stdout. Exits 2 if anything takes longer than DEADLINE_MS.
 import { deleteApp, getApp } from "firebase/app";
 import { collectionGroup, doc, getDoc, getDocs, setDoc, terminate } from "firebase/firestore";
-import { clerkData, clerkUserConverter, connectClerkToFirebase } from "clerk-firestore-sync";
+import { clerkData, clerkUserConverter, connectClerkToFirebase, metadataOf } from "clerk-firestore-sync";
 import { localDevelopment, startFirebase } from "../../build/docs-ts/firebase.ts";
 
 const DEADLINE_MS = 45_000;
@@ -59,6 +59,12 @@ const errors = [];
 const connection = connectClerkToFirebase({ auth, tokenUrl, onError: (error) => errors.push(error) });
 const data = clerkData(db, auth);
 
+// whileSignedIn keeps a watch following whoever is signed in: it starts at sign-in, stops at sign-out.
+const followed = [];
+const stopFollowing = data.whileSignedIn(
+  () => data.watchOwnUser((found) => found && followed.push(`data ${found.clerk_id}`), (error) => followed.push(error.code)),
+  () => followed.push("signed out"),
+);
 await connection.follow({ sessionId: "forged", getToken: async () => env.FORGED_SESSION_TOKEN });
 const forged = errors.splice(0).map((error) => `${error.code}: ${error.message}`);
 const beforeSignIn = await errorOf(() => data.readOwnUser());
@@ -84,6 +90,8 @@ const otherOrganizationError = await errorOf(() => data.readOrganization(env.OTH
 const everyonesError = await errorOf(() => getDocs(collectionGroup(db, "memberships")));
 
 await connection.follow(null);
+await new Promise((resolve) => setTimeout(resolve, 200)); // onAuthStateChanged is asynchronous
+stopFollowing();
 const afterSignOutError = await errorOf(() => getDoc(doc(db, "users", user.uid)));
 const afterSignOutRead = await errorOf(() => data.readOwnUser());
 
@@ -114,6 +122,8 @@ console.log(
     after_sign_out_read: afterSignOutRead?.message ?? null,
     current_user_after_sign_out: auth.currentUser?.uid ?? null,
     errors: errors.map((error) => error.code),
+    while_signed_in: [...new Set(followed)],
+    metadata: [metadataOf(own.public_metadata), metadataOf('{"plan":"pro"}')],
   }),
 );
 await terminate(db);

@@ -121,7 +121,6 @@ def json_schema() -> str:
     """client/clerk-sync.schema.json."""
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://github.com/clerk-firestore-sync/clerk-firestore-sync/client/clerk-sync.schema.json",
         "title": "The documents clerk-firestore-sync writes for apps to read",
         "description": (
             "Generated from clerk_sync/documents.py by `python3 -m tools.generate`. Values are Firestore's: "

@@ -38,6 +38,7 @@ __all__ = [
     "MapOf",
     "Nullable",
     "ObjectOf",
+    "OneOf",
     "Source",
     "Type",
     "type_name",
@@ -171,6 +172,39 @@ METADATA = _Scalar(
 
 
 @dataclass(frozen=True)
+class OneOf:
+    """A string that is one of a few values (a payer's type)."""
+
+    values: tuple[str, ...]
+
+    def problem(self, value: object, where: str) -> str | None:
+        """One of the values, or the problem (a string outside them is named as a string, never quoted)."""
+        return None if value in self.values else _wrong(value, where, self.expected)
+
+    @property
+    def words(self) -> str:
+        """`` `user` or `organization` ``."""
+        return " or ".join(f"`{value}`" for value in self.values)
+
+    @property
+    def expected(self) -> str:
+        """`user or organization`."""
+        return " or ".join(self.values)
+
+    def json_schema(self) -> dict[str, Any]:
+        """An enum."""
+        return {"enum": list(self.values)}
+
+    def typescript(self, indent: str) -> str:
+        """A union of string literals."""
+        return " | ".join(f'"{value}"' for value in self.values)
+
+    def descriptor(self) -> dict[str, Any]:
+        """Its values."""
+        return {"kind": "one_of", "values": list(self.values), "expected": self.expected}
+
+
+@dataclass(frozen=True)
 class Nullable:
     """The type, or null."""
 
@@ -254,12 +288,15 @@ class MapOf:
 
     of: Type
     key_words: str = "id"
+    keys: Type | None = None  # what every key must be (a Clerk id), when it must be something
 
     def problem(self, value: object, where: str) -> str | None:
-        """A map whose every value is of the type."""
+        """A map whose every key is of `keys` and every value of the type."""
         if not isinstance(value, dict):
             return _wrong(value, where, self.expected)
         for key, item in value.items():
+            if self.keys is not None and self.keys.problem(key, "key") is not None:
+                return f"{where} has a key that is not a {self.keys.expected}"
             found = self.of.problem(item, f"{where}.{key}")
             if found:
                 return found
@@ -277,7 +314,8 @@ class MapOf:
 
     def json_schema(self) -> dict[str, Any]:
         """An object whose additional properties are the type."""
-        return {"type": "object", "additionalProperties": self.of.json_schema()}
+        keys = {"propertyNames": self.keys.json_schema()} if self.keys is not None else {}
+        return {"type": "object", **keys, "additionalProperties": self.of.json_schema()}
 
     def typescript(self, indent: str) -> str:
         """`{ [id: string]: X }`."""
@@ -285,7 +323,8 @@ class MapOf:
 
     def descriptor(self) -> dict[str, Any]:
         """A map of the type."""
-        return {"kind": "map", "of": self.of.descriptor(), "expected": self.expected}
+        keys = {"keys": self.keys.descriptor()} if self.keys is not None else {}
+        return {"kind": "map", "of": self.of.descriptor(), **keys, "expected": self.expected}
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,12 @@ def test_the_typescript_validator_says_what_the_python_one_says(client_package: 
     lines = "".join(
         json.dumps({"name": declared.name, "data": firestore_json(data)}) + "\n" for declared, data in cases
     )
+    # and a declaration the package does not hold, in the nested words billing documents are written in
+    cases += nested_cases()
+    lines += "".join(
+        json.dumps({"descriptor": NESTED.descriptor(), "data": firestore_json(data)}) + "\n"
+        for _, data in nested_cases()
+    )
 
     result = subprocess.run(
         [str(TSX), str(ROOT / "tests" / "js" / "schema_problems.mjs")],
@@ -178,7 +184,72 @@ def test_the_typescript_validator_says_what_the_python_one_says(client_package: 
     python = [declared.problems(data) for declared, data in cases]
     assert typescript == python
     assert python[:5] == [[], [], [], [], []]
-    assert sum(1 for problems in python if problems) == len(cases) - 5  # every wrong case is caught
+    assert sum(1 for problems in python if problems) == len(cases) - 6  # every wrong case is caught
+
+
+# A declaration with the nested words billing documents are written in: a payer's type, a map keyed by ids
+# of maps with named fields, a map or null, an array of maps.
+PLAN = schema.ObjectOf((schema.Field("slug", schema.STRING, "slug"),))
+ITEM = schema.ObjectOf(
+    (
+        schema.Field("status", schema.Nullable(schema.STRING), "status"),
+        schema.Field("seats", schema.Nullable(schema.INTEGER), "seats"),
+        schema.Field("plan", schema.Nullable(PLAN), "plan"),
+    )
+)
+NESTED = schema.Document(
+    name="Nested",
+    title="nested",
+    path="nested/{id}",
+    ids={},
+    fields=(
+        schema.Field("payer_type", schema.OneOf(("user", "organization")), "who pays"),
+        schema.Field("items", schema.MapOf(ITEM, keys=schema.CLERK_ID), "items by id"),
+        schema.Field("lines", schema.ArrayOf(schema.ObjectOf((schema.Field("id", schema.CLERK_ID, "id"),))), "lines"),
+    ),
+)
+
+
+def nested_cases() -> list[tuple[schema.Document, dict[str, Any]]]:
+    """A right document, then one wrong thing at a time, at every depth."""
+    good: dict[str, Any] = {
+        "payer_type": "user",
+        "items": {"csub_item_1": {"status": "active", "seats": None, "plan": {"slug": "pro"}}},
+        "lines": [{"id": "csub_item_1"}],
+    }
+    changes: list[dict[str, Any]] = [
+        {"payer_type": "org"},
+        {"payer_type": None},
+        {"items": {"not an id!": good["items"]["csub_item_1"]}},
+        {"items": {"csub_item_1": {"status": 1, "seats": None, "plan": None}}},
+        {"items": {"csub_item_1": {"status": None, "seats": None}}},
+        {"items": {"csub_item_1": {"status": None, "seats": 1.5, "plan": {"slug": 2}}}},
+        {"items": {"csub_item_1": "active"}},
+        {"items": []},
+        {"lines": [{"id": "ok_1"}, {}]},
+        {"lines": [None]},
+    ]
+    return [(NESTED, good), *((NESTED, {**good, **change}) for change in changes)]
+
+
+def test_nested_types_name_the_place_of_a_wrong_value() -> None:
+    assert [NESTED.problems(data) for _, data in nested_cases()] == [
+        [],
+        ["payer_type is string, not user or organization"],
+        ["payer_type is null, not user or organization"],
+        ["items has a key that is not a Clerk id"],
+        ["items.csub_item_1.status is integer, not string or null"],
+        ["items.csub_item_1.plan missing"],
+        ["items.csub_item_1.seats is number, not integer or null"],
+        ["items.csub_item_1 is string, not map"],
+        ["items is list, not map"],
+        ["lines[1].id missing"],
+        ["lines[0] is null, not map"],
+    ]
+    exported = NESTED.json_schema()["properties"]
+    assert exported["payer_type"]["enum"] == ["user", "organization"]
+    assert exported["items"]["propertyNames"]["pattern"] == "^[A-Za-z0-9_-]{1,128}$"
+    assert NESTED.field("payer_type").type.typescript("") == '"user" | "organization"'
 
 
 @pytest.fixture

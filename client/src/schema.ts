@@ -9,7 +9,9 @@ export type TypeDescriptor =
       readonly kind: "string" | "boolean" | "integer" | "timestamp" | "clerk_id" | "digest" | "metadata";
       readonly expected: string;
     }
-  | { readonly kind: "nullable" | "array" | "map"; readonly of: TypeDescriptor; readonly expected: string }
+  | { readonly kind: "one_of"; readonly values: readonly string[]; readonly expected: string }
+  | { readonly kind: "nullable" | "array"; readonly of: TypeDescriptor; readonly expected: string }
+  | { readonly kind: "map"; readonly of: TypeDescriptor; readonly keys?: TypeDescriptor; readonly expected: string }
   | { readonly kind: "object"; readonly fields: readonly FieldDescriptor[]; readonly expected: string };
 
 /** A field of the declaration: its name, its type, whether it may be absent. */
@@ -109,9 +111,14 @@ export function typeProblem(type: TypeDescriptor, value: unknown, where: string)
       }
       return undefined;
     }
+    case "one_of":
+      return typeof value === "string" && type.values.includes(value) ? undefined : wrong(value, where, type.expected);
     case "map": {
       if (!isMap(value)) return wrong(value, where, type.expected);
       for (const [key, item] of Object.entries(value)) {
+        if (type.keys && typeProblem(type.keys, key, "key") !== undefined) {
+          return `${where} has a key that is not a ${type.keys.expected}`;
+        }
         const found = typeProblem(type.of, item, `${where}.${key}`);
         if (found) return found;
       }

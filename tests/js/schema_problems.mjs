@@ -1,6 +1,7 @@
 // The TypeScript client's validator (the built package) over the documents tests/test_client.py sends on
-// stdin: one JSON line of {"name": "ClerkUser", "data": {...}} per document, Firestore Timestamps written
-// as {"$timestamp_ms": N}. Prints one JSON line per document: its problems, in the client's words.
+// stdin: one JSON line of {"name": "ClerkUser", "data": {...}} per document (or, for a declaration the
+// package does not hold, {"descriptor": {...}, "data": {...}}), Firestore Timestamps written as
+// {"$timestamp_ms": N}. Prints one JSON line per document: its problems, in the client's words.
 import { Timestamp } from "firebase/firestore";
 import { CLERK_MEMBERSHIP, CLERK_ORGANIZATION, CLERK_USER, documentProblems } from "clerk-firestore-sync";
 import { readFileSync } from "node:fs";
@@ -16,6 +17,6 @@ function revive(_key, value) {
 
 for (const line of readFileSync(0, "utf8").split("\n")) {
   if (!line.trim()) continue;
-  const { name, data } = JSON.parse(line, revive);
-  console.log(JSON.stringify(documentProblems(DECLARED[name], data)));
+  const { name, descriptor, data } = JSON.parse(line, revive);
+  console.log(JSON.stringify(documentProblems(descriptor ?? DECLARED[name], data)));
 }

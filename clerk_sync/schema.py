@@ -47,6 +47,7 @@ __all__ = [
 Source = Literal["clerk", "sync"]  # parsed from Clerk's payload, or written by the sync itself
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 TIMESTAMP_KEYWORD = "x-firestore-type"  # JSON Schema has no Firestore Timestamp: this marks one
+MAX_FIELDS_NAMED_INLINE = 6  # a map with more fields is named by its type in the docs' words
 
 
 def type_name(value: object) -> str:
@@ -61,8 +62,8 @@ def type_name(value: object) -> str:
 class Type(Protocol):
     """A Firestore value type: how to check a value read back, and how to say it in each language."""
 
-    def problem(self, value: object, where: str) -> str | None:
-        """What is wrong with `value` (named `where`), or None."""
+    def problems(self, value: object, where: str) -> list[str]:
+        """Everything wrong with `value` (named `where`), inside it too; empty when it is right."""
 
     @property
     def words(self) -> str:
@@ -102,9 +103,9 @@ class _Scalar:
         """What a value must be."""
         return self.what or self.words
 
-    def problem(self, value: object, where: str) -> str | None:
+    def problems(self, value: object, where: str) -> list[str]:
         """The value is of this type, or the problem."""
-        return None if self.accepts(value) else _wrong(value, where, self.expected)
+        return [] if self.accepts(value) else [_wrong(value, where, self.expected)]
 
     def json_schema(self) -> dict[str, Any]:
         """As JSON Schema."""
@@ -177,9 +178,9 @@ class OneOf:
 
     values: tuple[str, ...]
 
-    def problem(self, value: object, where: str) -> str | None:
+    def problems(self, value: object, where: str) -> list[str]:
         """One of the values, or the problem (a string outside them is named as a string, never quoted)."""
-        return None if value in self.values else _wrong(value, where, self.expected)
+        return [] if value in self.values else [_wrong(value, where, self.expected)]
 
     @property
     def words(self) -> str:
@@ -210,13 +211,13 @@ class Nullable:
 
     of: Type
 
-    def problem(self, value: object, where: str) -> str | None:
+    def problems(self, value: object, where: str) -> list[str]:
         """Null, or a value of the type."""
         if value is None:
-            return None
-        inner = self.of.problem(value, where)
-        if inner is not None and inner.startswith(f"{where} is "):
-            return _wrong(value, where, self.expected)  # the value itself, not something inside it
+            return []
+        inner = self.of.problems(value, where)
+        if inner and inner[0].startswith(f"{where} is "):
+            return [_wrong(value, where, self.expected)]  # the value itself, not something inside it
         return inner
 
     @property
@@ -248,20 +249,17 @@ class ArrayOf:
 
     of: Type
 
-    def problem(self, value: object, where: str) -> str | None:
+    def problems(self, value: object, where: str) -> list[str]:
         """A list whose every item is of the type."""
         if not isinstance(value, list):
-            return _wrong(value, where, self.expected)
-        for index, item in enumerate(value):
-            found = self.of.problem(item, f"{where}[{index}]")
-            if found:
-                return found
-        return None
+            return [_wrong(value, where, self.expected)]
+        return [found for index, item in enumerate(value) for found in self.of.problems(item, f"{where}[{index}]")]
 
     @property
     def words(self) -> str:
-        """`array of Xs`."""
-        return f"array of {self.of.words}s"
+        """`array of strings`, `` array of maps `{id, slug}` ``."""
+        inner = self.of.words
+        return f"array of maps{inner[3:]}" if inner.startswith("map ") else f"array of {inner}s"
 
     @property
     def expected(self) -> str:
@@ -290,22 +288,22 @@ class MapOf:
     key_words: str = "id"
     keys: Type | None = None  # what every key must be (a Clerk id), when it must be something
 
-    def problem(self, value: object, where: str) -> str | None:
-        """A map whose every key is of `keys` and every value of the type."""
+    def problems(self, value: object, where: str) -> list[str]:
+        """A map whose every key is of `keys` and every value of the type (a key is data: never printed)."""
         if not isinstance(value, dict):
-            return _wrong(value, where, self.expected)
+            return [_wrong(value, where, self.expected)]
+        found = []
         for key, item in value.items():
-            if self.keys is not None and self.keys.problem(key, "key") is not None:
-                return f"{where} has a key that is not a {self.keys.expected}"
-            found = self.of.problem(item, f"{where}.{key}")
-            if found:
-                return found
-        return None
+            if self.keys is not None and self.keys.problems(key, "key"):
+                found.append(f"{where} has a key that is not a {self.keys.expected}")
+                continue
+            found += self.of.problems(item, f"{where}.{key}")
+        return found
 
     @property
     def words(self) -> str:
-        """`map of X by id`."""
-        return f"map of {self.of.words} by {self.key_words}"
+        """`map: item id → X`."""
+        return f"map: {self.key_words} → {self.of.words}"
 
     @property
     def expected(self) -> str:
@@ -345,16 +343,19 @@ class ObjectOf:
     fields: tuple[Field, ...]
     name: str = ""  # the TypeScript type's name, when it has one of its own
 
-    def problem(self, value: object, where: str) -> str | None:
+    def problems(self, value: object, where: str) -> list[str]:
         """A map holding each field, of its type (more keys are allowed: Clerk adds fields)."""
         if not isinstance(value, dict):
-            return _wrong(value, where, self.words)
-        return next(iter(_field_problems(self.fields, value, where + ".")), None)
+            return [_wrong(value, where, self.expected)]
+        return _field_problems(self.fields, value, where + ".")
 
     @property
     def words(self) -> str:
-        """`map`."""
-        return "map"
+        """`` map `{id, slug}` ``; a big one by its name (the docs give it a table of its own)."""
+        names = [declared.name for declared in self.fields]
+        if len(names) > MAX_FIELDS_NAMED_INLINE and self.name:
+            return f"map ({self.name})"
+        return f"map `{{{', '.join(names)}}}`"
 
     @property
     def expected(self) -> str:
@@ -363,7 +364,7 @@ class ObjectOf:
 
     def json_schema(self) -> dict[str, Any]:
         """An object with its properties, each required unless optional."""
-        return _object_schema(self.fields)
+        return {**({"title": self.name} if self.name else {}), **_object_schema(self.fields)}
 
     def typescript(self, indent: str) -> str:
         """Its name, or the object type spelled out."""
@@ -393,9 +394,9 @@ def _field_problems(
                 problems.append(f"{where} missing")
             continue
         value = data[declared.name]
-        found = declared.type.problem(value, where)
+        found = declared.type.problems(value, where)
         if found:
-            problems.append(found)
+            problems += found
         elif same_as and declared.name in same_as and value != same_as[declared.name]:
             problems.append(f"{where} is not {same_as[declared.name]}")
     return problems

@@ -1,4 +1,5 @@
-"""Every synced document in the emulator, checked field by field against the declaration (clerk_sync/documents.py).
+"""Every synced document in the emulator (users, organizations, memberships, billing), checked field by field
+against the declaration (clerk_sync/documents.py).
 
 Used after whatever wrote them (the webhook, reconcile, the delivery simulator): a field of the wrong
 type, a declared field missing, a field the sync wrote that nothing declares, or an id unlike its
@@ -12,7 +13,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import documents, kind
+from clerk_sync import billing, documents, kind
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.schema import Document
 
@@ -34,6 +35,18 @@ def stored(db: firestore.Client, paths: Paths) -> Iterator[tuple[Document, str, 
         assert organization is not None
         ids = {"organization_id": organization.id, "user_id": snapshot.id}
         yield documents.MEMBERSHIP, snapshot.reference.path, ids, snapshot.to_dict() or {}
+    for snapshot in db.collection_group(billing.BILLING).stream(timeout=TIMEOUT_SECONDS):
+        owner = billing.payer_of(paths, snapshot.reference.path, 1)
+        if owner is not None:
+            ids = {"payer_type": owner[0], "payer_id": owner[1]}
+            yield documents.SUBSCRIPTION, snapshot.reference.path, ids, snapshot.to_dict() or {}
+    for snapshot in db.collection_group(billing.PAYMENTS).stream(timeout=TIMEOUT_SECONDS):
+        owner = billing.payer_of(paths, snapshot.reference.path, 3)
+        if owner is not None and owner[2][1] == billing.PAYMENTS:
+            ids = {"payer_type": owner[0], "payer_id": owner[1], "payment_id": snapshot.id}
+            yield documents.PAYMENT, snapshot.reference.path, ids, snapshot.to_dict() or {}
+    for snapshot in db.collection(paths.billing_plans).stream(timeout=TIMEOUT_SECONDS):
+        yield documents.PLAN, snapshot.reference.path, {"plan_id": snapshot.id}, snapshot.to_dict() or {}
 
 
 def problems(

@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import emulator
+import node_script
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
 from auth_proxy import AuthProxy, proxying
@@ -49,8 +48,7 @@ from clerk_sessions import (
     session_token,
     v2_organization,
 )
-from conftest import PROJECT, ROOT, TSX, Server, start_server, stop_server
-from google.api_core import exceptions as api_exceptions
+from conftest import PROJECT, ROOT, Server, start_server, stop_server
 from google.cloud import firestore
 from loopback import send
 
@@ -285,39 +283,6 @@ def test_a_failed_auth_call_answers_503_and_svixs_retry_completes_it(fresh: Serv
     assert refresh(servers, laptop) == "USER_DISABLED"
 
 
-def read_json_line(process: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    """The next JSON line the Node script prints (other output is skipped), within `timeout` seconds."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        readable, _, _ = select.select([process.stdout], [], [], remaining)
-        if not readable:
-            break
-        line = process.stdout.readline()
-        if not line:
-            break
-        if line.startswith("{"):
-            parsed: dict[str, Any] = json.loads(line)
-            return parsed
-    process.kill()
-    raise AssertionError(f"no JSON line from the app in {timeout} s: {process.communicate(timeout=10)[1][-3000:]}")
-
-
-def drop_listeners_the_emulator_kept(*paths: str) -> None:
-    """The Firestore emulator keeps a document listener registered after a sign-out ended it and its client
-    went away; the next write of that document fails once (Unknown; 500 for the next test's wipe: "Stream is
-    already completed") and drops it. A change of each such document here takes that failure instead."""
-    db = firestore.Client(project=PROJECT)
-    for path in paths:
-        for attempt in range(2):
-            try:
-                db.document(path).set({"emulator_listener_probe": True}, merge=True, timeout=TIMEOUT_SECONDS)
-                break
-            except api_exceptions.Unknown:
-                if attempt == 1:
-                    raise
-
-
 def test_a_ban_ends_the_apps_live_reads_and_its_firebase_session_through_the_client_package(
     fresh: Servers, docs_ts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -330,7 +295,6 @@ def test_a_ban_ends_the_apps_live_reads_and_its_firebase_session_through_the_cli
     deliver(servers, "organizationMembership.created", member)
     session_id, new_session = new_session_id(), new_session_id()
     environment = {
-        **os.environ,
         "PROJECT_ID": PROJECT,
         "FIREBASE_AUTH_EMULATOR_HOST": servers.auth,
         "FIRESTORE_EMULATOR_HOST": servers.firestore,
@@ -341,25 +305,17 @@ def test_a_ban_ends_the_apps_live_reads_and_its_firebase_session_through_the_cli
         "NEW_SESSION_ID": new_session,
         "NEW_CLERK_SESSION_TOKEN": session_token(user_id, sid=new_session, **v2_organization(org_id)),
     }
-    app = subprocess.Popen(
-        [str(TSX), str(ROOT / "tests" / "js" / "live_reads.mjs")],
-        cwd=tmp_path, env=environment, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+    app = node_script.start("live_reads.mjs", environment, tmp_path)
     try:
-        ready = read_json_line(app, TIMEOUT_SECONDS * 2)
+        ready = node_script.read_json_line(app, TIMEOUT_SECONDS * 2)
         ban = user_event("user.updated", user_id, emails=[email], updated_at=2_000, banned=True)
         banned_at = time.time() * 1000
         delivered = deliver(servers, "user.updated (banned)", ban)
-        assert app.stdin is not None
-        app.stdin.write("banned\n")
-        app.stdin.flush()
-        report = read_json_line(app, TIMEOUT_SECONDS * 2)
+        node_script.say(app, "banned")
+        report = node_script.read_json_line(app, TIMEOUT_SECONDS * 2)
         assert app.wait(timeout=TIMEOUT_SECONDS) == 0
     finally:
-        emulator.stop(app)  # type: ignore[arg-type]
-    drop_listeners_the_emulator_kept(f"organizations/{org_id}")
-
+        node_script.stop(app)
     events = [event for event in report["events"] if event["at"] >= banned_at]
     seen = {event["what"]: event for event in events}
     for event in events:

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clerk_api import api_plan
 from clerk_events import membership_event, organization_event, user_event
 from conftest import ROOT, TSC, TSX
 
-from clerk_sync import documents, events, kind, schema, versions
+from clerk_sync import documents, events, kind, plans, schema, versions
 from tools import generate
 
 NODE_TIMEOUT_SECONDS = 120
+PAYLOADS = Path(__file__).with_name("payloads")
 NPM_TIMEOUT_SECONDS = 300
 WRONG_VALUES: list[tuple[str, object]] = [
     ("clerk_id", "not an id!"),
@@ -75,7 +77,7 @@ def test_every_declared_document_has_its_table_in_the_data_model_and_no_table_na
         generate.data_model(page + "\n<!-- fields: ClerkGhost -->\n<!-- /fields -->\n")
     for document in documents.DOCUMENTS:
         for name in document.field_names:
-            assert f"`{name}`" in generate.table(document)
+            assert f"`{name}`" in generate.table(document.fields)
 
 
 def test_the_generated_types_name_every_declared_field_with_its_optionality() -> None:
@@ -158,6 +160,7 @@ def test_the_typescript_validator_says_what_the_python_one_says(client_package: 
         ),
         (documents.MEMBERSHIP, {"membership_id": "orgmem_1", "permissions": ["a", 1]}),
         *((user_declared, {**user, field: value}) for field, value in WRONG_VALUES),
+        *billing_cases(),
     ]
     lines = "".join(
         json.dumps({"name": declared.name, "data": firestore_json(data)}) + "\n" for declared, data in cases
@@ -184,7 +187,34 @@ def test_the_typescript_validator_says_what_the_python_one_says(client_package: 
     python = [declared.problems(data) for declared, data in cases]
     assert typescript == python
     assert python[:5] == [[], [], [], [], []]
-    assert sum(1 for problems in python if problems) == len(cases) - 6  # every wrong case is caught
+    right = [index for index, problems in enumerate(python) if not problems]
+    assert len(right) == 5 + 3 + 1  # the five above, a subscription, a payment and a plan, NESTED's first
+
+
+def billing_cases() -> list[tuple[schema.Document, dict[str, Any]]]:
+    """A subscription, a payment and a plan as stored, then each wrong at some depth."""
+    now = datetime.now(UTC)
+    change = events.parse_event((PAYLOADS / "subscription_updated.json").read_bytes())
+    assert isinstance(change, kind.Upsert)
+    items = {item_id: {**entry, "features": ["export"]} for item_id, entry in change.document["items"].items()}
+    subscription = {**change.document, "items": items, "active_plans": ["pro"], "active_features": ["export"],
+                    "synced_at": now, versions.DIGEST_FIELD: change.digest}  # fmt: skip
+    item_id = next(iter(items))
+    paid = events.parse_event((PAYLOADS / "paymentAttempt_updated.json").read_bytes())
+    assert isinstance(paid, kind.Upsert)
+    payment = {**paid.document, "synced_at": now, versions.DIGEST_FIELD: paid.digest}
+    plan = {**plans.plan_document(api_plan("pro", ["export"]))[1], "synced_at": now}
+    return [
+        (documents.SUBSCRIPTION, subscription),
+        (documents.PAYMENT, payment),
+        (documents.PLAN, plan),
+        (documents.SUBSCRIPTION, {**subscription, "payer_type": "org", "active_plans": [1]}),
+        (documents.SUBSCRIPTION, {**subscription, "items": {"bad id!": items[item_id]}}),
+        (documents.SUBSCRIPTION, {**subscription, "items": {item_id: {**items[item_id], "status": 1, "seats": "5"}}}),
+        (documents.SUBSCRIPTION, {**subscription, "items": {item_id: {**items[item_id], "plan": {"slug": "pro"}}}}),
+        (documents.PAYMENT, {**payment, "totals": {**payment["totals"], "grand_total": {"amount": "x"}}}),
+        (documents.PLAN, {**plan, "feature_details": [{"slug": None, "name": "Export"}]}),
+    ]
 
 
 # A declaration with the nested words billing documents are written in: a payer's type, a map keyed by ids
@@ -240,7 +270,10 @@ def test_nested_types_name_the_place_of_a_wrong_value() -> None:
         ["items has a key that is not a Clerk id"],
         ["items.csub_item_1.status is integer, not string or null"],
         ["items.csub_item_1.plan missing"],
-        ["items.csub_item_1.seats is number, not integer or null"],
+        [
+            "items.csub_item_1.seats is number, not integer or null",
+            "items.csub_item_1.plan.slug is integer, not string",
+        ],
         ["items.csub_item_1 is string, not map"],
         ["items is list, not map"],
         ["lines[1].id missing"],

@@ -2,8 +2,9 @@
 
 Reconcile repairs through the webhook's own transactions, from the Backend API's shapes (not the
 webhook's): users without an address, with metadata Firestore cannot hold as a map, banned; an
-organization and a membership with their optional fields null; documents it replaces and ones it
-creates. tests/test_reconcile.py covers what reconcile decides; this covers what it leaves stored.
+organization and a membership with the optional fields the Backend API allows null; plans, a user's
+trial and an organization's seats; documents it replaces and ones it creates.
+tests/test_reconcile.py covers what reconcile decides; this covers what it leaves stored.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ from typing import Any
 
 import pytest
 import stored_documents
-from clerk_api import BASE_MS, SECRET_KEY, FakeClerk, api_membership, api_organization, api_user, serve
+from clerk_api import (
+    BASE_MS,
+    SECRET_KEY,
+    FakeClerk,
+    api_membership,
+    api_organization,
+    api_plan,
+    api_subscription,
+    api_subscription_item,
+    api_user,
+    serve,
+)
 from conftest import PATHS, PROJECT, apply_event
 from google.cloud import firestore
 
@@ -53,7 +65,19 @@ def test_every_document_reconcile_writes_validates_field_by_field(
     # Firestore had older copies of two of them; the rest is missing.
     deliver(db, "msg_rd_old_plain", "user.updated", {**plain, "updated_at": BASE_MS + 1, "first_name": "Old"})
     deliver(db, "msg_rd_old_org", "organization.updated", {**organization, "updated_at": BASE_MS + 1, "name": "Old"})
-    fake = FakeClerk([plain, nameless, odd], [organization, bare], members)
+    pro, team = api_plan("pro", ["export"]), api_plan("team", ["seats"], payer_type="org")
+    fake = FakeClerk([plain, nameless, odd], [organization, bare], members, plans=[pro, team])
+    trial = api_subscription_item("csub_item_rdtrial", pro, "user", "user_rdplain", updated_at=BASE_MS + 8)
+    trial["is_free_trial"] = True
+    fake.subscriptions["user_rdplain"] = api_subscription(
+        "csub_rdplain", "user", "user_rdplain", [trial], updated_at=BASE_MS + 8
+    )
+    seats = api_subscription_item(
+        "csub_item_rdteam", team, "organization", "org_rdone", updated_at=BASE_MS + 8, seats=3
+    )
+    fake.subscriptions["org_rdone"] = api_subscription(
+        "csub_rdone", "organization", "org_rdone", [seats], updated_at=BASE_MS + 8
+    )
 
     with serve(fake):
         capsys.readouterr()
@@ -63,7 +87,7 @@ def test_every_document_reconcile_writes_validates_field_by_field(
 
     assert code == 0, out
     assert json.loads(out)["outcome"] == "repaired"
-    assert stored_documents.problems(db, PATHS, minimum=7) == []
+    assert stored_documents.problems(db, PATHS, minimum=11) == []  # 3 users, 2 + 2, 2 subscriptions, 2 plans
     stored_odd = db.collection(PATHS.users).document("user_rdodd").get(timeout=10).to_dict() or {}
     assert isinstance(stored_odd["public_metadata"], str)  # kept as JSON text, and declared so
     assert stored_odd["banned"] is True

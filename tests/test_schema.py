@@ -15,6 +15,16 @@ from typing import Any
 
 import pytest
 import stored_documents
+from billing_events import (
+    item_data,
+    item_event,
+    new_id,
+    payment_data,
+    payment_event,
+    subscription_data,
+    subscription_event,
+)
+from clerk_api import api_plan
 from clerk_events import (
     BASE_MS,
     membership_event,
@@ -30,7 +40,19 @@ from conftest import PATHS
 from flask.testing import FlaskClient
 from google.cloud import firestore
 
-from clerk_sync import documents, events, kind, schema, users, versions
+from clerk_sync import (
+    billing,
+    documents,
+    events,
+    kind,
+    memberships,
+    organizations,
+    plans,
+    schema,
+    subscriptions,
+    users,
+    versions,
+)
 from clerk_sync.schema import Document
 
 PAYLOADS = Path(__file__).with_name("payloads")
@@ -39,6 +61,8 @@ DECLARED = {
     "user": documents.USER,
     "organization": documents.ORGANIZATION,
     "organizationMembership": documents.MEMBERSHIP,
+    "subscription": documents.SUBSCRIPTION,
+    "paymentAttempt": documents.PAYMENT,
 }
 # Firestore cannot hold an array directly inside an array: the metadata is kept as its JSON text.
 UNSTORABLE_METADATA = {"matrix": [[1, 2], [3, 4]]}
@@ -60,8 +84,21 @@ def test_every_kind_writes_exactly_the_fields_its_document_declares() -> None:
         declared = DECLARED[declared_kind.family]
 
         assert set(declared_kind.owned_fields) == set(declared.field_names), declared_kind.family
-        assert set(declared_kind.synced_fields) == set(declared.names_set_by("clerk")), declared_kind.family
+        # Every field Clerk sets is versioned (in the digest); a subscription's own digest is versioned too.
+        assert set(declared.names_set_by("clerk")) <= set(declared_kind.synced_fields), declared_kind.family
         assert set(declared_kind.id_fields) <= set(declared.field_names)
+    for plain in (users.KIND, organizations.KIND, memberships.KIND):
+        assert plain.synced_fields == DECLARED[plain.family].names_set_by("clerk")
+
+
+def test_billing_takes_its_fields_from_the_declaration() -> None:
+    item_fields = {field.name for field in documents.SUBSCRIPTION_ITEM.fields}
+
+    assert item_fields == {*subscriptions.ITEM_FIELDS, versions.DIGEST_FIELD, subscriptions.FEATURES}
+    assert set(subscriptions.DERIVED_FIELDS) <= set(documents.SUBSCRIPTION.names_set_by("sync"))
+    assert documents.SUBSCRIPTION.field("payer_type").type == schema.OneOf(billing.PAYER_TYPES)
+    assert documents.PLAN.names_set_by("clerk") == plans.PLAN_FIELDS
+    assert set(documents.PLAN.field_names) == {*plans.PLAN_FIELDS, "synced_at"}  # what copy_plans writes
 
 
 def test_the_users_own_fields_beyond_clerks_are_the_declared_sync_fields() -> None:
@@ -88,6 +125,35 @@ def test_clerks_example_payloads_parse_to_exactly_the_declared_fields(payload: s
 
     assert set(change.document) == set(declared.names_set_by("clerk"))
     assert declared.problems(as_written(change)) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "subscription_updated.json",
+        "subscriptionItem_active.json",
+        "subscriptionItem_canceled.json",
+        "subscriptionItem_freeTrialEnding.json",
+        "paymentAttempt_updated.json",
+    ],
+)
+def test_clerks_billing_payloads_parse_to_declared_fields_of_their_types(payload: str) -> None:
+    # A subscription's document is merged from its parts (subscriptions.py), so an event parses to part of
+    # it: declared fields only, each item whole. What the webhook stores is checked whole below.
+    change = parsed((PAYLOADS / payload).read_bytes())
+    declared = DECLARED[change.kind.family]
+    written = as_written(change)
+
+    assert set(change.document) <= set(declared.field_names)
+    present = {name: value for name, value in written.items() if name != "sync_digest"}
+    items = present.pop("items", None) or {}
+    problems = [problem for problem in declared.problems(present) if not problem.endswith(" missing")]
+    assert problems == []
+    for item_id, entry in items.items():
+        assert documents.SUBSCRIPTION_ITEM.problems({**entry, "features": None}, item_id) == []
+    if change.kind.family == "paymentAttempt":
+        assert set(change.document) == set(declared.names_set_by("clerk"))
+        assert declared.problems(written) == []
 
 
 @pytest.mark.parametrize(
@@ -143,7 +209,23 @@ def test_every_document_the_webhook_stores_validates_field_by_field(client: Flas
     parked = user_event("user.updated", mover, emails=["taken@example.com"], updated_at=BASE_MS + 1, banned=True)
     assert post(client, parked)[0] == 409
 
-    assert stored_documents.problems(db, PATHS, minimum=8) == []
+    # Billing: a user's subscription (a trial, then a plan's features copied), an organization's with seats,
+    # a payer whose item came before its subscription (updated_at null), payments paid and failed, plans.
+    plans.copy_plans(db, PATHS, [api_plan("pro", ["export"]), api_plan("free", [], amount=0)], timeout=10)
+    trial = item_data(new_id("csub_item"), "pro", is_free_trial=True, updated_at=BASE_MS + 2)
+    free = item_data(new_id("csub_item"), "free", status="upcoming", amount=0, updated_at=BASE_MS + 2)
+    seats = item_data(new_id("csub_item"), "team", seats=5, interval="annual", updated_at=BASE_MS + 2)
+    billed = [
+        subscription_event("subscription.created", subscription_data(new_id("csub"), "user", holder, [trial, free])),
+        subscription_event("subscription.active", subscription_data(new_id("csub"), "organization", bare, [seats])),
+        item_event("subscriptionItem.active", item_data(new_id("csub_item"), "pro"), new_id("csub"), "user", odd),
+        payment_event("paymentAttempt.updated", payment_data(new_id("cpa"), "user", holder)),
+        payment_event("paymentAttempt.updated", payment_data(new_id("cpa"), "organization", bare, status="failed")),
+    ]
+    for body in billed:
+        assert post(client, body) == (200, "applied")
+
+    assert stored_documents.problems(db, PATHS, minimum=15) == []
     mover_document = db.collection(PATHS.users).document(mover).get(timeout=10).to_dict() or {}
     assert mover_document[users.PENDING_FIELD] == "taken@example.com"  # the optional field was there to check
     assert isinstance(

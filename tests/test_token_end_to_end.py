@@ -20,10 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import emulator
+import node_script
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
 from auth_proxy import proxying
-from clerk_events import membership_event, new_message_id, organization_event, signed_headers, user_event
+from billing_events import (
+    item_data,
+    item_event,
+    new_id,
+    payment_data,
+    payment_event,
+    subscription_data,
+    subscription_event,
+)
+from clerk_api import api_plan
+from clerk_events import BASE_MS, membership_event, new_message_id, organization_event, signed_headers, user_event
 from clerk_sessions import (
     APP_ORIGIN,
     AUTHORIZED_PARTIES,
@@ -38,10 +49,12 @@ from clerk_sessions import (
     v1_organization,
     v2_organization,
 )
-from conftest import PROJECT, ROOT, TSX, Server, start_server, stop_server
+from conftest import PATHS, PROJECT, ROOT, TSX, Server, start_server, stop_server
 from flask.testing import FlaskClient
 from google.cloud import firestore
 from loopback import send, send_streamed
+
+from clerk_sync import plans
 
 RULES = (ROOT / "firestore.rules").read_text()
 DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
@@ -425,3 +438,61 @@ def test_connect_clerk_to_firebase_follows_every_change_of_clerks_session_and_re
         {"code": "exchange-unavailable", "reason": None, "status": None},
     ]
     assert calls.count("POST /") >= 6
+
+
+def test_the_client_package_reads_billing_typed_and_a_live_subscription_follows_a_downgrade(
+    auth_emulator_host: str,
+    token_server: Server,
+    rules_host: str,
+    client: FlaskClient,
+    db: firestore.Client,
+    tmp_path: Path,
+    docs_ts: Path,
+) -> None:
+    owner, org_id, session_id = new_clerk_user_id(), new_org_id(), new_session_id()
+    deliver_user(client, owner)
+    deliver(client, organization_event("organization.created", org_id))
+    deliver(client, membership_event("organizationMembership.created", f"orgmem_{owner[-10:]}", org_id, owner))
+    plans.copy_plans(db, PATHS, [api_plan("pro", ["export"]), api_plan("team", ["seats"])], timeout=10)
+    trial = item_data(new_id("csub_item"), "pro", is_free_trial=True, updated_at=BASE_MS + 1)
+    subscription_id = new_id("csub")
+    deliver(
+        client, subscription_event("subscription.created", subscription_data(subscription_id, "user", owner, [trial]))
+    )
+    team = item_data(new_id("csub_item"), "team", seats=5, updated_at=BASE_MS + 1)
+    deliver(
+        client,
+        subscription_event("subscription.created", subscription_data(new_id("csub"), "organization", org_id, [team])),
+    )
+    deliver(client, payment_event("paymentAttempt.updated", payment_data(new_id("cpa"), "user", owner)))
+    environment = {
+        "PROJECT_ID": PROJECT,
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+        "FIRESTORE_EMULATOR_HOST": rules_host,
+        "TOKEN_URL": token_server.url,
+        "SESSION_ID": session_id,
+        "ORG_ID": org_id,
+        "CLERK_SESSION_TOKEN": session_token(owner, sid=session_id, **v2_organization(org_id)),
+    }
+
+    app = node_script.start("billing_reads.mjs", environment, tmp_path)
+    try:
+        ready = node_script.read_json_line(app, NODE_TIMEOUT_SECONDS)
+        ended = {**trial, "status": "ended", "ended_at": BASE_MS + 2, "period_end": None, "updated_at": BASE_MS + 2}
+        deliver(client, item_event("subscriptionItem.ended", ended, subscription_id, "user", owner))
+        node_script.say(app, "downgraded")
+        report = node_script.read_json_line(app, NODE_TIMEOUT_SECONDS)
+        assert app.wait(timeout=NODE_TIMEOUT_SECONDS) == 0
+    finally:
+        node_script.stop(app)
+
+    assert ready == {
+        "ready": {
+            "own": {"payer": f"user/{owner}", "pro": True, "export": True, "team": False,
+                    "trial_ends_ms": trial["period_end"], "items": 1},
+            "organization": {"payer": f"organization/{org_id}", "team": True, "seats": 5},
+            "payments": ["paid $20.00"],
+            "plans": ["pro: export", "team: seats"],
+        }
+    }  # fmt: skip
+    assert report == {"seen": [{"pro": True, "export": True}, {"pro": False, "export": False}], "errors": []}

@@ -18,7 +18,7 @@ import textwrap
 from pathlib import Path
 
 from clerk_sync import documents
-from clerk_sync.schema import Document, Field
+from clerk_sync.schema import ArrayOf, Document, Field, MapOf, Nullable, ObjectOf, Type
 from tools.common import ROOT
 
 __all__ = ["DATA_MODEL", "JSON_SCHEMA", "TYPESCRIPT", "main", "outputs"]
@@ -55,17 +55,37 @@ def _doc_comment(text: str, indent: str = "") -> str:
     return "\n".join([f"{indent}/**", *(f"{indent} * {line}" for line in lines), f"{indent} */"])
 
 
-def _interface(document: Document) -> str:
-    lines = [
-        _doc_comment(f"{document.doc} Stored at `{document.path}`; any field not listed is the app's."),
-        f"export interface {document.name} {{",
-    ]
-    for declared in document.fields:
+def _interface(name: str, doc: str, fields: tuple[Field, ...]) -> str:
+    lines = [_doc_comment(doc), f"export interface {name} {{"]
+    for declared in fields:
         lines.append(_doc_comment(f"Set by {SET_BY[declared.source]}: {declared.doc}", "  "))
         optional = "?" if declared.optional else ""
         lines.append(f"  {declared.name}{optional}: {declared.type.typescript('  ')};")
     lines.append("}")
     return "\n".join(lines)
+
+
+def _inner(kind: Type) -> list[Type]:
+    """The types a type is made of (a list's items, a map's values, an object's fields)."""
+    if isinstance(kind, Nullable | ArrayOf | MapOf):
+        return [kind.of]
+    if isinstance(kind, ObjectOf):
+        return [declared.type for declared in kind.fields]
+    return []
+
+
+def named_objects() -> dict[str, ObjectOf]:
+    """Every map with a name of its own inside the declared documents, in the order they first appear."""
+    found: dict[str, ObjectOf] = {}
+    pending: list[Type] = [declared.type for document in documents.DOCUMENTS for declared in document.fields]
+    while pending:
+        kind = pending.pop(0)
+        if isinstance(kind, ObjectOf) and kind.name:
+            if kind.name in found and found[kind.name] != kind:
+                raise ValueError(f"two different maps are named {kind.name}")
+            found.setdefault(kind.name, kind)
+        pending[:0] = _inner(kind)
+    return found
 
 
 def _descriptor(document: Document) -> str:
@@ -96,11 +116,14 @@ def typescript() -> str:
         ),
         "export type ClerkMetadata = { [key: string]: unknown } | string;",
     ]
+    for name, nested in named_objects().items():
+        parts += ["", _interface(name, f"A map inside a synced document: `{name}`.", nested.fields)]
     for document in documents.DOCUMENTS:
         descriptor = _descriptor(document)
+        doc = f"{document.doc} Stored at `{document.path}`; any field not listed is the app's."
         parts += [
             "",
-            _interface(document),
+            _interface(document.name, doc, document.fields),
             "",
             _doc_comment(f"{document.name} as declared: what the converters and readers check a document against."),
             f"export const {_constant(document)}: DocumentDescriptor = {descriptor};",
@@ -146,33 +169,37 @@ def _type_words(declared: Field) -> str:
     return declared.type.words + (", or absent" if declared.optional else "")
 
 
-def table(document: Document) -> str:
-    """A document's field table: adjacent fields alike in type, setter and meaning share a row."""
+def table(fields: tuple[Field, ...]) -> str:
+    """A document's (or a named map's) field table: adjacent fields alike in type, setter and meaning share a row."""
     rows: list[tuple[list[str], Field]] = []
-    for declared in document.fields:
+    for declared in fields:
         if rows and _row_key(rows[-1][1]) == _row_key(declared):
             rows[-1][0].append(declared.name)
         else:
             rows.append(([declared.name], declared))
     lines = ["| field | type | set by | what it holds |", "|---|---|---|---|"]
     for names, declared in rows:
-        fields = ", ".join(f"`{name}`" for name in names)
-        lines.append(f"| {fields} | {_type_words(declared)} | {SET_BY[declared.source]} | {_cell(declared.doc)} |")
+        named = ", ".join(f"`{name}`" for name in names)
+        lines.append(f"| {named} | {_type_words(declared)} | {SET_BY[declared.source]} | {_cell(declared.doc)} |")
     return "\n".join(lines) + "\n"
 
 
 def data_model(current: str) -> str:
     """docs/data-model.md with each marked table generated; a marker naming no document is an error."""
-    by_name = {document.name: document for document in documents.DOCUMENTS}
+    tables = {document.name: document.fields for document in documents.DOCUMENTS}
+    tables |= {name: nested.fields for name, nested in named_objects().items()}
 
     def replace(found: re.Match[str]) -> str:
         name = found.group(2)
-        if name not in by_name:
+        if name not in tables:
             raise ValueError(f"{DATA_MODEL}: <!-- fields: {name} --> names no declared document")
-        return found.group(1) + table(by_name[name]) + found.group(4)
+        return found.group(1) + table(tables[name]) + found.group(4)
 
     generated = TABLE.sub(replace, current)
-    missing = sorted(set(by_name) - {found.group(2) for found in TABLE.finditer(current)})
+    # Every document has its table; a map named by its type in a table's words has one too.
+    wanted = {document.name for document in documents.DOCUMENTS}
+    wanted |= {name for name, nested in named_objects().items() if nested.words == f"map ({name})"}
+    missing = sorted(wanted - {found.group(2) for found in TABLE.finditer(current)})
     if missing:
         raise ValueError(f"{DATA_MODEL}: no field table for {', '.join(missing)}")
     return generated

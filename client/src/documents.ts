@@ -11,6 +11,124 @@ import type { DocumentDescriptor } from "./schema.js";
  */
 export type ClerkMetadata = { [key: string]: unknown } | string;
 
+/** A map inside a synced document: `ClerkSubscriptionItem`. */
+export interface ClerkSubscriptionItem {
+  /** Set by Clerk: `active`, `past_due`, `canceled`, `ended`, `abandoned`, `incomplete`, `upcoming`, `expired` */
+  status: string | null;
+  /** Set by Clerk: `plan_id` (`cplan_...`) */
+  plan_id: string | null;
+  /**
+   * Set by Clerk: the item's plan as a billing page shows it (`amount` in the currency's smallest unit: 2000
+   * is $20.00)
+   */
+  plan: ClerkItemPlan | null;
+  /** Set by Clerk: `month` or `annual` (`plan_period` in the Backend API) */
+  interval: string | null;
+  /** Set by Clerk: the current period (for a trial: the trial) */
+  period_start: Timestamp | null;
+  /** Set by Clerk: the current period (for a trial: the trial) */
+  period_end: Timestamp | null;
+  /** Set by Clerk: the item is a free trial */
+  is_free_trial: boolean;
+  /** Set by Clerk: `seats.quantity` of a seat-based plan; null otherwise */
+  seats: number | null;
+  /** Set by Clerk: the item's */
+  canceled_at: Timestamp | null;
+  /** Set by Clerk: the item's */
+  past_due_at: Timestamp | null;
+  /** Set by Clerk: the item's */
+  ended_at: Timestamp | null;
+  /** Set by Clerk: the item's */
+  created_at: Timestamp | null;
+  /** Set by Clerk: the item's; orders the item */
+  updated_at: Timestamp;
+  /** Set by the sync: a digest of the fields above: breaks the item's ties */
+  sync_digest: string;
+  /**
+   * Set by the sync: the features of the item's plan in `billing_plans` when the item was written; null when
+   * the plan was not copied yet (run `backfill`)
+   */
+  features: string[] | null;
+}
+
+/** A map inside a synced document: `ClerkItemPlan`. */
+export interface ClerkItemPlan {
+  /** Set by Clerk: the plan's id (`cplan_...`) */
+  id: string | null;
+  /** Set by Clerk: what `active_plans` lists and the rules' `clerkSyncHasPlan` takes */
+  slug: string | null;
+  /** Set by Clerk: as sent */
+  name: string | null;
+  /** Set by Clerk: in the currency's smallest unit: 2000 is $20.00 */
+  amount: number | null;
+  /** Set by Clerk: as sent */
+  currency: string | null;
+  /** Set by Clerk: false for a free plan */
+  is_recurring: boolean;
+}
+
+/** A map inside a synced document: `ClerkFailedReason`. */
+export interface ClerkFailedReason {
+  /** Set by Clerk: as sent */
+  code: string | null;
+  /** Set by Clerk: as sent */
+  decline_code: string | null;
+}
+
+/** A map inside a synced document: `ClerkPaymentTotals`. */
+export interface ClerkPaymentTotals {
+  /** Set by Clerk: as sent */
+  subtotal: ClerkMoney | null;
+  /** Set by Clerk: as sent */
+  tax_total: ClerkMoney | null;
+  /** Set by Clerk: as sent */
+  grand_total: ClerkMoney | null;
+}
+
+/** A map inside a synced document: `ClerkMoney`. */
+export interface ClerkMoney {
+  /** Set by Clerk: in the currency's smallest unit: 2000 is $20.00 */
+  amount: number | null;
+  /** Set by Clerk: as Clerk formats it: `$20.00` */
+  amount_formatted: string | null;
+  /** Set by Clerk: `USD`, ... */
+  currency: string | null;
+}
+
+/** A map inside a synced document: `ClerkPaymentSource`. */
+export interface ClerkPaymentSource {
+  /** Set by Clerk: `card`, ... */
+  payment_method: string | null;
+  /** Set by Clerk: `visa`, ... */
+  card_type: string | null;
+  /** Set by Clerk: the card's last four digits */
+  last4: string | null;
+}
+
+/** A map inside a synced document: `ClerkPaidItem`. */
+export interface ClerkPaidItem {
+  /** Set by Clerk: the item's id (`csub_item_...`) */
+  id: string;
+  /** Set by Clerk: as sent */
+  plan_id: string | null;
+  /** Set by Clerk: the item's plan's slug */
+  plan_slug: string | null;
+  /** Set by Clerk: the item's plan's name */
+  plan_name: string | null;
+  /** Set by Clerk: `month` or `annual` */
+  interval: string | null;
+}
+
+/** A map inside a synced document: `ClerkPlanFeature`. */
+export interface ClerkPlanFeature {
+  /** Set by Clerk: the feature's slug */
+  slug: string;
+  /** Set by Clerk: as sent */
+  name: string | null;
+  /** Set by Clerk: as sent */
+  description: string | null;
+}
+
 /**
  * A Clerk user, readable by that user's own client (uid = Clerk user id). Stored at
  * `{USERS_COLLECTION}/{user_id}`; any field not listed is the app's.
@@ -258,4 +376,254 @@ export const CLERK_MEMBERSHIP: DocumentDescriptor = {
  */
 export function clerkMembershipConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkMembership & App> {
   return documentConverter<ClerkMembership, App>(CLERK_MEMBERSHIP);
+}
+
+/**
+ * A payer's (a user's or an organization's) Clerk Billing subscription, readable by the user, or by the
+ * organization's members. Stored at `{USERS_COLLECTION or
+ * ORGANIZATIONS_COLLECTION}/{payer_id}/billing/subscription`; any field not listed is the app's.
+ */
+export interface ClerkSubscription {
+  /**
+   * Set by Clerk: `data.id` (`csub_...`); from an item event's `subscription_id` while only items have
+   * arrived
+   */
+  subscription_id: string;
+  /** Set by Clerk: who pays */
+  payer_type: "user" | "organization";
+  /** Set by Clerk: that user's or organization's Clerk id (the parent document's id) */
+  payer_id: string;
+  /** Set by Clerk: Clerk's payer id (`cpayer_...`) */
+  clerk_payer_id: string | null;
+  /**
+   * Set by Clerk: the subscription's: `active`, `past_due`, `canceled`, `ended`, `incomplete`, `abandoned`;
+   * null until a `subscription.*` event arrives
+   */
+  status: string | null;
+  /** Set by Clerk: the subscription's */
+  active_at: Timestamp | null;
+  /** Set by Clerk: the subscription's */
+  past_due_at: Timestamp | null;
+  /** Set by Clerk: the subscription's */
+  canceled_at: Timestamp | null;
+  /** Set by Clerk: the subscription's */
+  ended_at: Timestamp | null;
+  /** Set by Clerk: the subscription's */
+  created_at: Timestamp | null;
+  /** Set by Clerk: the subscription's; orders its own fields; null until a `subscription.*` event arrives */
+  updated_at: Timestamp | null;
+  /** Set by Clerk: names a document of `payments` once that payment's event arrived */
+  latest_payment_id: string | null;
+  /**
+   * Set by the sync: a digest of the subscription's own fields but `canceled_at`, `ended_at` and
+   * `latest_payment_id` (which the Backend API's subscription lacks): breaks their `updated_at` ties
+   */
+  subscription_digest: string | null;
+  /** Set by Clerk: item id (`csub_item_...`) -> the item */
+  items: { [item_id: string]: ClerkSubscriptionItem };
+  /** Set by the sync: the plan slugs of the items that grant access now, sorted */
+  active_plans: string[];
+  /**
+   * Set by the sync: the features of those items' plans, where the plan has been copied to `billing_plans`,
+   * sorted
+   */
+  active_features: string[];
+  /** Set by the sync: server time of the write */
+  synced_at: Timestamp;
+  /**
+   * Set by the sync: a digest of `subscription_digest` and every item's `sync_digest`: equal content, equal
+   * digest, however it was merged (reconcile compares it)
+   */
+  sync_digest: string;
+}
+
+/** ClerkSubscription as declared: what the converters and readers check a document against. */
+export const CLERK_SUBSCRIPTION: DocumentDescriptor = {
+  name: "ClerkSubscription",
+  path: "{USERS_COLLECTION or ORGANIZATIONS_COLLECTION}/{payer_id}/billing/subscription",
+  fields: [
+    {"name": "subscription_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "payer_type", "type": {"kind": "one_of", "values": ["user", "organization"], "expected": "user or organization"}, "optional": false},
+    {"name": "payer_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "clerk_payer_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "status", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "active_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "past_due_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "canceled_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "ended_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "updated_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "latest_payment_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "subscription_digest", "type": {"kind": "nullable", "of": {"kind": "digest", "expected": "64 hex digits"}, "expected": "64 hex digits or null"}, "optional": false},
+    {"name": "items", "type": {"kind": "map", "of": {"kind": "object", "fields": [{"name": "status", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "plan_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "plan", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "slug", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "is_recurring", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false}, {"name": "interval", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "period_start", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "period_end", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "is_free_trial", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false}, {"name": "seats", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "canceled_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "past_due_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "ended_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false}, {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false}, {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false}, {"name": "features", "type": {"kind": "nullable", "of": {"kind": "array", "of": {"kind": "string", "expected": "string"}, "expected": "list of strings"}, "expected": "list of strings or null"}, "optional": false}], "expected": "map"}, "keys": {"kind": "clerk_id", "expected": "Clerk id"}, "expected": "map"}, "optional": false},
+    {"name": "active_plans", "type": {"kind": "array", "of": {"kind": "string", "expected": "string"}, "expected": "list of strings"}, "optional": false},
+    {"name": "active_features", "type": {"kind": "array", "of": {"kind": "string", "expected": "string"}, "expected": "list of strings"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false},
+  ],
+  sync_fields: ["subscription_id", "payer_type", "payer_id", "clerk_payer_id", "status", "active_at", "past_due_at", "canceled_at", "ended_at", "created_at", "updated_at", "latest_payment_id", "subscription_digest", "items", "active_plans", "active_features", "synced_at", "sync_digest"],
+};
+
+/**
+ * Reads subscription documents checked against the declaration (ClerkSyncSchemaError), and lets writes name
+ * only the app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkSubscriptionConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkSubscription & App> {
+  return documentConverter<ClerkSubscription, App>(CLERK_SUBSCRIPTION);
+}
+
+/**
+ * A payment of a payer, as its newest attempt left it; readable by the user, or by the organization's admins
+ * and members with `org:sys_billing:read`. Stored at `{USERS_COLLECTION or
+ * ORGANIZATIONS_COLLECTION}/{payer_id}/billing/subscription/payments/{payment_id}`; any field not listed is
+ * the app's.
+ */
+export interface ClerkPayment {
+  /** Set by Clerk: `data.payment_id` (`cpa_...`, also the document id) */
+  payment_id: string;
+  /** Set by Clerk: `data.id`, the newest attempt's */
+  attempt_id: string | null;
+  /** Set by Clerk: as for the subscription */
+  payer_type: "user" | "organization";
+  /** Set by Clerk: as for the subscription */
+  payer_id: string;
+  /** Set by Clerk: as for the subscription */
+  clerk_payer_id: string | null;
+  /** Set by Clerk: the statement the payment is on */
+  statement_id: string | null;
+  /** Set by Clerk: `pending`, `paid` or `failed` */
+  status: string | null;
+  /** Set by Clerk: `checkout` or `recurring` */
+  charge_type: string | null;
+  /** Set by Clerk: why a failed attempt failed */
+  failed_reason: ClerkFailedReason | null;
+  /** Set by Clerk: what was charged */
+  totals: ClerkPaymentTotals | null;
+  /** Set by Clerk: what a billing page shows ("Visa •••• 4242"), never the gateway's ids */
+  payment_source: ClerkPaymentSource | null;
+  /** Set by Clerk: what was paid for */
+  subscription_items: ClerkPaidItem[];
+  /** Set by Clerk: as sent */
+  billing_date: Timestamp | null;
+  /** Set by Clerk: as sent */
+  paid_at: Timestamp | null;
+  /** Set by Clerk: as sent */
+  failed_at: Timestamp | null;
+  /** Set by Clerk: as sent */
+  created_at: Timestamp | null;
+  /** Set by Clerk: the attempt's; orders the attempts */
+  updated_at: Timestamp;
+  /** Set by the sync: server time of the write */
+  synced_at: Timestamp;
+  /** Set by the sync: as for users */
+  sync_digest: string;
+}
+
+/** ClerkPayment as declared: what the converters and readers check a document against. */
+export const CLERK_PAYMENT: DocumentDescriptor = {
+  name: "ClerkPayment",
+  path: "{USERS_COLLECTION or ORGANIZATIONS_COLLECTION}/{payer_id}/billing/subscription/payments/{payment_id}",
+  fields: [
+    {"name": "payment_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "attempt_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "payer_type", "type": {"kind": "one_of", "values": ["user", "organization"], "expected": "user or organization"}, "optional": false},
+    {"name": "payer_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "clerk_payer_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "statement_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "status", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "charge_type", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "failed_reason", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "code", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "decline_code", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "totals", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "subtotal", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false}, {"name": "tax_total", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false}, {"name": "grand_total", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "payment_source", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "payment_method", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "card_type", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "last4", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "subscription_items", "type": {"kind": "array", "of": {"kind": "object", "fields": [{"name": "id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false}, {"name": "plan_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "plan_slug", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "plan_name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "interval", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "list of maps"}, "optional": false},
+    {"name": "billing_date", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "paid_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "failed_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false},
+  ],
+  sync_fields: ["payment_id", "attempt_id", "payer_type", "payer_id", "clerk_payer_id", "statement_id", "status", "charge_type", "failed_reason", "totals", "payment_source", "subscription_items", "billing_date", "paid_at", "failed_at", "created_at", "updated_at", "synced_at", "sync_digest"],
+};
+
+/**
+ * Reads payment documents checked against the declaration (ClerkSyncSchemaError), and lets writes name only
+ * the app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkPaymentConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkPayment & App> {
+  return documentConverter<ClerkPayment, App>(CLERK_PAYMENT);
+}
+
+/**
+ * A Clerk Billing plan as a pricing page shows it, copied from the Backend API by `backfill` and `reconcile`;
+ * readable by every signed-in user. Stored at `billing_plans/{plan_id} (beside USERS_COLLECTION)`; any field
+ * not listed is the app's.
+ */
+export interface ClerkPlan {
+  /** Set by Clerk: the plan's id (`cplan_...`, also the document id) */
+  plan_id: string;
+  /** Set by Clerk: as listed */
+  slug: string | null;
+  /** Set by Clerk: as listed */
+  name: string | null;
+  /** Set by Clerk: as listed */
+  description: string | null;
+  /** Set by Clerk: `user` or `org` */
+  for_payer_type: string | null;
+  /** Set by Clerk: as listed */
+  is_default: boolean;
+  /** Set by Clerk: as listed */
+  is_recurring: boolean;
+  /** Set by Clerk: as listed */
+  publicly_visible: boolean;
+  /** Set by Clerk: as listed */
+  fee: ClerkMoney | null;
+  /** Set by Clerk: as listed */
+  annual_fee: ClerkMoney | null;
+  /** Set by Clerk: as listed */
+  annual_monthly_fee: ClerkMoney | null;
+  /** Set by Clerk: as listed */
+  free_trial_enabled: boolean;
+  /** Set by Clerk: as listed */
+  free_trial_days: number | null;
+  /** Set by Clerk: the plan's features' slugs (what `active_features` is made of) */
+  features: string[];
+  /** Set by Clerk: each feature, for a pricing page */
+  feature_details: ClerkPlanFeature[];
+  /** Set by the sync: server time of the copy */
+  synced_at: Timestamp;
+}
+
+/** ClerkPlan as declared: what the converters and readers check a document against. */
+export const CLERK_PLAN: DocumentDescriptor = {
+  name: "ClerkPlan",
+  path: "billing_plans/{plan_id} (beside USERS_COLLECTION)",
+  fields: [
+    {"name": "plan_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "slug", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "description", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "for_payer_type", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "is_default", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false},
+    {"name": "is_recurring", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false},
+    {"name": "publicly_visible", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false},
+    {"name": "fee", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "annual_fee", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "annual_monthly_fee", "type": {"kind": "nullable", "of": {"kind": "object", "fields": [{"name": "amount", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false}, {"name": "amount_formatted", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "currency", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "map or null"}, "optional": false},
+    {"name": "free_trial_enabled", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false},
+    {"name": "free_trial_days", "type": {"kind": "nullable", "of": {"kind": "integer", "expected": "integer"}, "expected": "integer or null"}, "optional": false},
+    {"name": "features", "type": {"kind": "array", "of": {"kind": "string", "expected": "string"}, "expected": "list of strings"}, "optional": false},
+    {"name": "feature_details", "type": {"kind": "array", "of": {"kind": "object", "fields": [{"name": "slug", "type": {"kind": "string", "expected": "string"}, "optional": false}, {"name": "name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}, {"name": "description", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false}], "expected": "map"}, "expected": "list of maps"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+  ],
+  sync_fields: ["plan_id", "slug", "name", "description", "for_payer_type", "is_default", "is_recurring", "publicly_visible", "fee", "annual_fee", "annual_monthly_fee", "free_trial_enabled", "free_trial_days", "features", "feature_details", "synced_at"],
+};
+
+/**
+ * Reads plan documents checked against the declaration (ClerkSyncSchemaError), and lets writes name only the
+ * app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkPlanConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkPlan & App> {
+  return documentConverter<ClerkPlan, App>(CLERK_PLAN);
 }

@@ -12,7 +12,10 @@ export { ClerkSyncWriteError, documentConverter, syncedData, type AppFields } fr
 export * from "./documents.js";
 export {
   clerkData,
+  hasFeature,
+  hasPlan,
   metadataOf,
+  trialEndsAt,
   type AppFieldsOf,
   type ClerkData,
   type CollectionsOptions,
@@ -26,7 +29,7 @@ export {
   documentProblems,
   holdsSyncedFields,
   typeName,
-  typeProblem,
+  typeProblems,
   type DocumentDescriptor,
   type FieldDescriptor,
   type TypeDescriptor,

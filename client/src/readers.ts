@@ -8,7 +8,9 @@ import {
   doc,
   getDoc,
   getDocs,
+  limit,
   onSnapshot,
+  orderBy,
   query,
   where,
   type DocumentReference,
@@ -22,9 +24,15 @@ import { syncedData, type AppFields } from "./converters.js";
 import {
   CLERK_MEMBERSHIP,
   CLERK_ORGANIZATION,
+  CLERK_PAYMENT,
+  CLERK_PLAN,
+  CLERK_SUBSCRIPTION,
   CLERK_USER,
   type ClerkMembership,
   type ClerkOrganization,
+  type ClerkPayment,
+  type ClerkPlan,
+  type ClerkSubscription,
   type ClerkUser,
 } from "./documents.js";
 import type { DocumentDescriptor } from "./schema.js";
@@ -70,6 +78,22 @@ export interface ClerkData<A extends AppFieldsOf = {}> {
   /** Every member of an organization the user is a member of. */
   readMembers(organizationId: string): Promise<MembershipOf<A>[]>;
   watchMembers(organizationId: string, onData: (members: MembershipOf<A>[]) => void, onError: OnError): Unsubscribe;
+  /** The signed-in user's Clerk Billing subscription; undefined until Clerk Billing has sent one. */
+  readOwnSubscription(): Promise<ClerkSubscription | undefined>;
+  watchOwnSubscription(onData: (subscription: ClerkSubscription | undefined) => void, onError: OnError): Unsubscribe;
+  /** An organization's subscription (its members may read it). */
+  readOrganizationSubscription(organizationId: string): Promise<ClerkSubscription | undefined>;
+  watchOrganizationSubscription(
+    organizationId: string,
+    onData: (subscription: ClerkSubscription | undefined) => void,
+    onError: OnError,
+  ): Unsubscribe;
+  /** The signed-in user's newest payments (`count` of them, 10 by default), newest first. */
+  readOwnPayments(count?: number): Promise<ClerkPayment[]>;
+  watchOwnPayments(onData: (payments: ClerkPayment[]) => void, onError: OnError, count?: number): Unsubscribe;
+  /** Every plan `backfill` / `reconcile` copied from Clerk (any signed-in user may read them). */
+  readPlans(): Promise<ClerkPlan[]>;
+  watchPlans(onData: (plans: ClerkPlan[]) => void, onError: OnError): Unsubscribe;
   /**
    * Run `start` (a watch above) whenever a user is signed in to Firebase, stop what it returned when they
    * sign out or another user signs in (then `onSignedOut`). The watches above are bound to the user signed
@@ -163,6 +187,13 @@ export function clerkData<A extends AppFieldsOf = {}>(
     query(collectionGroup(db, "memberships"), where("user_id", "==", signedInUid(auth)));
   const organization = (id: string): DocumentReference => doc(db, organizations, id);
   const members = (id: string): Query => collection(db, organizations, id, "memberships");
+  // Billing lives under its payer; the plans beside the users collection, as the bookkeeping does.
+  const ownSubscription = (): DocumentReference => doc(db, users, signedInUid(auth), "billing", "subscription");
+  const organizationSubscription = (id: string): DocumentReference =>
+    doc(db, organizations, id, "billing", "subscription");
+  const ownPayments = (count: number): Query =>
+    query(collection(ownSubscription(), "payments"), orderBy("updated_at", "desc"), limit(count));
+  const plans = (): Query => collection(db, [...users.split("/").slice(0, -1), "billing_plans"].join("/"));
   return {
     async readOwnUser() {
       return syncedData<UserOf<A>>(CLERK_USER, await getDoc(ownUser()));
@@ -181,6 +212,24 @@ export function clerkData<A extends AppFieldsOf = {}>(
       return listOf<MembershipOf<A>>(CLERK_MEMBERSHIP, await getDocs(members(id)));
     },
     watchMembers: (id, onData, onError) => watchQuery(CLERK_MEMBERSHIP, () => members(id), onData, onError),
+    async readOwnSubscription() {
+      return syncedData<ClerkSubscription>(CLERK_SUBSCRIPTION, await getDoc(ownSubscription()));
+    },
+    watchOwnSubscription: (onData, onError) => watchDocument(CLERK_SUBSCRIPTION, ownSubscription, onData, onError),
+    async readOrganizationSubscription(id) {
+      return syncedData<ClerkSubscription>(CLERK_SUBSCRIPTION, await getDoc(organizationSubscription(id)));
+    },
+    watchOrganizationSubscription: (id, onData, onError) =>
+      watchDocument(CLERK_SUBSCRIPTION, () => organizationSubscription(id), onData, onError),
+    async readOwnPayments(count = 10) {
+      return listOf<ClerkPayment>(CLERK_PAYMENT, await getDocs(ownPayments(count)));
+    },
+    watchOwnPayments: (onData, onError, count = 10) =>
+      watchQuery(CLERK_PAYMENT, () => ownPayments(count), onData, onError),
+    async readPlans() {
+      return listOf<ClerkPlan>(CLERK_PLAN, await getDocs(plans()));
+    },
+    watchPlans: (onData, onError) => watchQuery(CLERK_PLAN, plans, onData, onError),
     whileSignedIn(start, onSignedOut) {
       let uid: string | undefined;
       let stop: Unsubscribe | undefined;
@@ -205,4 +254,25 @@ export function metadataOf(value: ClerkUser["public_metadata"]): Record<string, 
   if (typeof value !== "string") return value;
   const parsed: unknown = JSON.parse(value);
   return typeof parsed === "object" && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : {};
+}
+
+/**
+ * Whether the subscription grants the plan now (its slug, say `"pro"`): what the rules' `clerkSyncHasPlan`
+ * reads. `active` items grant it (trials too), `canceled` ones until their period ends, `past_due` ones while
+ * Clerk retries the charge (docs/data-model.md, "Which items grant access").
+ */
+export function hasPlan(subscription: ClerkSubscription | undefined, plan: string): boolean {
+  return subscription?.active_plans.includes(plan) ?? false;
+}
+
+/** Whether the subscription grants the feature now (a plan's feature slug): the rules' `clerkSyncHasFeature`. */
+export function hasFeature(subscription: ClerkSubscription | undefined, feature: string): boolean {
+  return subscription?.active_features.includes(feature) ?? false;
+}
+
+/** When the subscription's active free trial ends, for a banner ("your trial ends in 3 days"); null without one. */
+export function trialEndsAt(subscription: ClerkSubscription | undefined): Date | null {
+  const items = Object.values(subscription?.items ?? {});
+  const trial = items.find((item) => item.is_free_trial && item.status === "active");
+  return trial?.period_end?.toDate() ?? null;
 }

@@ -95,40 +95,32 @@ function wrong(value: unknown, where: string, expected: string): string {
   return `${where} is ${typeName(value)}, not ${expected}`;
 }
 
-/** What is wrong with one value of a declared type (named `where`), or undefined. */
-export function typeProblem(type: TypeDescriptor, value: unknown, where: string): string | undefined {
+/** Everything wrong with one value of a declared type (named `where`), inside it too; empty when right. */
+export function typeProblems(type: TypeDescriptor, value: unknown, where: string): string[] {
   switch (type.kind) {
     case "nullable": {
-      if (value === null) return undefined;
-      const inner = typeProblem(type.of, value, where);
-      return inner?.startsWith(`${where} is `) ? wrong(value, where, type.expected) : inner;
-    }
-    case "array": {
-      if (!Array.isArray(value)) return wrong(value, where, type.expected);
-      for (const [index, item] of value.entries()) {
-        const found = typeProblem(type.of, item, `${where}[${index}]`);
-        if (found) return found;
-      }
-      return undefined;
+      if (value === null) return [];
+      const inner = typeProblems(type.of, value, where);
+      return inner[0]?.startsWith(`${where} is `) ? [wrong(value, where, type.expected)] : inner;
     }
     case "one_of":
-      return typeof value === "string" && type.values.includes(value) ? undefined : wrong(value, where, type.expected);
+      return typeof value === "string" && type.values.includes(value) ? [] : [wrong(value, where, type.expected)];
+    case "array":
+      if (!Array.isArray(value)) return [wrong(value, where, type.expected)];
+      return value.flatMap((item, index) => typeProblems(type.of, item, `${where}[${index}]`));
     case "map": {
-      if (!isMap(value)) return wrong(value, where, type.expected);
-      for (const [key, item] of Object.entries(value)) {
-        if (type.keys && typeProblem(type.keys, key, "key") !== undefined) {
-          return `${where} has a key that is not a ${type.keys.expected}`;
-        }
-        const found = typeProblem(type.of, item, `${where}.${key}`);
-        if (found) return found;
-      }
-      return undefined;
+      if (!isMap(value)) return [wrong(value, where, type.expected)];
+      return Object.entries(value).flatMap(([key, item]) =>
+        type.keys && typeProblems(type.keys, key, "key").length > 0
+          ? [`${where} has a key that is not a ${type.keys.expected}`]
+          : typeProblems(type.of, item, `${where}.${key}`),
+      );
     }
     case "object":
-      if (!isMap(value)) return wrong(value, where, type.expected);
-      return fieldProblems(type.fields, value, `${where}.`)[0];
+      if (!isMap(value)) return [wrong(value, where, type.expected)];
+      return fieldProblems(type.fields, value, `${where}.`);
     default:
-      return accepts(type.kind, value) ? undefined : wrong(value, where, type.expected);
+      return accepts(type.kind, value) ? [] : [wrong(value, where, type.expected)];
   }
 }
 
@@ -140,8 +132,7 @@ function fieldProblems(fields: readonly FieldDescriptor[], data: Record<string, 
       if (!field.optional) problems.push(`${where} missing`);
       continue;
     }
-    const found = typeProblem(field.type, data[field.name], where);
-    if (found) problems.push(found);
+    problems.push(...typeProblems(field.type, data[field.name], where));
   }
   return problems;
 }

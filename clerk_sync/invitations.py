@@ -16,25 +16,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import kind, payload
+from clerk_sync import documents, kind, payload
 from clerk_sync.kind import Deletion, Upsert
 from clerk_sync.payload import MalformedEvent
 
 __all__ = ["ENDING_TYPES", "KIND", "OWNED_FIELDS", "SYNCED_FIELDS", "parse_end", "parse_upsert"]
 
-SYNCED_FIELDS = (
-    "invitation_id",
-    "organization_id",
-    "email_address",
-    "role",
-    "role_name",
-    "status",
-    "public_metadata",
-    "inviter_id",
-    "expires_at",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.INVITATION.names_set_by("clerk")
 ENDING_TYPES = ("organizationInvitation.accepted", "organizationInvitation.revoked")
 
 KIND = kind.Kind(

@@ -23,7 +23,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import kind, payload, roles
+from clerk_sync import documents, kind, payload, roles
 from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Admission, Deletion, Snapshots, Upsert
 from clerk_sync.organizations import organization_id
@@ -41,21 +41,8 @@ __all__ = [
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "membership_id",
-    "organization_id",
-    "user_id",
-    "role",
-    "role_name",
-    "permissions",
-    "public_metadata",
-    "identifier",
-    "first_name",
-    "last_name",
-    "image_url",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.MEMBERSHIP.names_set_by("clerk")
 
 # The id of the role the member's key names, when the role is stored (the rules read it from there).
 ROLE_ID_FIELD = "role_id"

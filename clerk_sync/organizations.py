@@ -15,7 +15,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import billing, kind, payload
+from clerk_sync import billing, documents, kind, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.kind import Deletion, Ids, Upsert
 from clerk_sync.paths import Paths
@@ -30,17 +30,8 @@ __all__ = [
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "clerk_id",
-    "name",
-    "slug",
-    "image_url",
-    "public_metadata",
-    "max_allowed_memberships",
-    "created_by",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.ORGANIZATION.names_set_by("clerk")
 
 
 def organization_id(value: object, where: str) -> str:

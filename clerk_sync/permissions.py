@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import kind, payload
+from clerk_sync import documents, kind, payload
 from clerk_sync.kind import Deletion, Upsert
 from clerk_sync.payload import MalformedEvent
 
@@ -29,7 +29,8 @@ __all__ = [
     "permission_id",
 ]
 
-SYNCED_FIELDS = ("clerk_id", "key", "name", "description", "type", "created_at", "updated_at")
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.PERMISSION.names_set_by("clerk")
 # The follow-up that makes every role holding a changed permission list it as it now is (events.FOLLOW_UPS).
 ROLES_FOLLOW_UP = "role_permissions"
 

@@ -28,7 +28,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 
-from clerk_sync import kind, payload, permissions, transaction
+from clerk_sync import documents, kind, payload, permissions, transaction
 from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Admission, Deletion, Snapshots, Upsert
 from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
@@ -49,17 +49,8 @@ __all__ = [
     "role_id",
 ]
 
-SYNCED_FIELDS = (
-    "clerk_id",
-    "key",
-    "name",
-    "description",
-    "is_creator_eligible",
-    "permission_ids",
-    "clerk_permissions",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.ROLE.names_set_by("clerk")
 # What the role grants, derived (never as sent): the field the rules and apps read.
 GRANTED_FIELD = "permissions"
 # Clerk's keys are `org:` and lowercase letters, digits and underscores; older instances have `admin`

@@ -451,7 +451,11 @@ ROLE = Document(
         Field("name", OPTIONAL_STRING, AS_SENT),
         Field("description", OPTIONAL_STRING, AS_SENT),
         Field("is_creator_eligible", BOOLEAN, "as sent (false when absent)"),
-        Field("permission_ids", ArrayOf(CLERK_ID), "the ids of the permissions the role carried in its last event"),
+        Field(
+            "permission_ids",
+            ArrayOf(CLERK_ID),
+            "the ids of the permissions the event carried (how a permission's change finds the roles holding it)",
+        ),
         Field(
             "clerk_permissions",
             ArrayOf(
@@ -472,7 +476,9 @@ ROLE = Document(
         Field(
             "permissions",
             ArrayOf(STRING),
-            "what the role grants now: the keys of its permissions, each under its newest key, deleted ones left out",
+            "**what the role grants**: the keys of the permissions its event carried, each under the newer of the "
+            "key the event carried and the permission's own document's, and without the permissions deleted "
+            "since. The rules decide with this list",
             source="sync",
         ),
     ),

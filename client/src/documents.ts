@@ -11,6 +11,16 @@ import type { DocumentDescriptor } from "./schema.js";
  */
 export type ClerkMetadata = { [key: string]: unknown } | string;
 
+/** A map inside a synced document: `ClerkRolePermission`. */
+export interface ClerkRolePermission {
+  /** Set by Clerk: the permission's id */
+  id: string;
+  /** Set by Clerk: its key as the role event carried it */
+  key: string;
+  /** Set by Clerk: the permission's, as the role event carried it */
+  updated_at: Timestamp;
+}
+
 /** A map inside a synced document: `ClerkSubscriptionItem`. */
 export interface ClerkSubscriptionItem {
   /** Set by Clerk: `active`, `past_due`, `canceled`, `ended`, `abandoned`, `incomplete`, `upcoming`, `expired` */
@@ -386,6 +396,203 @@ export const CLERK_MEMBERSHIP: DocumentDescriptor = {
  */
 export function clerkMembershipConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkMembership & App> {
   return documentConverter<ClerkMembership, App>(CLERK_MEMBERSHIP);
+}
+
+/**
+ * A pending invitation to an organization (never its ticket URL or private metadata), readable by the
+ * organization's members whose role may manage members; it goes when accepted or revoked. Stored at
+ * `{ORGANIZATIONS_COLLECTION}/{organization_id}/invitations/{invitation_id}`; any field not listed is the
+ * app's.
+ */
+export interface ClerkInvitation {
+  /** Set by Clerk: `data.id` (`orginv_...`, also the document id) */
+  invitation_id: string;
+  /** Set by Clerk: `data.organization_id` (also the parent document's id) */
+  organization_id: string;
+  /** Set by Clerk: the invited address */
+  email_address: string | null;
+  /** Set by Clerk: the role's key, e.g. `org:member` */
+  role: string | null;
+  /** Set by Clerk: as sent */
+  role_name: string | null;
+  /** Set by Clerk: `pending` while stored */
+  status: string | null;
+  /**
+   * Set by Clerk: as sent. Metadata Firestore cannot hold as a map (arrays directly inside arrays, more than
+   * 20 levels of nesting, integers beyond 64 bits, field names like `__x__` or over 1,500 bytes) is stored as
+   * its JSON text instead of failing the event
+   */
+  public_metadata: ClerkMetadata;
+  /** Set by Clerk: the inviting user's id */
+  inviter_id: string | null;
+  /** Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond */
+  expires_at: Timestamp | null;
+  /** Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond */
+  created_at: Timestamp | null;
+  /**
+   * Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond; orders the
+   * versions
+   */
+  updated_at: Timestamp;
+  /** Set by the sync: server time of the write */
+  synced_at: Timestamp;
+  /** Set by the sync: as for users */
+  sync_digest: string;
+}
+
+/** ClerkInvitation as declared: what the converters and readers check a document against. */
+export const CLERK_INVITATION: DocumentDescriptor = {
+  name: "ClerkInvitation",
+  path: "{ORGANIZATIONS_COLLECTION}/{organization_id}/invitations/{invitation_id}",
+  fields: [
+    {"name": "invitation_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "organization_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "email_address", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "role", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "role_name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "status", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "public_metadata", "type": {"kind": "metadata", "expected": "map or the JSON text of an object"}, "optional": false},
+    {"name": "inviter_id", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "expires_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false},
+  ],
+  sync_fields: ["invitation_id", "organization_id", "email_address", "role", "role_name", "status", "public_metadata", "inviter_id", "expires_at", "created_at", "updated_at", "synced_at", "sync_digest"],
+};
+
+/**
+ * Reads organization invitation documents checked against the declaration (ClerkSyncSchemaError), and lets
+ * writes name only the app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkInvitationConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkInvitation & App> {
+  return documentConverter<ClerkInvitation, App>(CLERK_INVITATION);
+}
+
+/**
+ * A role of the instance's organizations; its `permissions` decide `clerkSyncHasPermission` in the rules;
+ * readable by every signed-in user the sync lets in. Stored at `organization_roles/{role_id} (beside
+ * USERS_COLLECTION)`; any field not listed is the app's.
+ */
+export interface ClerkRole {
+  /** Set by Clerk: `data.id` (`role_...`, also the document id) */
+  clerk_id: string;
+  /** Set by Clerk: the role's key as members carry it, e.g. `org:admin` */
+  key: string;
+  /** Set by Clerk: as sent */
+  name: string | null;
+  /** Set by Clerk: as sent */
+  description: string | null;
+  /** Set by Clerk: as sent (false when absent) */
+  is_creator_eligible: boolean;
+  /**
+   * Set by Clerk: the ids of the permissions the event carried (how a permission's change finds the roles
+   * holding it)
+   */
+  permission_ids: string[];
+  /** Set by Clerk: the permissions as the role's last event carried them (the source of `permissions`) */
+  clerk_permissions: ClerkRolePermission[];
+  /** Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond */
+  created_at: Timestamp | null;
+  /**
+   * Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond; orders the
+   * versions
+   */
+  updated_at: Timestamp;
+  /** Set by the sync: server time of the write */
+  synced_at: Timestamp;
+  /** Set by the sync: as for users */
+  sync_digest: string;
+  /**
+   * Set by the sync: **what the role grants**: the keys of the permissions its event carried, each under the
+   * newer of the key the event carried and the permission's own document's, and without the permissions
+   * deleted since. The rules decide with this list
+   */
+  permissions: string[];
+}
+
+/** ClerkRole as declared: what the converters and readers check a document against. */
+export const CLERK_ROLE: DocumentDescriptor = {
+  name: "ClerkRole",
+  path: "organization_roles/{role_id} (beside USERS_COLLECTION)",
+  fields: [
+    {"name": "clerk_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "key", "type": {"kind": "string", "expected": "string"}, "optional": false},
+    {"name": "name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "description", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "is_creator_eligible", "type": {"kind": "boolean", "expected": "boolean"}, "optional": false},
+    {"name": "permission_ids", "type": {"kind": "array", "of": {"kind": "clerk_id", "expected": "Clerk id"}, "expected": "list of Clerk ids"}, "optional": false},
+    {"name": "clerk_permissions", "type": {"kind": "array", "of": {"kind": "object", "fields": [{"name": "id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false}, {"name": "key", "type": {"kind": "string", "expected": "string"}, "optional": false}, {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false}], "expected": "map"}, "expected": "list of maps"}, "optional": false},
+    {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false},
+    {"name": "permissions", "type": {"kind": "array", "of": {"kind": "string", "expected": "string"}, "expected": "list of strings"}, "optional": false},
+  ],
+  sync_fields: ["clerk_id", "key", "name", "description", "is_creator_eligible", "permission_ids", "clerk_permissions", "created_at", "updated_at", "synced_at", "sync_digest", "permissions"],
+};
+
+/**
+ * Reads organization role documents checked against the declaration (ClerkSyncSchemaError), and lets writes
+ * name only the app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkRoleConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkRole & App> {
+  return documentConverter<ClerkRole, App>(CLERK_ROLE);
+}
+
+/**
+ * A permission of the instance; readable by every signed-in user the sync lets in. Stored at
+ * `organization_permissions/{permission_id} (beside USERS_COLLECTION)`; any field not listed is the app's.
+ */
+export interface ClerkPermission {
+  /** Set by Clerk: `data.id` (`perm_...`, also the document id) */
+  clerk_id: string;
+  /** Set by Clerk: e.g. `org:posts:edit` */
+  key: string;
+  /** Set by Clerk: as sent */
+  name: string | null;
+  /** Set by Clerk: as sent */
+  description: string | null;
+  /** Set by Clerk: `system` or `user` */
+  type: string | null;
+  /** Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond */
+  created_at: Timestamp | null;
+  /**
+   * Set by Clerk: Clerk's epoch milliseconds as a Firestore Timestamp, exact to the millisecond; orders the
+   * versions
+   */
+  updated_at: Timestamp;
+  /** Set by the sync: server time of the write */
+  synced_at: Timestamp;
+  /** Set by the sync: as for users */
+  sync_digest: string;
+}
+
+/** ClerkPermission as declared: what the converters and readers check a document against. */
+export const CLERK_PERMISSION: DocumentDescriptor = {
+  name: "ClerkPermission",
+  path: "organization_permissions/{permission_id} (beside USERS_COLLECTION)",
+  fields: [
+    {"name": "clerk_id", "type": {"kind": "clerk_id", "expected": "Clerk id"}, "optional": false},
+    {"name": "key", "type": {"kind": "string", "expected": "string"}, "optional": false},
+    {"name": "name", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "description", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "type", "type": {"kind": "nullable", "of": {"kind": "string", "expected": "string"}, "expected": "string or null"}, "optional": false},
+    {"name": "created_at", "type": {"kind": "nullable", "of": {"kind": "timestamp", "expected": "timestamp"}, "expected": "timestamp or null"}, "optional": false},
+    {"name": "updated_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "synced_at", "type": {"kind": "timestamp", "expected": "timestamp"}, "optional": false},
+    {"name": "sync_digest", "type": {"kind": "digest", "expected": "64 hex digits"}, "optional": false},
+  ],
+  sync_fields: ["clerk_id", "key", "name", "description", "type", "created_at", "updated_at", "synced_at", "sync_digest"],
+};
+
+/**
+ * Reads organization permission documents checked against the declaration (ClerkSyncSchemaError), and lets
+ * writes name only the app's own fields `App` (ClerkSyncWriteError).
+ */
+export function clerkPermissionConverter<App extends AppFields = {}>(): FirestoreDataConverter<ClerkPermission & App> {
+  return documentConverter<ClerkPermission, App>(CLERK_PERMISSION);
 }
 
 /**

@@ -115,13 +115,13 @@ indexes: ## exempt metadata and timestamps from indexing; memberships queryable 
 	  '$(FIRESTORE_ADMIN_API)/projects/$(PROJECT)/databases/$(FIRESTORE_DATABASE)/collectionGroups/memberships/fields/user_id?updateMask=indexConfig' \
 	  -d '$(USER_ID_INDEX)'
 
-bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory): print tables, keep bench/results/
-	@for script in cold_start latency round_trips round_trip_delay memory backlog; do \
+bench: $(INSTALLED) ## benchmarks (cold start, latency, round trips, round-trip delay, memory, backlog, roles): print tables, keep bench/results/
+	@for script in cold_start latency round_trips round_trip_delay memory backlog roles; do \
 	  echo "=== bench/$$script.py"; $(PY) bench/$$script.py || exit 1; \
 	done
 
-clean: ## remove the virtualenv, node_modules, rendered rules and caches
-	rm -rf $(VENV) node_modules build .mypy_cache .ruff_cache .pytest_cache .hypothesis
+clean: ## remove the virtualenv, node_modules, rendered rules, the built client and caches
+	rm -rf $(VENV) node_modules build client/dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
 
 # --- firebase_token: Clerk session token -> Firebase custom token (docs/reading-from-your-app.md) ---
 
@@ -134,16 +134,25 @@ $(NODE_INSTALLED): package.json package-lock.json
 	npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
-.PHONY: node-modules docs-ts deploy-token grant-token-signing
+.PHONY: node-modules docs-ts client generate deploy-token grant-token-signing
 
 node-modules: $(NODE_INSTALLED) ## install node_modules (Auth emulator, Firebase JS SDK, TypeScript) with npm ci
 test: $(NODE_INSTALLED)
 dev: $(NODE_INSTALLED)
 
+# The TypeScript client apps install (docs/reading-from-your-app.md): strict, into client/dist/.
+# node_modules/clerk-firestore-sync links to client/ (package.json), so the docs' snippets import it built.
+client: $(NODE_INSTALLED) ## build the TypeScript client package (client/dist/) with tsc, strict
+	node_modules/.bin/tsc -p client
+
+# What clerk_sync/documents.py declares, written out: the client's types, the JSON Schema, the data-model tables.
+generate: $(INSTALLED) ## regenerate client/src/documents.ts, client/clerk-sync.schema.json, docs/data-model.md's tables
+	$(PY) -m tools.generate
+
 # The docs' TypeScript blocks as files (each names its own), then tsc over them: strict, no output.
 # tsx runs the Node ones from there (docs/reading-from-your-app.md#try-it-locally).
 DOCS_TS := build/docs-ts
-docs-ts: $(INSTALLED) $(NODE_INSTALLED) ## write the docs' TypeScript to build/docs-ts/ and type-check it (tsc --noEmit, strict)
+docs-ts: $(INSTALLED) client ## build the client, write the docs' TypeScript to build/docs-ts/ and type-check it (strict)
 	$(PY) -m tools.snippets $(DOCS_TS)
 	node_modules/.bin/tsc --noEmit -p tsconfig.docs.json
 

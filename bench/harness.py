@@ -46,6 +46,7 @@ __all__ = [
     "group_cpu_seconds",
     "group_pids",
     "http_jobs",
+    "load_rules",
     "machine",
     "new_message_id",
     "percentile",
@@ -171,6 +172,11 @@ def group_cpu_seconds(group: int) -> float:
 
 def wipe(host: str) -> None:
     emulator.wipe(host, PROJECT)
+
+
+def load_rules(host: str, rules_text: str) -> None:
+    """Replace the emulator's security rules for the benchmark project (its REST calls obey them)."""
+    emulator.load_rules(host, PROJECT, rules_text)
 
 
 def server_environment(host: str, threads: int) -> dict[str, str]:

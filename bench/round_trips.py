@@ -4,8 +4,10 @@ The production code path (`clerk_sync.events.apply_event`) runs unchanged; only 
 differs, in that its emulator channel is wrapped with `grpc.intercept_channel`. Expected: BatchGetDocuments
 (which begins the transaction) + Commit for every upsert outcome; a conflict reads the claim's owner in a
 second batch; a deletion then queries what belonged to the deleted object (a user's or an organization's
-billing, then its memberships), and commits a batch of deletes per 250 documents found. Billing events
-read their plans in the same batch: 2 calls too.
+billing, an organization's invitations, then the memberships), and commits a batch of deletes per 250
+documents found. Billing events read their plans in the same batch: 2 calls too. A permission's new key
+or deletion then queries the roles holding it, and derives each one's list again in a transaction of
+its own (two reads and a commit per role).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from datetime import timedelta
 
 import harness
 from billing_events import item_data, item_event, payment_data, payment_event, subscription_data, subscription_event
-from clerk_events import membership_event, organization_deletion_event, organization_event
+from clerk_events import (
+    deleted_object_event,
+    invitation_event,
+    membership_event,
+    organization_deletion_event,
+    organization_event,
+    permission_data,
+    permission_event,
+    role_event,
+)
 from harness import Table
 from rpc_count import CallCounter, counting_client
 
@@ -88,6 +99,7 @@ def main() -> None:
         apply("msg_warm", upsert("user_warm", email="warm@example.com", updated_at=BASE_MS))  # channel up
         COUNTER.take()
         member = "organizationMembership"
+        edit, publish = permission_data("perm_e", "org:posts:edit"), permission_data("perm_p", "org:posts:publish")
         scenarios: list[tuple[str, str, events.Event, int]] = [
             ("user: create with email", "msg_a1", upsert("user_a", email="a@example.com", updated_at=BASE_MS), 2),
             ("user: same delivery again", "msg_a1", upsert("user_a", email="a@example.com", updated_at=BASE_MS), 2),
@@ -122,7 +134,8 @@ def main() -> None:
             ("user: delete (1 membership)", "msg_a4", parsed(harness.deletion_event("user_a")), 5),
             ("user: update after delete", "msg_a5", upsert("user_a", email="a@example.com", updated_at=BASE_MS + 9), 2),
             ("user: same delete again", "msg_a4", parsed(harness.deletion_event("user_a")), 4),
-            ("organization: delete (no members left)", "msg_o2", parsed(organization_deletion_event("org_o")), 4),
+            # One query per collection it sweeps: its billing, its invitations, its members.
+            ("organization: delete (no members left)", "msg_o2", parsed(organization_deletion_event("org_o")), 5),
             ("subscription: create (2 items)", "msg_s1", parsed(subscription("user_c", 2, BASE_MS + 1)), 2),
             ("subscription item: update", "msg_s2", parsed(item("user_c", "active", BASE_MS + 3)), 2),
             ("subscription item: older (stale)", "msg_s3", parsed(item("user_c", "past_due", BASE_MS + 2)), 2),
@@ -134,6 +147,51 @@ def main() -> None:
                 2,
             ),
             ("user: delete (subscription + payment)", "msg_c2", parsed(harness.deletion_event("user_c")), 5),
+            (
+                "role: create (2 permissions)",
+                "msg_r1",
+                parsed(role_event("role.created", "role_r", "org:editor", [edit, publish])),
+                2,
+            ),
+            (
+                "role: older update",
+                "msg_r2",
+                parsed(role_event("role.updated", "role_r", "org:editor", [edit], updated_at=BASE_MS - 1)),
+                2,
+            ),
+            (
+                "membership: join, its role stored",
+                "msg_m4",
+                parsed(membership_event(f"{member}.created", "orgmem_4", "org_p", "user_p", role="org:editor")),
+                2,
+            ),
+            (
+                "permission: new key, 1 role holds it",
+                "msg_perm1",
+                parsed(permission_event("permission.updated", "perm_e", "org:articles:edit", updated_at=BASE_MS + 5)),
+                6,
+            ),
+            (
+                "permission: delete, 1 role holds it",
+                "msg_perm2",
+                parsed(deleted_object_event("permission.deleted", "permission", "perm_p")),
+                6,
+            ),
+            ("role: delete", "msg_r3", parsed(deleted_object_event("role.deleted", "role", "role_r")), 2),
+            (
+                "invitation: create",
+                "msg_i1",
+                parsed(invitation_event("organizationInvitation.created", "orginv_1", "org_p")),
+                2,
+            ),
+            (
+                "invitation: accepted",
+                "msg_i2",
+                parsed(
+                    invitation_event("organizationInvitation.accepted", "orginv_1", "org_p", updated_at=BASE_MS + 1)
+                ),
+                2,
+            ),
         ]
         for label, message_id, event, expected in scenarios:
             outcome = apply(message_id, event)

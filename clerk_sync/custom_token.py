@@ -50,22 +50,24 @@ def claims_size(claims: dict[str, str]) -> int:
 
 
 def developer_claims(session: Session) -> dict[str, str]:
-    """`clerk_sid`, and `org_id`, `org_role`, `org_slug` of the active organization (none without one).
+    """`clerk_sid`; `org_id`, `org_role`, `org_slug` of the active organization; `clerk_pla`, `clerk_fea`.
 
-    The session id, org id and role are bounded (they always fit); the slug is left out when it
-    would take the claims over 1,000 bytes, so an odd slug costs the slug, never the sign-in.
+    The session id, org id and role are bounded (they always fit). The slug, then Clerk Billing's
+    `pla` and `fea` hints (as fresh as the session token: up to an hour old in a refreshed Firebase
+    ID token; the rules read the subscription documents instead) are each left out when they would
+    take the claims over 1,000 bytes, so an odd value costs that value, never the sign-in.
     """
     claims = {SESSION_CLAIM: session.session_id}
     organization = session.organization
-    if organization is None:
-        return claims
-    claims["org_id"] = organization.id
-    if organization.role is not None:
-        claims["org_role"] = organization.role
-    if organization.slug is not None:
-        with_slug = {**claims, "org_slug": organization.slug}
-        if claims_size(with_slug) <= MAX_CLAIMS_BYTES:
-            return with_slug
+    optional: list[tuple[str, str | None]] = [("clerk_pla", session.plans), ("clerk_fea", session.features)]
+    if organization is not None:
+        claims["org_id"] = organization.id
+        if organization.role is not None:
+            claims["org_role"] = organization.role
+        optional.insert(0, ("org_slug", organization.slug))
+    for name, value in optional:
+        if value is not None and claims_size({**claims, name: value}) <= MAX_CLAIMS_BYTES:
+            claims[name] = value
     return claims
 
 

@@ -18,9 +18,12 @@ from google.cloud import firestore
 from clerk_sync import (
     cascade,
     event_log,
+    invitations,
     memberships,
     organizations,
     payments,
+    permissions,
+    roles,
     sessions,
     subscriptions,
     transaction,
@@ -32,6 +35,7 @@ from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
 
 __all__ = [
+    "ACKNOWLEDGED",
     "FOLLOW_UPS",
     "KINDS",
     "PARSERS",
@@ -68,16 +72,47 @@ class IgnoredEvent:
     event_type: str
     clerk_id: None = None
 
+    @property
+    def known(self) -> bool:
+        """Whether Clerk's catalog has the type (ACKNOWLEDGED says why it is not stored), or it is new."""
+        return self.event_type in ACKNOWLEDGED
+
 
 Event = Change | IgnoredEvent
 Parser = Callable[[str, dict[str, Any], bytes], Change]
 # Work outside Firestore that a kind's changes name (Kind.follow_ups), run after the commit. Each
 # raises FollowUpFailed (503: the retry finds the event recorded and runs it again).
 FollowUp = Callable[[firestore.Client, Change, Delivery, float], None]
-FOLLOW_UPS: dict[str, FollowUp] = {users.AUTH_FOLLOW_UP: users.align_auth_user}
+FOLLOW_UPS: dict[str, FollowUp] = {
+    users.AUTH_FOLLOW_UP: users.align_auth_user,
+    permissions.ROLES_FOLLOW_UP: roles.refresh_holders,
+}
 
 # Every kind the webhook stores: reconcile and check walk these declarations.
-KINDS = (users.KIND, organizations.KIND, memberships.KIND, subscriptions.KIND, payments.KIND)
+KINDS = (
+    users.KIND,
+    organizations.KIND,
+    memberships.KIND,
+    subscriptions.KIND,
+    payments.KIND,
+    roles.KIND,
+    permissions.KIND,
+    invitations.KIND,
+)
+
+# Types in Clerk's catalog that nothing here stores, and why (docs/data-model.md has every type's decision;
+# tests/test_catalog.py holds the two together). Any other type is new: its log line says so.
+ACKNOWLEDGED = {
+    "session.created": "a session starting changes nothing the rules read",
+    "session.pending": "a session waiting for an organization changes nothing the rules read",
+    "email.created": "an email Clerk sends (it may hold a one-time code): never stored",
+    "sms.created": "a text message Clerk sends (it may hold a one-time code): never stored",
+    "waitlistEntry.created": "a waitlist entry is no user yet; an invited one arrives as user.created",
+    "waitlistEntry.updated": "a waitlist entry is no user yet; an invited one arrives as user.created",
+    "organizationDomain.created": "a domain grants no access; Clerk turns it into invitations and suggestions",
+    "organizationDomain.updated": "a domain grants no access; Clerk turns it into invitations and suggestions",
+    "organizationDomain.deleted": "a domain grants no access; Clerk turns it into invitations and suggestions",
+}
 
 PARSERS: dict[str, Parser] = {
     "user.created": users.parse_upsert,
@@ -89,7 +124,9 @@ PARSERS: dict[str, Parser] = {
     "organizationMembership.created": memberships.parse_upsert,
     "organizationMembership.updated": memberships.parse_upsert,
     "organizationMembership.deleted": memberships.parse_deletion,
-    # session.created / .pending: nothing to keep (acknowledged as ignored).
+    "organizationInvitation.created": invitations.parse_upsert,
+    "organizationInvitation.accepted": invitations.parse_end,
+    "organizationInvitation.revoked": invitations.parse_end,
     "session.ended": sessions.parse_end,
     "session.removed": sessions.parse_end,
     "session.revoked": sessions.parse_end,
@@ -99,6 +136,12 @@ PARSERS: dict[str, Parser] = {
     # Clerk's billing changelog (2025-07) spelled these in snake case; its catalog now says pastDue.
     "subscription.past_due": subscriptions.parse_subscription,
     "subscriptionItem.past_due": subscriptions.parse_item,
+    "role.created": roles.parse_upsert,
+    "role.updated": roles.parse_upsert,
+    "role.deleted": roles.parse_deletion,
+    "permission.created": permissions.parse_upsert,
+    "permission.updated": permissions.parse_upsert,
+    "permission.deleted": permissions.parse_deletion,
 }
 
 

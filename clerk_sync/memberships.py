@@ -4,6 +4,11 @@ Documents (names are part of the data contract):
   {ORGANIZATIONS_COLLECTION}/{org_id}/memberships/{user_id}  one member of one organization
   membership_tombstones/{membership_id}                      deleted memberships
 
+A member's document names its role by key, as Clerk sends it, and by id (`role_id`, from the key's
+document when the role is stored): the rules read what the role grants from the role's document,
+never from `permissions` (Clerk's list when the membership last changed, which a role's change
+leaves behind), unless the role is not known to the sync yet.
+
 Each membership writes only its own documents (never the organization's), so a bulk import of
 thousands of members into one organization has no hot document to fight over. Upserts are
 ordered by the membership's `updated_at`; a delete is not (Clerk's delete can carry an older
@@ -16,34 +21,50 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import kind, payload
-from clerk_sync.kind import Deletion, Upsert
+from google.cloud import firestore
+
+from clerk_sync import documents, kind, payload, roles
+from clerk_sync.delivery import Delivery
+from clerk_sync.kind import Admission, Deletion, Snapshots, Upsert
 from clerk_sync.organizations import organization_id
+from clerk_sync.outcome import Outcome
+from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
+from clerk_sync.transaction import Attempt
 
 __all__ = [
     "KIND",
     "OWNED_FIELDS",
+    "ROLE_ID_FIELD",
     "SYNCED_FIELDS",
     "parse_deletion",
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "membership_id",
-    "organization_id",
-    "user_id",
-    "role",
-    "role_name",
-    "permissions",
-    "public_metadata",
-    "identifier",
-    "first_name",
-    "last_name",
-    "image_url",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.MEMBERSHIP.names_set_by("clerk")
+
+# The id of the role the member's key names, when the role is stored (the rules read it from there).
+ROLE_ID_FIELD = "role_id"
+
+
+def _role_key_read(db: firestore.Client, paths: Paths, change: Upsert) -> list[firestore.DocumentReference]:
+    """The document naming the role of the member's key, read in the membership's one batched read."""
+    key = change.document["role"]
+    return [roles.key_reference(db, paths, key)] if roles.is_role_key(key) else []
+
+
+def _with_role_id(
+    attempt: Attempt, delivery: Delivery, change: Upsert, snapshots: Snapshots, _stored: dict[str, Any] | None
+) -> Admission:
+    """The member's role by id too, so a later move of the key to another role leaves the member its own."""
+    read = _role_key_read(attempt.db, delivery.paths, change)
+    held = snapshots[read[0].path] if read else None
+    named = (held.to_dict() or {}).get("role_id") if held is not None and held.exists else None
+    if not isinstance(named, str):
+        return Admission(Outcome.APPLIED, change.document)  # role_id goes: the rules look the key up
+    return Admission(Outcome.APPLIED, {**change.document, ROLE_ID_FIELD: named})
+
 
 # A member's document is keyed by user id, its tombstone by membership id: a late delete of an old
 # membership only removes the document while it still holds that id (`Kind.holds`).
@@ -61,6 +82,9 @@ KIND = kind.Kind(
         f"{paths.organization_tombstones}/{ids['organization_id']}",
         f"{paths.user_tombstones}/{ids['user_id']}",
     ),
+    reads=_role_key_read,
+    admit=_with_role_id,
+    extra_owned=(ROLE_ID_FIELD,),
 )
 OWNED_FIELDS = KIND.owned_fields
 

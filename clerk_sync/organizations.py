@@ -3,6 +3,7 @@
 Documents (names are part of the data contract):
   {ORGANIZATIONS_COLLECTION}/{org_id}                        the synced organization
   {ORGANIZATIONS_COLLECTION}/{org_id}/memberships/{user_id}  its members (see memberships.py)
+  {ORGANIZATIONS_COLLECTION}/{org_id}/invitations/{inv_id}   its pending invitations (see invitations.py)
   organization_tombstones/{org_id}                           deleted organizations
 
 An organization's deletion also sweeps its billing ({ORGANIZATIONS_COLLECTION}/{org_id}/billing, billing.py).
@@ -14,7 +15,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import billing, kind, payload
+from clerk_sync import billing, documents, kind, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.kind import Deletion, Ids, Upsert
 from clerk_sync.paths import Paths
@@ -29,17 +30,8 @@ __all__ = [
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "clerk_id",
-    "name",
-    "slug",
-    "image_url",
-    "public_metadata",
-    "max_allowed_memberships",
-    "created_by",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.ORGANIZATION.names_set_by("clerk")
 
 
 def organization_id(value: object, where: str) -> str:
@@ -48,17 +40,19 @@ def organization_id(value: object, where: str) -> str:
 
 
 def _belongings(db: firestore.Client, paths: Paths, organization_ids: Ids) -> list[Sweep]:
-    """Its billing, and every membership of the organization, however many (in batches, after the tombstone).
+    """Its billing, its pending invitations, and every membership of the organization, however many (in
+    batches, after the tombstone).
 
     The members go last: the delivery that finishes a cut-off sweep is then the one that removed the
     last of them (`applied`, not `duplicate`).
     """
     organization_id = organization_ids["clerk_id"]
+    invited = Sweep(query=db.collection(paths.invitations(organization_id)), ours=lambda _path: True)
     members = Sweep(query=db.collection(paths.memberships(organization_id)), ours=lambda _path: True)
-    return [*billing.payer_sweeps(db, paths, "organization", organization_id), members]
+    return [*billing.payer_sweeps(db, paths, "organization", organization_id), invited, members]
 
 
-# An organization's own rule is its cascade: its members and its billing go with it.
+# An organization's own rule is its cascade: its members, its invitations and its billing go with it.
 KIND = kind.Kind(
     family="organization",
     sweeps=_belongings,

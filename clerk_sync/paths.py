@@ -11,13 +11,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["BILLING_PLANS", "BOOKKEEPING", "MEMBERSHIPS", "Paths", "collection_path_problem", "paths_for"]
+__all__ = [
+    "BILLING_PLANS",
+    "BOOKKEEPING",
+    "DEFINITIONS",
+    "INVITATIONS",
+    "MEMBERSHIPS",
+    "Paths",
+    "collection_path_problem",
+    "paths_for",
+]
 
 # A collection path has an odd number of segments: `users`, `tenants/acme/users`.
 COLLECTION_PATH = re.compile(r"[^/]+(/[^/]+/[^/]+)*")
 RESERVED_SEGMENT = re.compile(r"__.*__", re.DOTALL)
 MAX_SEGMENT_BYTES = 1500
 MEMBERSHIPS = "memberships"  # subcollection of each organization; also the collection-group id
+INVITATIONS = "invitations"  # subcollection of each organization: its pending invitations
 BOOKKEEPING = (
     "email_claims",
     "user_tombstones",
@@ -27,10 +37,17 @@ BOOKKEEPING = (
     "sync_state",
     "ended_sessions",
     "billing_tombstones",
+    "role_tombstones",
+    "permission_tombstones",
+    "invitation_tombstones",
 )
 # Clerk Billing's plans, copied by backfill and reconcile; beside the users collection too, but
 # client-readable (an app maps plans to features and shows prices), so not bookkeeping.
 BILLING_PLANS = "billing_plans"
+# The instance's organization roles and permissions: beside the users collection too, but readable by
+# signed-in users (the rules decide permissions with them), so not bookkeeping. Named as Clerk's API
+# names them, so they do not meet an app's own `roles` collection.
+DEFINITIONS = ("organization_roles", "organization_role_keys", "organization_permissions")
 
 
 @dataclass(frozen=True)
@@ -48,10 +65,20 @@ class Paths:
     ended_sessions: str  # Clerk sessions that ended: the rules deny Firebase sessions exchanged from them
     billing_tombstones: str  # subscriptions and payments reconcile found gone from Clerk
     billing_plans: str
+    roles: str  # organization roles by role id
+    role_keys: str  # which role a role key names (a membership carries the key)
+    permissions: str  # organization permissions by permission id
+    role_tombstones: str
+    permission_tombstones: str
+    invitation_tombstones: str  # invitations accepted or revoked
 
     def memberships(self, organization_id: str) -> str:
         """An organization's memberships, one document per member keyed by Clerk user id."""
         return f"{self.organizations}/{organization_id}/{MEMBERSHIPS}"
+
+    def invitations(self, organization_id: str) -> str:
+        """An organization's pending invitations, one document per invitation id."""
+        return f"{self.organizations}/{organization_id}/{INVITATIONS}"
 
     def is_membership(self, document_path: str) -> bool:
         """Whether a `memberships` document (found by a collection-group query) is one of ours."""
@@ -80,7 +107,7 @@ def paths_for(users: str, organizations: str) -> Paths:
     """All collection paths, the bookkeeping ones beside `users` (same parent document)."""
     parent = users.rpartition("/")[0]
     beside = f"{parent}/" if parent else ""
-    names = {name: f"{beside}{name}" for name in BOOKKEEPING}
+    names = {name: f"{beside}{name}" for name in (*BOOKKEEPING, *DEFINITIONS)}
     return Paths(
         users=users,
         organizations=organizations,
@@ -93,4 +120,10 @@ def paths_for(users: str, organizations: str) -> Paths:
         ended_sessions=names["ended_sessions"],
         billing_tombstones=names["billing_tombstones"],
         billing_plans=f"{beside}{BILLING_PLANS}",
+        roles=names["organization_roles"],
+        role_keys=names["organization_role_keys"],
+        permissions=names["organization_permissions"],
+        role_tombstones=names["role_tombstones"],
+        permission_tombstones=names["permission_tombstones"],
+        invitation_tombstones=names["invitation_tombstones"],
     )

@@ -13,31 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import billing, kind, payload
+from clerk_sync import billing, documents, kind, payload
 from clerk_sync.kind import Upsert
 from clerk_sync.payload import MalformedEvent
 
 __all__ = ["KIND", "OWNED_FIELDS", "PAYMENT_TYPES", "SYNCED_FIELDS", "parse_upsert"]
 
-SYNCED_FIELDS = (
-    "payment_id",
-    "attempt_id",
-    "payer_type",
-    "payer_id",
-    "clerk_payer_id",
-    "statement_id",
-    "status",
-    "charge_type",
-    "failed_reason",
-    "totals",
-    "payment_source",
-    "subscription_items",
-    "billing_date",
-    "paid_at",
-    "failed_at",
-    "created_at",
-    "updated_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.PAYMENT.names_set_by("clerk")
 PAYMENT_TYPES = ("paymentAttempt.created", "paymentAttempt.updated")
 
 KIND = kind.Kind(

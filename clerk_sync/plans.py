@@ -20,7 +20,7 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
-from clerk_sync import billing, payload, subscriptions, transaction
+from clerk_sync import billing, documents, payload, subscriptions, transaction
 from clerk_sync.outcome import StoreUnavailable
 from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
@@ -28,23 +28,8 @@ from clerk_sync.transaction import NO_RETRY, Attempt
 
 __all__ = ["PLAN_FIELDS", "Copied", "copy_plans", "plan_document", "refresh_features"]
 
-PLAN_FIELDS = (
-    "plan_id",
-    "slug",
-    "name",
-    "description",
-    "for_payer_type",
-    "is_default",
-    "is_recurring",
-    "publicly_visible",
-    "fee",
-    "annual_fee",
-    "annual_monthly_fee",
-    "free_trial_enabled",
-    "free_trial_days",
-    "features",
-    "feature_details",
-)
+# As the data contract declares them (clerk_sync/documents.py).
+PLAN_FIELDS = documents.PLAN.names_set_by("clerk")
 MAX_PLANS = 400  # one batch of writes and deletes; Clerk instances have a handful of plans
 
 

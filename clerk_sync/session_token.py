@@ -36,6 +36,8 @@ _SESSION_ID = re.compile(r"sess_[A-Za-z0-9]{1,64}")
 _ORG_ID = re.compile(r"org_[A-Za-z0-9]{1,60}")
 # Role keys after the `org:` prefix: `admin`, `member`, custom keys such as `billing_manager`.
 _ROLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Clerk's billing claims: comma-separated `u:slug` / `o:slug` entries.
+_BILLING_HINT = re.compile(r"[A-Za-z0-9_:,.-]{1,512}")
 _BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
 _V1_VERSIONS = (None, 1)  # v1 tokens carry no `v`
 
@@ -64,6 +66,9 @@ class Session:
     user_id: str
     session_id: str
     organization: Organization | None
+    # Clerk Billing's `pla` / `fea` (v2 only): hints for an app's UI, as fresh as the session token.
+    plans: str | None = None
+    features: str | None = None
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -194,4 +199,21 @@ def verify_session_token(token: str, config: TokenSettings) -> Session:
     # `pending`: signed in, but a required step (such as choosing an organization) is not done yet.
     if claims.get("sts") == "pending" and not config.allow_pending_sessions:
         raise TokenRejected("pending_session")
-    return Session(user_id=user_id, session_id=session_id, organization=_organization(claims))
+    return Session(
+        user_id=user_id,
+        session_id=session_id,
+        organization=_organization(claims),
+        plans=_billing_hint(claims, "pla"),
+        features=_billing_hint(claims, "fea"),
+    )
+
+
+def _billing_hint(claims: dict[str, Any], name: str) -> str | None:
+    """`pla` / `fea` of a v2 token as Clerk sent them (`u:free`, `o:pro,o:dashboard`), or None.
+
+    A hint never fails a sign-in: an odd value is dropped, not refused.
+    """
+    value = claims.get(name)
+    if claims.get("v") != 2 or not isinstance(value, str) or not _BILLING_HINT.fullmatch(value):
+        return None
+    return value

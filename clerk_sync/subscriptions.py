@@ -24,7 +24,7 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import billing, kind, payload, versions
+from clerk_sync import billing, documents, kind, payload, versions
 from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Admission, Snapshots, Upsert
 from clerk_sync.outcome import Outcome
@@ -47,21 +47,8 @@ __all__ = [
     "parse_subscription",
 ]
 
-# The subscription's own fields (its part of the document).
-SUBSCRIPTION_FIELDS = (
-    "subscription_id",
-    "payer_type",
-    "payer_id",
-    "clerk_payer_id",
-    "status",
-    "active_at",
-    "past_due_at",
-    "canceled_at",
-    "ended_at",
-    "created_at",
-    "updated_at",
-    "latest_payment_id",
-)
+# The subscription's own fields (its part of the document), as clerk_sync/documents.py declares them.
+SUBSCRIPTION_FIELDS = tuple(name for name in documents.SUBSCRIPTION.names_set_by("clerk") if name != "items")
 PART_DIGEST = "subscription_digest"  # a digest of the subscription's own fields: breaks their ties
 # The Backend API's subscription (what reconcile reads) has no canceled_at, ended_at or
 # latest_payment_id: the digest covers the fields both sources carry, so the same state read from
@@ -70,21 +57,7 @@ UNDIGESTED = frozenset({"canceled_at", "ended_at", "latest_payment_id"})
 ITEMS = "items"  # item id -> the item's fields, its `sync_digest` and its plan's `features`
 SYNCED_FIELDS = (*SUBSCRIPTION_FIELDS, PART_DIGEST, ITEMS)
 # Each item's fields from Clerk (its `sync_digest` covers these).
-ITEM_FIELDS = (
-    "status",
-    "plan_id",
-    "plan",
-    "interval",
-    "period_start",
-    "period_end",
-    "is_free_trial",
-    "seats",
-    "canceled_at",
-    "past_due_at",
-    "ended_at",
-    "created_at",
-    "updated_at",
-)
+ITEM_FIELDS = tuple(field.name for field in documents.SUBSCRIPTION_ITEM.fields if field.source == "clerk")
 FEATURES = "features"  # inside an item: its plan's feature slugs from billing_plans, null when not copied yet
 DERIVED_FIELDS = ("active_plans", "active_features")
 ROOM_BYTES = 64 * 1024  # for the derived fields and each item's features, written after the merge

@@ -18,7 +18,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 from google.cloud.firestore_v1 import FieldFilter
 
-from clerk_sync import billing, ids, kind, payload
+from clerk_sync import billing, documents, ids, kind, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.config import Settings
 from clerk_sync.delivery import Delivery
@@ -44,26 +44,8 @@ __all__ = [
     "parse_upsert",
 ]
 
-SYNCED_FIELDS = (
-    "clerk_id",
-    "email",
-    "email_verified",
-    "email_addresses",
-    "phone_number",
-    "username",
-    "first_name",
-    "last_name",
-    "image_url",
-    "external_id",
-    "public_metadata",
-    "unsafe_metadata",
-    "banned",
-    "locked",
-    "deprovisioned",
-    "created_at",
-    "updated_at",
-    "last_sign_in_at",
-)
+# The fields parsed from Clerk, as the data contract declares them (clerk_sync/documents.py).
+SYNCED_FIELDS = documents.USER.names_set_by("clerk")
 DELETED_AT_FIELD = kind.DELETED_AT_FIELD
 # The primary address a stored user is waiting to take while another user still holds it.
 PENDING_FIELD = "pending_email"

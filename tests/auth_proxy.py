@@ -1,4 +1,5 @@
-"""A loopback HTTP proxy in front of the Firebase Auth emulator that can slow down or fail its answers.
+"""A loopback HTTP proxy in front of the Firebase Auth emulator (or the token function) that can slow down or
+fail its answers.
 
 The webhook reaches the Auth emulator through FIREBASE_AUTH_EMULATOR_HOST; pointed here instead,
 its calls pass through unchanged, or wait `delay` seconds first (an Auth call that reaches Google
@@ -29,6 +30,7 @@ class AuthProxy:
     host: str = ""  # HOST:PORT of the proxy: the webhook's FIREBASE_AUTH_EMULATOR_HOST
     delay: float = 0.0
     failing: bool = False
+    fail_next: int = 0  # answer this many more calls 503, then pass them through again
     calls: list[str] = field(default_factory=list)  # "METHOD path" of each request
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -42,7 +44,10 @@ def _handler(state: AuthProxy) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.calls.append(f"{self.command} {self.path.split('?')[0]}")
             time.sleep(state.delay)
-            if state.failing:
+            with state.lock:
+                failing_now = state.failing or state.fail_next > 0
+                state.fail_next = max(0, state.fail_next - 1)
+            if failing_now:
                 self._answer(503, {}, b'{"error": {"code": 503, "message": "UNAVAILABLE", "status": "UNAVAILABLE"}}')
                 return
             host, port = state.target.rsplit(":", 1)

@@ -1,4 +1,4 @@
-"""A local stand-in for Clerk's Backend API on loopback: users, organizations, memberships.
+"""A local stand-in for Clerk's Backend API on loopback: users, organizations, memberships, roles, permissions.
 
 It serves the documented response shapes (lists with limit/offset and the orderings Clerk offers,
 users also by cursor, `GET` by id answering 404 for what is gone), so the real `clerk-backend-api`
@@ -14,6 +14,8 @@ cost no memory.
   GET /v1/organization_memberships
   GET /v1/billing/plans, /v1/billing/subscription_items
   GET /v1/users/{id}/billing/subscription, /v1/organizations/{id}/billing/subscription
+  GET /v1/organization_roles, /v1/organization_roles/{id}
+  GET /v1/organization_permissions, /v1/organization_permissions/{id}
 """
 
 from __future__ import annotations
@@ -352,6 +354,76 @@ def generated_memberships(count: int, organizations: list[dict[str, Any]], users
     return Generated(count, make, "orgmem_standin")
 
 
+# Clerk's system permissions, and its two default roles (every instance with organizations has them).
+SYSTEM_PERMISSIONS = (
+    "org:sys_profile:manage",
+    "org:sys_profile:delete",
+    "org:sys_memberships:read",
+    "org:sys_memberships:manage",
+    "org:sys_domains:read",
+    "org:sys_domains:manage",
+    "org:sys_billing:read",
+    "org:sys_billing:manage",
+)
+DEFAULT_ROLES = {"org:admin": SYSTEM_PERMISSIONS, "org:member": ("org:sys_memberships:read",)}
+
+
+def api_permission(permission_id: str, key: str, *, created_at: int, updated_at: int) -> dict[str, Any]:
+    """A Permission object as `GET /v1/organization_permissions` returns it (and roles nest it)."""
+    system = key.startswith("org:sys_")
+    return {
+        "object": "permission",
+        "id": permission_id,
+        "name": key.rsplit(":", 1)[-1].replace("_", " ").title(),
+        "key": key,
+        "description": f"{'System permission' if system else 'Permission'} {key}",
+        "type": "system" if system else "user",
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+
+
+def api_role(
+    role_id: str, key: str, permissions: list[dict[str, Any]], *, created_at: int, updated_at: int
+) -> dict[str, Any]:
+    """A Role object as `GET /v1/organization_roles` returns it: its permissions nested whole."""
+    return {
+        "object": "role",
+        "id": role_id,
+        "name": key.removeprefix("org:").replace("_", " ").title(),
+        "key": key,
+        "description": None,
+        "is_creator_eligible": key == "org:admin",
+        "permissions": permissions,
+        "created_at": created_at,
+        "updated_at": updated_at,
+    }
+
+
+def roles_with_permissions(
+    roles: dict[str, tuple[str, ...]], *, created_at: int, updated_at: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Roles by key with their permission keys, as Clerk would list them: (roles, permissions)."""
+    permissions: dict[str, dict[str, Any]] = {}
+    for keys in roles.values():
+        for key in keys:
+            permission_id = "perm_standin_" + key.replace(":", "_")
+            permissions.setdefault(
+                key, api_permission(permission_id, key, created_at=created_at, updated_at=updated_at)
+            )
+    listed = [
+        api_role(
+            "role_standin_" + key.replace(":", "_"),
+            key,
+            [permissions[permission] for permission in keys],
+            created_at=created_at,
+            updated_at=updated_at,
+        )
+        for key, keys in roles.items()
+    ]
+    return listed, list(permissions.values())
+
+
 @dataclass
 class Request:
     """One request the fake API saw."""
@@ -377,6 +449,8 @@ class FakeClerk:
     generated: dict[str, Generated] = field(default_factory=dict)  # "users" / "memberships": served instead
     plans: list[dict[str, Any]] = field(default_factory=list)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)  # payer id -> its subscription
+    roles: list[dict[str, Any]] = field(default_factory=list)
+    permissions: list[dict[str, Any]] = field(default_factory=list)
     unlisted: set[str] = field(default_factory=set)  # ids a listing misses, though GET by id finds them
     faults: dict[int, tuple[int, dict[str, str]]] = field(default_factory=dict)
     path_faults: dict[tuple[str, int], tuple[int, dict[str, str]]] = field(default_factory=dict)
@@ -434,8 +508,13 @@ class FakeClerk:
             return 200, {}, _listing(_page(listed, query, limit, offset), len(listed))
         if parts[0] == "billing" or parts[2:] == ["billing", "subscription"]:
             return self.billing(parts, limit, offset)
-        if len(parts) == 2 and parts[0] in {"users", "organizations"}:
-            found = _by_id(users if parts[0] == "users" else self.organizations, parts[1])
+        definitions = {"organization_roles": self.roles, "organization_permissions": self.permissions}
+        if len(parts) == 1 and parts[0] in definitions:
+            listed = [item for item in definitions[parts[0]] if item["id"] not in self.unlisted]
+            return 200, {}, _listing(_page(listed, query, limit, offset), len(listed))
+        objects = {"users": users, "organizations": self.organizations, **definitions}
+        if len(parts) == 2 and parts[0] in objects:
+            found = _by_id(objects[parts[0]], parts[1])
             return (200, {}, found) if found else (404, {}, _errors("resource_not_found", "not found"))
         if len(parts) == 3 and parts[0] == "organizations" and parts[2] == "memberships":
             if not _by_id(self.organizations, parts[1]):
@@ -606,6 +685,14 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
         type=lambda text: _pair(text, 3, "ORG_ID:USER_ID:ROLE"),
         help="a member of a named organization (repeatable; ROLE like org:admin)",
     )
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        metavar="KEY:PERMISSION,...",
+        help="a custom role and its permission keys, besides Clerk's org:admin and org:member (repeatable), "
+        "e.g. org:editor:org:posts:edit,org:posts:read",
+    )
     parser.add_argument("--environment", default="development", help="the instance's environment_type")
     parser.add_argument("--instance-id", default=INSTANCE_ID, help="another instance's id (its key stays the same)")
     parser.add_argument("--answer-429", action="append", default=[], metavar="PATH:N",
@@ -643,10 +730,24 @@ def standing_in(argv: list[str] | None = None) -> tuple[FakeClerk, int]:
         memberships.append(
             api_membership(f"orgmem_{organization_id}_{user_id}", organization, member, role=role, updated_at=now)
         )
+    custom = dict(_role(parser, text) for text in args.role)
+    roles, permissions = roles_with_permissions({**DEFAULT_ROLES, **custom}, created_at=BASE_MS, updated_at=BASE_MS)
     faults = {(path, int(index)): (429, {"Retry-After": args.retry_after}) for path, index in args.answer_429}
-    clerk = FakeClerk(users, organizations, memberships, generated=generated, path_faults=faults)
+    clerk = FakeClerk(
+        users, organizations, memberships, generated=generated, roles=roles, permissions=permissions, path_faults=faults
+    )
     clerk.environment_type, clerk.instance_id = args.environment, args.instance_id
     return clerk, args.port
+
+
+def _role(parser: argparse.ArgumentParser, text: str) -> tuple[str, tuple[str, ...]]:
+    """`org:editor:org:posts:edit,org:posts:read`: the role's key is its first two `:` parts."""
+    key, _, permissions = text.partition(":")
+    rest, _, permissions = permissions.partition(":")
+    keys = tuple(permission for permission in permissions.split(",") if permission)
+    if not rest or not keys:
+        parser.error(f"--role {text}: name the key (org:editor) and its permissions")
+    return f"{key}:{rest}", keys
 
 
 if __name__ == "__main__":
@@ -656,9 +757,10 @@ if __name__ == "__main__":
             f"{len(clerk.served('users'))} users, {len(clerk.organizations)} organizations, "
             f"{len(clerk.served('memberships'))}"
         )
+        defined = f"{len(clerk.roles)} roles, {len(clerk.permissions)} permissions"
         print(
             f"Clerk stand-in on {clerk.url}: instance {clerk.instance_id} ({clerk.environment_type}), "
-            f"{counted} memberships\nits secret key (it accepts no other): {SECRET_KEY}\nCtrl-C stops it",
+            f"{counted} memberships, {defined}\nits secret key (it accepts no other): {SECRET_KEY}\nCtrl-C stops it",
             flush=True,
         )
         with contextlib.suppress(KeyboardInterrupt):

@@ -236,3 +236,112 @@ def session_event(
         "user": user_data(user_id),
     }
     return json.dumps(envelope(event_type, data))
+
+
+def new_role_id() -> str:
+    """A fresh Clerk-style role id, unique within the test run."""
+    return f"role_test{next(_ids):08d}"
+
+
+def new_permission_id() -> str:
+    """A fresh Clerk-style permission id, unique within the test run."""
+    return f"perm_test{next(_ids):08d}"
+
+
+def permission_data(permission_id: str, key: str, *, updated_at: int = BASE_MS, **extra: Any) -> dict[str, Any]:
+    """A Clerk Permission object, as `permission.*` events carry it and roles nest it."""
+    data: dict[str, Any] = {
+        "object": "permission",
+        "id": permission_id,
+        "name": key.rsplit(":", 1)[-1].title(),
+        "key": key,
+        "description": f"Lets a member {key}",
+        "type": "system" if key.startswith("org:sys_") else "user",
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+    }
+    data.update(extra)
+    return data
+
+
+def permission_event(event_type: str, permission_id: str, key: str, **fields: Any) -> str:
+    """A `permission.created` / `.updated` body."""
+    return json.dumps(envelope(event_type, permission_data(permission_id, key, **fields)))
+
+
+def role_data(
+    role_id: str,
+    key: str,
+    permissions: list[dict[str, Any]] | None = None,
+    *,
+    updated_at: int = BASE_MS,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A Clerk Role object: its permissions nested whole (`permission_data`)."""
+    data: dict[str, Any] = {
+        "object": "role",
+        "id": role_id,
+        "name": key.removeprefix("org:").replace("_", " ").title(),
+        "key": key,
+        "description": None,
+        "is_creator_eligible": False,
+        "permissions": permissions or [],
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+    }
+    data.update(extra)
+    return data
+
+
+def role_event(
+    event_type: str, role_id: str, key: str, permissions: list[dict[str, Any]] | None = None, **fields: Any
+) -> str:
+    """A `role.created` / `.updated` body."""
+    return json.dumps(envelope(event_type, role_data(role_id, key, permissions, **fields)))
+
+
+def deleted_object_event(
+    event_type: str, object_name: str, object_id: str, *, timestamp: int = BASE_MS + 1_000_000
+) -> str:
+    """A deletion carrying Clerk's DeletedObject (`role.deleted`, `permission.deleted`): no key, no `updated_at`."""
+    data = {"object": object_name, "id": object_id, "slug": None, "deleted": True}
+    return json.dumps(envelope(event_type, data, timestamp=timestamp))
+
+
+def new_invitation_id() -> str:
+    """A fresh Clerk-style organization invitation id, unique within the test run."""
+    return f"orginv_test{next(_ids):08d}"
+
+
+def invitation_event(
+    event_type: str,
+    invitation_id: str,
+    organization_id: str,
+    *,
+    email: str = "invitee@example.com",
+    updated_at: int = BASE_MS,
+    **extra: Any,
+) -> str:
+    """An `organizationInvitation.*` body (`accepted` also names the user who accepted)."""
+    status = {"created": "pending"}.get(event_type.rsplit(".", 1)[-1], event_type.rsplit(".", 1)[-1])
+    data: dict[str, Any] = {
+        "object": "organization_invitation",
+        "id": invitation_id,
+        "email_address": email,
+        "role": "org:member",
+        "role_name": "Member",
+        "organization_id": organization_id,
+        "inviter_id": "user_inviter",
+        "public_inviter_data": {"user_id": "user_inviter", "first_name": "Ina", "identifier": "ina@example.com"},
+        "status": status,
+        "public_metadata": {"team": "blue"},
+        "private_metadata": {"referral": "invitation_secret"},
+        "url": "https://accounts.example.com/accept-invitation?__clerk_ticket=ticket_secret",
+        "expires_at": updated_at + 7 * 86_400_000,
+        "created_at": BASE_MS - 60_000,
+        "updated_at": updated_at,
+    }
+    if event_type.endswith(".accepted"):
+        data["user_id"] = "user_accepted"
+    data.update(extra)
+    return json.dumps(envelope(event_type, data))

@@ -261,11 +261,32 @@ DOCS_TS = ROOT / "build" / "docs-ts"
 TSX = ROOT / "node_modules" / ".bin" / "tsx"
 
 
+CLIENT = ROOT / "client"
+TSC = ROOT / "node_modules" / ".bin" / "tsc"
+TSC_TIMEOUT_SECONDS = 120
+
+
 @pytest.fixture(scope="session")
-def docs_ts() -> Path:
+def client_package() -> Path:
+    """client/ built as `make client` builds it (tsc -p client: strict, dist/ with declarations), once a run.
+
+    node_modules/clerk-firestore-sync links to it (package.json), so the docs' snippets and the app-side
+    tests import the built package as an app does.
+    """
+    assert TSC.exists(), f"{TSC} is missing: run `make node-modules` (npm ci) first"
+    command = [str(TSC), "-p", str(CLIENT)]
+    built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TSC_TIMEOUT_SECONDS, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (ROOT / "node_modules" / "clerk-firestore-sync").resolve() == CLIENT, "run `make node-modules` (npm ci)"
+    return CLIENT
+
+
+@pytest.fixture(scope="session")
+def docs_ts(client_package: Path) -> Path:
     """build/docs-ts/ with every TypeScript block of the docs as its file, as `make docs-ts` writes it.
 
-    Inside the repository, so their imports find node_modules; tsx runs them from there as they are.
+    Inside the repository, so their imports find node_modules (the built client package among them); tsx
+    runs them from there as they are.
     """
     from tools import snippets  # noqa: PLC0415
 

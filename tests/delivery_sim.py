@@ -48,7 +48,7 @@ from clerk_sync.users import PENDING_FIELD, normalise_email
 
 SVIX_TIMEOUT_SECONDS = 15.0
 SUCCESS_OUTCOMES = frozenset({"applied", "duplicate", "stale", "ignored"})
-IGNORED_TYPES = ("session.created", "session.pending", "email.created", "organizationInvitation.created")
+IGNORED_TYPES = ("session.created", "session.pending", "email.created", "waitlistEntry.created")
 FIRST_NAMES = ("Alice", "Bob", "Chidi", "Dana", "Émile", "Fatima", "Göran", "Hiro", "Inés", "Jun", "Zoë", "李")
 LAST_NAMES = ("Anders", "Brown", "Okafor", "Nguyen", "Müller", "Haddad", "Sato", "García", None)
 DOMAINS = ("example.com", "Example.ORG", "mail.example.net", "example.co.uk")

@@ -70,13 +70,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+WIPE_ATTEMPTS = 3
+
+
 def wipe(host: str, project: str) -> None:
-    """Delete every document of `project` in the emulator (between tests)."""
+    """Delete every document of `project` in the emulator (between tests).
+
+    The emulator keeps some document listeners of a client that has gone (the JS SDK's, after a sign-out
+    ended them or the process exited) and fails the next commit that touches their document while it
+    notifies them: 500 or 499 ("Stream is already completed", "call already cancelled"). That failed
+    attempt drops them, so the wipe is tried again.
+    """
     url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
-    request = urllib.request.Request(url, method="DELETE")
-    # Generous but bounded: a fresh emulator's first wipe is slow on a busy two-core machine.
-    with urllib.request.urlopen(request, timeout=60) as response:
-        assert response.status == 200
+    for attempt in range(1, WIPE_ATTEMPTS + 1):
+        request = urllib.request.Request(url, method="DELETE")
+        try:
+            # Generous but bounded: a fresh emulator's first wipe is slow on a busy two-core machine.
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert response.status == 200
+                return
+        except urllib.error.HTTPError as error:
+            error.close()
+            if error.code not in {499, 500} or attempt == WIPE_ATTEMPTS:
+                raise
 
 
 def load_rules(host: str, project: str, rules_text: str) -> None:

@@ -20,9 +20,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import emulator
+import node_script
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
 from auth_proxy import AuthProxy, proxying
@@ -54,6 +56,7 @@ RULES = (ROOT / "firestore.rules").read_text()
 DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
 TIMEOUT_SECONDS = 20.0
 READS = ("own document", "organization", "members", "own membership", "own memberships")
+READS_OF_THE_PACKAGE = ("own user", "own memberships", "organization", "members")
 
 
 @dataclass
@@ -278,3 +281,58 @@ def test_a_failed_auth_call_answers_503_and_svixs_retry_completes_it(fresh: Serv
     assert refresh_meanwhile == "ok"
     assert retried == (200, "duplicate")
     assert refresh(servers, laptop) == "USER_DISABLED"
+
+
+def test_a_ban_ends_the_apps_live_reads_and_its_firebase_session_through_the_client_package(
+    fresh: Servers, docs_ts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = fresh
+    user_id, org_id = new_user_id(), new_organization_id()
+    email = f"{user_id.lower()}@example.com"
+    deliver(servers, "user.created", user_event("user.created", user_id, emails=[email], updated_at=1_000))
+    deliver(servers, "organization.created", organization_event("organization.created", org_id))
+    member = membership_event("organizationMembership.created", new_membership_id(), org_id, user_id)
+    deliver(servers, "organizationMembership.created", member)
+    session_id, new_session = new_session_id(), new_session_id()
+    environment = {
+        "PROJECT_ID": PROJECT,
+        "FIREBASE_AUTH_EMULATOR_HOST": servers.auth,
+        "FIRESTORE_EMULATOR_HOST": servers.firestore,
+        "TOKEN_URL": servers.token.url,
+        "SESSION_ID": session_id,
+        "ORG_ID": org_id,
+        "CLERK_SESSION_TOKEN": session_token(user_id, sid=session_id, **v2_organization(org_id)),
+        "NEW_SESSION_ID": new_session,
+        "NEW_CLERK_SESSION_TOKEN": session_token(user_id, sid=new_session, **v2_organization(org_id)),
+    }
+    app = node_script.start("live_reads.mjs", environment, tmp_path)
+    try:
+        ready = node_script.read_json_line(app, TIMEOUT_SECONDS * 2)
+        ban = user_event("user.updated", user_id, emails=[email], updated_at=2_000, banned=True)
+        banned_at = time.time() * 1000
+        delivered = deliver(servers, "user.updated (banned)", ban)
+        node_script.say(app, "banned")
+        report = node_script.read_json_line(app, TIMEOUT_SECONDS * 2)
+        assert app.wait(timeout=TIMEOUT_SECONDS) == 0
+    finally:
+        node_script.stop(app)
+    events = [event for event in report["events"] if event["at"] >= banned_at]
+    seen = {event["what"]: event for event in events}
+    for event in events:
+        reason = f" ({event['reason']})" if event.get("reason") else ""
+        servers.note(f"app      +{event['at'] - banned_at:5.0f} ms  {event['what']}{reason}")
+    print("\n".join(servers.timeline))
+    assert ready == {"ready": {"banned": False, "memberships": 1, "organization": org_id, "members": 1}}
+    assert delivered == (200, "applied")
+    ended = {name: seen[f"{name} ended"]["reason"] for name in READS_OF_THE_PACKAGE}
+    assert ended == dict.fromkeys(READS_OF_THE_PACKAGE, "permission-denied")
+    assert seen["connection access-ended"]["reason"] == "permission-denied"
+    assert seen["firebase signed out"]["at"] >= seen["connection access-ended"]["at"]
+    # The ended session is not exchanged again; a new session is, and Firebase refuses the disabled user.
+    assert [event["what"] for event in events if event["what"].startswith("connection")] == [
+        "connection access-ended",
+        "connection sign-in-failed",
+    ]
+    assert seen["connection sign-in-failed"]["reason"] == "auth/user-disabled"
+    assert report["current_user"] is None
+    assert all(event["at"] - banned_at < TIMEOUT_SECONDS * 1000 for event in events)

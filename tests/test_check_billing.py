@@ -23,7 +23,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore
 from test_check import assert_no_email, run_check
 
-from clerk_sync import billing, payments, subscriptions, versions
+from clerk_sync import billing, documents, payments, subscriptions, versions
 from tools import check
 
 
@@ -50,10 +50,12 @@ def subscribe(client: FlaskClient, payer_type: str, payer_id: str, slug: str = "
     return subscription_id
 
 
-def test_the_type_tables_name_every_billing_field_the_function_writes() -> None:
-    assert set(check.SUBSCRIPTION_TYPES) == set(subscriptions.OWNED_FIELDS)
-    assert set(check.PAYMENT_TYPES) == set(payments.OWNED_FIELDS)
-    assert set(check.ITEM_TYPES) == {*subscriptions.ITEM_FIELDS, versions.DIGEST_FIELD, subscriptions.FEATURES}
+def test_the_declaration_check_validates_with_names_every_billing_field_the_function_writes() -> None:
+    # check validates billing with clerk_sync/documents.py, as the writers and the client do.
+    assert set(documents.SUBSCRIPTION.field_names) == set(subscriptions.OWNED_FIELDS)
+    assert set(documents.PAYMENT.field_names) == set(payments.OWNED_FIELDS)
+    item_fields = {field.name for field in documents.SUBSCRIPTION_ITEM.fields}
+    assert item_fields == {*subscriptions.ITEM_FIELDS, versions.DIGEST_FIELD, subscriptions.FEATURES}
 
 
 def test_billing_written_by_the_function_passes(

@@ -15,6 +15,7 @@ from pathlib import Path
 import delivery_sim
 import emulator
 import pytest
+import stored_documents
 from clerk_events import (
     BASE_MS,
     membership_event,
@@ -97,6 +98,9 @@ def deliver_and_compare(
     assert not unexpected, f"SIM_SEED={seed}: statuses {unexpected} seen; {report.summary()}"
     problems = delivery_sim.final_state_problems(db, history, report.attempts, server.log())
     assert not problems, "\n".join(problems[:30])
+    # Whatever the order of delivery, every document stored is what the declaration says, field by field.
+    undeclared = stored_documents.problems(db, PATHS)
+    assert not undeclared, f"SIM_SEED={seed}: " + "\n".join(undeclared[:30])
 
 
 def test_messy_delivery_of_a_quick_history_converges_to_clerks_final_state(

@@ -18,16 +18,18 @@ from tools.common import DEFAULT_AUTH_PORT, DEFAULT_EMULATOR_PORT, DEFAULT_TOKEN
 
 TSC = ROOT / "node_modules" / ".bin" / "tsc"
 NODE_TIMEOUT_SECONDS = 120
-DOCUMENTED = {"firebase.ts", "use-firebase-sign-in.tsx", "main.ts", "try-local.ts", "billing.ts"}
-# What the page showed before: `token && signInToFirebase(token)` returns "" | Promise | null, and no .catch.
-CLERK_JS_WITHOUT_CATCH = """import { Clerk } from "@clerk/clerk-js";
-import { signInToFirebase } from "./firebase";
+DOCUMENTED = {"firebase.ts", "clerk-firebase.tsx", "main.ts", "try-local.ts", "billing.ts"}
+# App code that misreads the synced documents, as untyped DocumentData would let it.
+MISREAD = """import { clerkData } from "clerk-firestore-sync";
+import { PRODUCTION, startFirebase } from "./firebase";
 
-const clerk = new Clerk("pk_...");
-await clerk.load();
-clerk.addListener(({ session }) => {
-  if (session) void session.getToken().then((token) => token && signInToFirebase(token));
-});
+const { auth, db } = startFirebase(PRODUCTION);
+const user = await clerkData(db, auth).readOwnUser();
+const address: string = user?.email ?? "";
+const greeting: string = user?.first_name;
+const typo = user?.emial;
+const seen: number = user?.last_sign_in_at ?? 0;
+export { address, greeting, typo, seen };
 """
 
 
@@ -66,9 +68,13 @@ def test_every_typescript_block_of_the_docs_compiles_under_strict(docs_ts: Path)
     assert settings["compilerOptions"]["noEmit"] is True
 
 
-def test_the_compiler_refuses_the_clerk_js_code_the_page_showed_before(docs_ts: Path, scratch_in_build: Path) -> None:
+def test_the_compiler_refuses_app_code_that_misreads_the_synced_documents(
+    docs_ts: Path, scratch_in_build: Path
+) -> None:
+    # The package's generated types make the docs' data typed: a nullable name, a typo and a Timestamp
+    # taken for a number are compile errors, not runtime surprises.
     shutil.copy(docs_ts / "firebase.ts", scratch_in_build / "firebase.ts")
-    (scratch_in_build / "main.ts").write_text(CLERK_JS_WITHOUT_CATCH)
+    (scratch_in_build / "app.ts").write_text(MISREAD)
     (scratch_in_build / "tsconfig.json").write_text(
         json.dumps({"extends": "../../tsconfig.docs.json", "include": ["*.ts"]})
     )
@@ -76,8 +82,9 @@ def test_the_compiler_refuses_the_clerk_js_code_the_page_showed_before(docs_ts: 
     result = tsc(scratch_in_build / "tsconfig.json")
 
     assert result.returncode != 0
-    assert "main.ts(7," in result.stdout
-    assert "error TS2345" in result.stdout
+    errors = sorted(line.split(": error ")[0].split("(")[1].split(",")[0] + " " + line.split(": error ")[1][:6]
+                    for line in result.stdout.splitlines() if ": error TS" in line)  # fmt: skip
+    assert errors == ["7 TS2322", "8 TS2551", "9 TS2322"], result.stdout
 
 
 def test_every_typescript_block_must_name_its_file_once(tmp_path: Path) -> None:

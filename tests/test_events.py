@@ -243,7 +243,7 @@ def test_deletion_without_timestamp_still_deletes() -> None:
     assert event == kind.Deletion(users.KIND, "user.deleted", {"clerk_id": "user_x"}, None)
 
 
-@pytest.mark.parametrize("name", ["email_created", "session_created", "organizationInvitation_created"])
+@pytest.mark.parametrize("name", ["email_created", "session_created", "sms_created", "organizationDomain_created"])
 def test_other_clerk_events_are_ignored(name: str) -> None:
     event = events.parse_event(_payload(name))
 

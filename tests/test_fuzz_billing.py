@@ -50,6 +50,7 @@ from test_fuzz import (
 )
 
 from clerk_sync import billing, payments, subscriptions
+from clerk_sync.documents import PAYMENT, SUBSCRIPTION
 
 NEWER_MS = BASE_MS + 10**6
 PERSONAL = "Personal_sentinel_5e1d"  # the payer's names and email in every body: stored nowhere
@@ -203,11 +204,14 @@ def assert_billing_stored_as_sent(
         ]
         for field in ("paid_at", "failed_at", "billing_date", "created_at", "updated_at"):
             assert stored[field] == millis(data.get(field)), field
+        same_as = {"payer_type": payer_type, "payer_id": payer_id, "payment_id": data["payment_id"]}
+        assert PAYMENT.problems(stored, same_as) == []  # field by field, as clerk_sync/documents.py declares
         return
     stored = subscription_of(db, payer_type, payer_id)
     assert stored is not None
     assert set(stored) == set(subscriptions.OWNED_FIELDS)
     assert (stored["payer_type"], stored["payer_id"]) == (payer_type, payer_id)
+    assert SUBSCRIPTION.problems(stored, {"payer_type": payer_type, "payer_id": payer_id}) == []
     if kind == "item":
         assert stored["subscription_id"] == data["subscription_id"]
         assert list(stored["items"]) == [data["id"]]

@@ -18,12 +18,14 @@ import emulator
 import pytest
 from clerk_api import (
     BASE_MS,
+    DEFAULT_ROLES,
     INSTANCE_ID,
     SECRET_KEY,
     FakeClerk,
     api_membership,
     api_organization,
     api_user,
+    roles_with_permissions,
     serve,
 )
 from clerk_backend_api import models
@@ -94,7 +96,8 @@ def test_a_second_run_finds_everything_in_sync_and_writes_nothing(
 ) -> None:
     users = clerk_users(12)
     organizations, memberships = organizations_with_members(users, 2)
-    fake = FakeClerk(users, organizations, memberships)
+    roles, permissions = roles_with_permissions(DEFAULT_ROLES, created_at=BASE_MS, updated_at=BASE_MS)
+    fake = FakeClerk(users, organizations, memberships, roles=roles, permissions=permissions)
     with serve(fake):
         run_cli(capsys, fake, tmp_path, emulator_host, "reconcile")
         before = without_state(snapshot_all(db))
@@ -103,7 +106,8 @@ def test_a_second_run_finds_everything_in_sync_and_writes_nothing(
     summary = summary_of(out)
     assert code == 0
     assert summary["outcome"] == "in_sync"
-    assert [counts(summary, kind)["in_sync"] for kind in reconcile.KINDS] == [12, 2, 6]
+    assert reconcile.KINDS == ("users", "organizations", "memberships", "roles", "permissions")
+    assert [counts(summary, kind)["in_sync"] for kind in reconcile.KINDS] == [12, 2, 6, 2, 8]
     assert without_state(snapshot_all(db)) == before
 
 
@@ -291,7 +295,7 @@ def test_a_run_cut_off_by_its_budget_resumes_where_it_stopped(
     assert (first_code, first["outcome"]) == (1, "partial")
     assert counts(first, "users")["missing"] == 5
     assert checkpoint is not None
-    assert (checkpoint["full"]["phase"], checkpoint["full"]["offset"]) == (0, 5)
+    assert (checkpoint["full"]["phase"], checkpoint["full"]["offset"]) == (2, 5)  # users: after permissions, roles
     assert checkpoint["full"]["cursors"][-1] == "user_rc0004"
     assert (second_code, second["outcome"], second["resumed"]) == (0, "repaired", True)
     assert counts(second, "users")["missing"] == 23  # the whole run's count
@@ -437,7 +441,8 @@ def test_what_a_full_run_costs_in_clerk_requests_and_firestore_reads(
 ) -> None:
     users = clerk_users(12)
     organizations, memberships = organizations_with_members(users, 3)  # 9 memberships
-    fake = FakeClerk(users, organizations, memberships)
+    roles, permissions = roles_with_permissions(DEFAULT_ROLES, created_at=BASE_MS, updated_at=BASE_MS)  # 2, 8
+    fake = FakeClerk(users, organizations, memberships, roles=roles, permissions=permissions)
     with serve(fake):
         run_cli(capsys, fake, tmp_path, emulator_host, "reconcile", "--page-size", "5")
         fake.requests.clear()
@@ -453,12 +458,14 @@ def test_what_a_full_run_costs_in_clerk_requests_and_firestore_reads(
     assert paths.count("/v1/users/count") == 1
     assert paths.count("/v1/organizations") == 1
     assert paths.count("/v1/organization_memberships") == 2
+    assert paths.count("/v1/organization_roles") == 1
+    assert paths.count("/v1/organization_permissions") == 2
     # Clerk Billing: the plans, and every subscription item (none here: no payer is asked for more).
     assert paths.count("/v1/billing/plans") == 1
     assert paths.count("/v1/billing/subscription_items") == 1
-    assert summary["clerk_requests"] == len(paths) == 10
+    assert summary["clerk_requests"] == len(paths) == 13
     # Each object is read once to compare and once in the pass that looks for extras.
-    assert summary["firestore_reads"] == 2 * (12 + 3 + 9)
+    assert summary["firestore_reads"] == 2 * (12 + 3 + 9 + 2 + 8)
 
 
 @pytest.mark.soak
@@ -492,7 +499,8 @@ def test_the_stand_in_starts_on_its_own_as_the_docs_show(
     port = emulator.free_port()
     command = [sys.executable, str(ROOT / "tests" / "clerk_api.py"), "--port", str(port), "--users", "3",
                "--user", "user_2AdaLovelace:ada@example.com:Ada:Lovelace", "--organization", "org_2Engines:Engines",
-               "--membership", "org_2Engines:user_2AdaLovelace:org:admin", "--answer-429", "/v1/users:0"]  # fmt: skip
+               "--membership", "org_2Engines:user_2AdaLovelace:org:admin", "--answer-429", "/v1/users:0",
+               "--role", "org:editor:org:posts:edit,org:posts:read"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, start_new_session=True)
     try:
         assert process.stdout is not None
@@ -506,4 +514,9 @@ def test_the_stand_in_starts_on_its_own_as_the_docs_show(
     assert code == 0, out + err
     assert "GET /users?order_by=+created_at: 429, retrying in 1.0 s" in err
     assert counts(summary_of(out), "users")["missing"] == 4
-    assert documents(db, PATHS.memberships("org_2Engines"))["user_2AdaLovelace"]["role"] == "org:admin"
+    # Clerk's two default roles and their 8 system permissions, and the custom role with its 2.
+    assert (counts(summary_of(out), "roles")["missing"], counts(summary_of(out), "permissions")["missing"]) == (3, 10)
+    assert "3 roles, 10 permissions" in first_line
+    member = documents(db, PATHS.memberships("org_2Engines"))["user_2AdaLovelace"]
+    assert (member["role"], member["role_id"]) == ("org:admin", "role_standin_org_admin")
+    assert documents(db, PATHS.roles)["role_standin_org_editor"]["permissions"] == ["org:posts:edit", "org:posts:read"]

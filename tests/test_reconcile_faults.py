@@ -72,7 +72,7 @@ def test_clerk_refusing_midway_stops_and_says_the_next_run_resumes(
     assert (code, summary["stop_reason"], summary["checkpointed"]) == (1, "clerk_unavailable", True)
     assert "Clerk refused GET /users?order_by=+created_at&starting_after=user_rc0004: 403" in summary["stopped"]
     assert "the next run resumes from the checkpoint" in err
-    assert (state(db)["full"]["phase"], state(db)["full"]["offset"]) == (0, 5)
+    assert (state(db)["full"]["phase"], state(db)["full"]["offset"]) == (2, 5)  # users: after permissions, roles
     assert "lease_owner" not in state(db)  # released: the next run need not wait
 
 
@@ -157,7 +157,8 @@ def test_a_run_whose_lease_another_took_stops_and_leaves_the_other_s_lease_alone
     summary = summary_of(out)
     assert (code, summary["stop_reason"]) == (1, "lease_lost")
     assert (state(db)["lease_owner"], state(db)["lease_until"]) == ("another-run", until)
-    assert "full" not in state(db)  # this run's checkpoint never overwrote anything
+    # The checkpoint saved before the lease was lost (permissions and roles done), none after it.
+    assert (state(db)["full"]["phase"], state(db)["full"]["offset"]) == (2, 0)
     assert len(documents(db, PATHS.users)) == 5  # the first page was repaired before the lease was checked
 
 

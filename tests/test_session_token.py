@@ -412,6 +412,35 @@ def test_v2_organization_claim_becomes_org_id_role_and_slug() -> None:
     }
 
 
+def test_v2_billing_claims_ride_along_as_hints_and_odd_ones_are_dropped_not_refused() -> None:
+    user_id, org_id = new_clerk_user_id(), new_org_id()
+
+    with_billing = verify(
+        session_token(user_id, pla="u:free,o:pro", fea="o:dashboard,o:reports", **v2_organization(org_id))
+    )
+    odd = verify(session_token(user_id, pla="u:free pro", fea=["o:dashboard"]))
+    v1 = verify(session_token(user_id, pla="u:free", **v1_organization(org_id)))
+
+    claims = custom_token.developer_claims(with_billing)
+    assert (claims["clerk_pla"], claims["clerk_fea"]) == ("u:free,o:pro", "o:dashboard,o:reports")
+    assert "clerk_pla" not in custom_token.developer_claims(odd)
+    assert "clerk_fea" not in custom_token.developer_claims(odd)
+    assert "clerk_pla" not in custom_token.developer_claims(v1)  # a v1 token has no billing claims
+
+
+def test_billing_hints_that_would_pass_1000_bytes_are_left_out_and_the_organization_kept() -> None:
+    long_features = ",".join(f"o:feature_{index:03d}" for index in range(40))  # 600 bytes
+    session = verify(
+        session_token(new_clerk_user_id(), pla="o:" + "p" * 400, fea=long_features, **v2_organization(new_org_id()))
+    )
+
+    claims = custom_token.developer_claims(session)
+
+    assert custom_token.claims_size(claims) <= custom_token.MAX_CLAIMS_BYTES
+    assert {"clerk_sid", "org_id", "org_role", "org_slug", "clerk_pla"} <= set(claims)
+    assert "clerk_fea" not in claims  # the one that no longer fits
+
+
 def test_v1_organization_claims_give_the_same_form_without_the_org_prefix() -> None:
     user_id, org_id = new_clerk_user_id(), new_org_id()
 

@@ -20,9 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import emulator
+import node_script
 import pytest
 from auth_emulator import post_json, sign_in_with_custom_token
-from clerk_events import membership_event, new_message_id, organization_event, signed_headers, user_event
+from auth_proxy import proxying
+from billing_events import (
+    item_data,
+    item_event,
+    new_id,
+    payment_data,
+    payment_event,
+    subscription_data,
+    subscription_event,
+)
+from clerk_api import api_plan
+from clerk_events import BASE_MS, membership_event, new_message_id, organization_event, signed_headers, user_event
 from clerk_sessions import (
     APP_ORIGIN,
     AUTHORIZED_PARTIES,
@@ -37,9 +49,12 @@ from clerk_sessions import (
     v1_organization,
     v2_organization,
 )
-from conftest import PROJECT, ROOT, TSX, Server, start_server, stop_server
+from conftest import PATHS, PROJECT, ROOT, TSX, Server, start_server, stop_server
 from flask.testing import FlaskClient
+from google.cloud import firestore
 from loopback import send, send_streamed
+
+from clerk_sync import plans
 
 RULES = (ROOT / "firestore.rules").read_text()
 DOCUMENTS = f"projects/{PROJECT}/databases/(default)/documents"
@@ -240,36 +255,47 @@ def test_server_writes_one_log_line_per_exchange_without_the_tokens(token_server
     assert answer["token"] not in text
 
 
-def test_the_docs_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_nothing_else(
+def test_the_client_package_reads_typed_what_the_rules_allow_and_nothing_else(
     auth_emulator_host: str,
     token_server: Server,
     rules_host: str,
     client: FlaskClient,
+    db: firestore.Client,
     tmp_path: Path,
     docs_ts: Path,
 ) -> None:
     owner, other, org_id, other_org = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
+    mistyped_org = new_org_id()
     deliver_user(client, owner)
     deliver_user(client, other)
-    for organization_id, member in ((org_id, owner), (other_org, other)):
+    for organization_id, member in ((org_id, owner), (other_org, other), (mistyped_org, owner)):
         deliver(client, organization_event("organization.created", organization_id, name=f"Org {member[-4:]}"))
         deliver(
             client,
-            membership_event("organizationMembership.created", f"orgmem_{member[-10:]}", organization_id, member),
-        )
+            membership_event("organizationMembership.created", f"orgmem_{organization_id[-6:]}{member[-6:]}",
+                             organization_id, member),
+        )  # fmt: skip
+    # A hand edit the declaration does not allow: the package says so, naming the field, not the value.
+    db.collection("organizations").document(mistyped_org).update({"name": 42})
+    session_id = new_session_id()
     environment = {
         **os.environ,
         "PROJECT_ID": PROJECT,
         "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
         "FIRESTORE_EMULATOR_HOST": rules_host,
         "TOKEN_URL": token_server.url,
-        "CLERK_SESSION_TOKEN": session_token(owner, **v2_organization(org_id, role="member", slug="acme")),
+        "CLERK_SESSION_TOKEN": session_token(
+            owner, sid=session_id, **v2_organization(org_id, role="member", slug="acme")
+        ),
+        "SESSION_ID": session_id,
+        "ORG_ID": org_id,
         "FORGED_SESSION_TOKEN": sign(session_claims(owner), OTHER_KEY),
         "OTHER_UID": other,
         "OTHER_ORG_ID": other_org,
+        "MISTYPED_ORG_ID": mistyped_org,
     }
 
-    # tsx runs the page's firebase.ts as written (build/docs-ts/ is what `make docs-ts` writes).
+    # tsx runs the built package and the page's firebase.ts (build/docs-ts/ is what `make docs-ts` writes).
     result = subprocess.run(
         [str(TSX), str(ROOT / "tests" / "js" / "read_from_app.mjs")],
         cwd=tmp_path,
@@ -282,21 +308,42 @@ def test_the_docs_app_code_with_the_firebase_js_sdk_reads_its_own_document_and_n
 
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = db.collection("users").document(owner).get(timeout=10).to_dict() or {}
+    owner_membership = f"orgmem_{org_id[-6:]}{owner[-6:]}"
+    mistyped_at = f"organizations/{mistyped_org}"
     assert report == {
-        "forged_exchange_error": "token exchange: 401 bad_signature",
+        "forged_exchange": ["exchange-refused: token exchange: 401 bad_signature"],
         "before_sign_in_error": "not signed in to Firebase",
         "uid": owner,
         "claims": {"org_id": org_id, "org_role": "member", "org_slug": "acme"},
         "sign_in_provider": "custom",
-        "own_clerk_id": owner,
+        "own": {"clerk_id": owner, "email": f"{owner.lower()}@example.com",
+                "updated_at_ms": round(stored["updated_at"].timestamp() * 1000)},
         "watched_clerk_id": owner,
-        "memberships": [{"organization_id": org_id, "role": "org:member"}],
+        "memberships": sorted(  # by path, as Firestore orders a collection-group query
+            [{"organization_id": found, "role": "org:member"} for found in (org_id, mistyped_org)],
+            key=lambda member: member["organization_id"],
+        ),
+        "live_memberships": sorted([owner_membership, f"orgmem_{mistyped_org[-6:]}{owner[-6:]}"],
+                                   key=lambda membership: {owner_membership: org_id}.get(membership, mistyped_org)),
         "organization_name": f"Org {owner[-4:]}",
+        "live_organization_name": f"Org {owner[-4:]}",
+        "members": [owner],
+        "live_members": [owner],
+        "mistyped": f"ClerkSyncSchemaError: {mistyped_at}: name is integer, not string or null",
+        "mistyped_live": f"ClerkSyncSchemaError: {mistyped_at}: name is integer, not string or null",
+        "sync_field_write": "ClerkSyncWriteError: ClerkUser: email is written by the sync only",
+        "app_field_write": "permission-denied",  # the converter lets it through; the rules refuse client writes
         "other_error": "permission-denied",
         "other_organization_error": "permission-denied",
         "all_memberships_error": "permission-denied",
         "after_sign_out_error": "permission-denied",
-    }
+        "after_sign_out_read": "not signed in to Firebase",
+        "current_user_after_sign_out": None,
+        "errors": [],
+        "while_signed_in": [f"data {owner}", "signed out"],
+        "metadata": [{}, {"plan": "pro"}],
+    }  # fmt: skip
 
 
 def test_local_development_without_a_key_file_mints_tokens_only_the_auth_emulator_accepts(
@@ -334,3 +381,118 @@ def test_auth_emulator_refuses_a_token_that_is_not_a_custom_token(auth_emulator_
 
     assert status == 400
     assert "INVALID_CUSTOM_TOKEN" in answer["error"]["message"]
+
+
+def test_connect_clerk_to_firebase_follows_every_change_of_clerks_session_and_reports_every_failure(
+    auth_emulator_host: str, token_server: Server, tmp_path: Path, docs_ts: Path
+) -> None:
+    user_a, user_b, org_1, org_2 = new_clerk_user_id(), new_clerk_user_id(), new_org_id(), new_org_id()
+    session_a, session_b = new_session_id(), new_session_id()
+    template_claims = {name: value for name, value in session_claims(user_a).items() if name not in {"sid", "v", "sts"}}
+    with proxying(token_server.url.removeprefix("http://").rstrip("/")) as proxy:
+        proxy.fail_next = 1  # the first exchange meets a 503: retried
+        environment = {
+            **os.environ,
+            "PROJECT_ID": PROJECT,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+            "TOKEN_URL": f"http://{proxy.host}/",
+            "CLOSED_URL": f"http://127.0.0.1:{emulator.free_port()}/",
+            "SESSION_A": session_a,
+            "SESSION_B": session_b,
+            "ORG_1": org_1,
+            "ORG_2": org_2,
+            "TOKEN_A_ORG_1": session_token(user_a, sid=session_a, **v2_organization(org_1)),
+            "TOKEN_A_ORG_2": session_token(user_a, sid=session_a, **v2_organization(org_2)),
+            "TOKEN_B": session_token(user_b, sid=session_b),
+            "TEMPLATE_TOKEN": sign(template_claims),
+        }
+        result = subprocess.run(
+            [str(TSX), str(ROOT / "tests" / "js" / "follow_clerk.mjs")],
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=NODE_TIMEOUT_SECONDS,
+            check=False,
+        )
+        calls = list(proxy.calls)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    steps = report["steps"]
+    a_in = {"uid": user_a, "clerk_sid": session_a}
+    assert steps["first_after_a_503"] | {"took_ms": 0} == {**a_in, "org_id": org_1, "sign_ins": 1, "took_ms": 0}
+    assert steps["first_after_a_503"]["took_ms"] >= 500  # the retry waited
+    assert steps["same_state_again"] == {**a_in, "org_id": org_1, "sign_ins": 1}  # not exchanged again
+    assert steps["organization_switch"] == {**a_in, "org_id": org_2, "sign_ins": 2}
+    assert steps["other_users_session"] == {"uid": user_b, "clerk_sid": session_b, "org_id": None, "sign_ins": 3}
+    assert steps["signed_out"] == {"uid": None, "org_id": None, "sign_ins": 3}
+    assert steps["sign_in_replaced_by_sign_out"]["uid"] is None  # the last state wins
+    assert steps["sign_out_replaced_by_sign_in"] | {"sign_ins": 0} == {**a_in, "org_id": org_2, "sign_ins": 0}
+    assert steps["after_refusals"]["uid"] is None  # a failed exchange signs nobody in
+    assert steps["clerk_listener_signed_in"]["uid"] == user_b
+    assert steps["clerk_listener_signed_out"]["uid"] is None
+    assert report["errors"] == [
+        {"code": "no-session-token", "reason": None, "status": None},
+        {"code": "exchange-refused", "reason": "not_a_session_token", "status": 401},
+        {"code": "exchange-unavailable", "reason": None, "status": None},
+    ]
+    assert calls.count("POST /") >= 6
+
+
+def test_the_client_package_reads_billing_typed_and_a_live_subscription_follows_a_downgrade(
+    auth_emulator_host: str,
+    token_server: Server,
+    rules_host: str,
+    client: FlaskClient,
+    db: firestore.Client,
+    tmp_path: Path,
+    docs_ts: Path,
+) -> None:
+    owner, org_id, session_id = new_clerk_user_id(), new_org_id(), new_session_id()
+    deliver_user(client, owner)
+    deliver(client, organization_event("organization.created", org_id))
+    deliver(client, membership_event("organizationMembership.created", f"orgmem_{owner[-10:]}", org_id, owner))
+    plans.copy_plans(db, PATHS, [api_plan("pro", ["export"]), api_plan("team", ["seats"])], timeout=10)
+    trial = item_data(new_id("csub_item"), "pro", is_free_trial=True, updated_at=BASE_MS + 1)
+    subscription_id = new_id("csub")
+    deliver(
+        client, subscription_event("subscription.created", subscription_data(subscription_id, "user", owner, [trial]))
+    )
+    team = item_data(new_id("csub_item"), "team", seats=5, updated_at=BASE_MS + 1)
+    deliver(
+        client,
+        subscription_event("subscription.created", subscription_data(new_id("csub"), "organization", org_id, [team])),
+    )
+    deliver(client, payment_event("paymentAttempt.updated", payment_data(new_id("cpa"), "user", owner)))
+    environment = {
+        "PROJECT_ID": PROJECT,
+        "FIREBASE_AUTH_EMULATOR_HOST": auth_emulator_host,
+        "FIRESTORE_EMULATOR_HOST": rules_host,
+        "TOKEN_URL": token_server.url,
+        "SESSION_ID": session_id,
+        "ORG_ID": org_id,
+        "CLERK_SESSION_TOKEN": session_token(owner, sid=session_id, **v2_organization(org_id)),
+    }
+
+    app = node_script.start("billing_reads.mjs", environment, tmp_path)
+    try:
+        ready = node_script.read_json_line(app, NODE_TIMEOUT_SECONDS)
+        ended = {**trial, "status": "ended", "ended_at": BASE_MS + 2, "period_end": None, "updated_at": BASE_MS + 2}
+        deliver(client, item_event("subscriptionItem.ended", ended, subscription_id, "user", owner))
+        node_script.say(app, "downgraded")
+        report = node_script.read_json_line(app, NODE_TIMEOUT_SECONDS)
+        assert app.wait(timeout=NODE_TIMEOUT_SECONDS) == 0
+    finally:
+        node_script.stop(app)
+
+    assert ready == {
+        "ready": {
+            "own": {"payer": f"user/{owner}", "pro": True, "export": True, "team": False,
+                    "trial_ends_ms": trial["period_end"], "items": 1},
+            "organization": {"payer": f"organization/{org_id}", "team": True, "seats": 5},
+            "payments": ["paid $20.00"],
+            "plans": ["pro: export", "team: seats"],
+        }
+    }  # fmt: skip
+    assert report == {"seen": [{"pro": True, "export": True}, {"pro": False, "export": False}], "errors": []}

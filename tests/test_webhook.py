@@ -108,7 +108,8 @@ def test_stale_update_is_200_stale(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "event_type", ["email.created", "session.created", "organizationInvitation.created", "role.created", "user.banned"]
+    "event_type",
+    ["email.created", "session.created", "organizationDomain.created", "waitlistEntry.created", "user.banned"],
 )
 def test_other_event_types_are_200_ignored_and_write_nothing(
     client: FlaskClient, db: firestore.Client, event_type: str

@@ -7,7 +7,8 @@ What is checked, from one paged pass over each collection (only the fields neede
      `ON_USER_DELETED=keep-app-fields` left, with only the app's fields and `clerk_deleted_at`, is legal);
   4. no membership of a deleted organization or user (one whose organization or user was never
      synced is fine: order is not guaranteed);
-  5. every synced field of its documented type, and the ids inside a document equal to its path's;
+  5. every synced field of its declared type (clerk_sync/documents.py, the one declaration the writers,
+     the docs and the TypeScript client share), and the ids inside a document equal to its path's;
   6. with SYNC_FIREBASE_AUTH on: no banned or deprovisioned user whose Firebase Auth user is enabled,
      and no deleted user who still has one (a call the webhook could not make, and Svix gave up on).
   7. no billing (subscription, payments) of a deleted user or organization, none under its own
@@ -37,11 +38,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ from google.cloud import firestore
 from clerk_sync import (
     billing,
     config,
+    documents,
     events,
     firebase_auth,
     ids,
@@ -63,7 +64,6 @@ from clerk_sync import (
     subscriptions,
     transaction,
     users,
-    versions,
 )
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import FollowUpFailed, StoreUnavailable
@@ -82,7 +82,6 @@ READERS = 4
 REPAIR_ATTEMPTS = 3
 REPAIR_ROUNDS = 3
 HASH_DIGITS = 12
-HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 CLAIM_NAMES = (
     "claims are named by owner and sha256:<first 12 hex digits of the SHA-256 of the claim's document id>, "
     "because claim ids are email addresses"
@@ -205,147 +204,6 @@ def _claim_id(document: dict[str, Any] | None) -> str | None:
     email = (document or {}).get("email")
     key = users.normalise_email(email) if isinstance(email, str) else None
     return ids.document_id(key) if key else None
-
-
-# Field types, as the function writes them (docs/data-model.md): (test, what it should be).
-FieldType = tuple[Callable[[object], bool], str]
-
-
-def _json_object(text: str) -> bool:
-    """Metadata Firestore cannot hold is kept as JSON text, always of an object."""
-    try:
-        return isinstance(json.loads(text), dict)
-    except (ValueError, RecursionError):
-        return False
-
-
-STRING_OR_NULL: FieldType = (lambda value: value is None or isinstance(value, str), "string or null")
-BOOLEAN: FieldType = (lambda value: isinstance(value, bool), "boolean")
-TIMESTAMP: FieldType = (lambda value: isinstance(value, datetime), "timestamp")
-TIMESTAMP_OR_NULL: FieldType = (lambda value: value is None or isinstance(value, datetime), "timestamp or null")
-METADATA: FieldType = (
-    lambda value: isinstance(value, dict) or (isinstance(value, str) and _json_object(value)),
-    "map or the JSON text of an object",
-)
-STRINGS: FieldType = (
-    lambda value: isinstance(value, list) and all(isinstance(item, str) for item in value),
-    "list of strings",
-)
-INTEGER_OR_NULL: FieldType = (
-    lambda value: value is None or (isinstance(value, int) and not isinstance(value, bool)),
-    "integer or null",
-)
-CLERK_ID: FieldType = (ids.is_clerk_id, "Clerk id")
-DIGEST: FieldType = (lambda value: isinstance(value, str) and HEX_DIGEST.fullmatch(value) is not None, "64 hex digits")
-WRITTEN = {"synced_at": TIMESTAMP, versions.DIGEST_FIELD: DIGEST}
-
-USER_TYPES: dict[str, FieldType] = {
-    "clerk_id": CLERK_ID,
-    "email": STRING_OR_NULL,
-    "email_verified": BOOLEAN,
-    "email_addresses": STRINGS,
-    **dict.fromkeys(("phone_number", "username", "first_name", "last_name", "image_url"), STRING_OR_NULL),
-    "external_id": STRING_OR_NULL,
-    "public_metadata": METADATA,
-    "unsafe_metadata": METADATA,
-    "banned": BOOLEAN,
-    "locked": BOOLEAN,
-    "deprovisioned": BOOLEAN,
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    "last_sign_in_at": TIMESTAMP_OR_NULL,
-    users.PENDING_FIELD: (lambda value: isinstance(value, str), "string"),
-    **WRITTEN,
-}
-# Fields present only at times: a parked address move (users.PENDING_FIELD).
-OPTIONAL_FIELDS = frozenset({users.PENDING_FIELD})
-ORGANIZATION_TYPES: dict[str, FieldType] = {
-    "clerk_id": CLERK_ID,
-    **dict.fromkeys(("name", "slug", "image_url"), STRING_OR_NULL),
-    "public_metadata": METADATA,
-    "max_allowed_memberships": INTEGER_OR_NULL,
-    "created_by": STRING_OR_NULL,
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    **WRITTEN,
-}
-MEMBERSHIP_TYPES: dict[str, FieldType] = {
-    "membership_id": CLERK_ID,
-    "organization_id": CLERK_ID,
-    "user_id": CLERK_ID,
-    "role": STRING_OR_NULL,
-    "role_name": STRING_OR_NULL,
-    "permissions": STRINGS,
-    "public_metadata": METADATA,
-    **dict.fromkeys(("identifier", "first_name", "last_name", "image_url"), STRING_OR_NULL),
-    "created_at": TIMESTAMP_OR_NULL,
-    "updated_at": TIMESTAMP,
-    **WRITTEN,
-}
-
-
-OPTIONAL_DIGEST: FieldType = (lambda value: value is None or DIGEST[0](value), "64 hex digits or null")
-PAYER_TYPE: FieldType = (lambda value: value in billing.PAYER_TYPES, "user or organization")
-MAP_OR_NULL: FieldType = (lambda value: value is None or isinstance(value, dict), "map or null")
-SUBSCRIPTION_TYPES: dict[str, FieldType] = {
-    "subscription_id": CLERK_ID,
-    "payer_type": PAYER_TYPE,
-    "payer_id": CLERK_ID,
-    **dict.fromkeys(("clerk_payer_id", "status", "latest_payment_id"), STRING_OR_NULL),
-    **dict.fromkeys(("active_at", "past_due_at", "canceled_at", "ended_at", "created_at"), TIMESTAMP_OR_NULL),
-    "updated_at": TIMESTAMP_OR_NULL,  # null until the subscription's own event (only items so far)
-    subscriptions.PART_DIGEST: OPTIONAL_DIGEST,
-    subscriptions.ITEMS: (lambda value: isinstance(value, dict), "map of items"),
-    "active_plans": STRINGS,
-    "active_features": STRINGS,
-    **WRITTEN,
-}
-ITEM_TYPES: dict[str, FieldType] = {
-    **dict.fromkeys(("status", "plan_id", "interval"), STRING_OR_NULL),
-    "plan": MAP_OR_NULL,
-    **dict.fromkeys(
-        ("period_start", "period_end", "canceled_at", "past_due_at", "ended_at", "created_at"), TIMESTAMP_OR_NULL
-    ),
-    "is_free_trial": BOOLEAN,
-    "seats": INTEGER_OR_NULL,
-    "updated_at": TIMESTAMP,
-    versions.DIGEST_FIELD: DIGEST,
-    subscriptions.FEATURES: (lambda value: value is None or STRINGS[0](value), "list of strings or null"),
-}
-PAYMENT_TYPES: dict[str, FieldType] = {
-    "payment_id": CLERK_ID,
-    "payer_type": PAYER_TYPE,
-    "payer_id": CLERK_ID,
-    **dict.fromkeys(("attempt_id", "clerk_payer_id", "statement_id", "status", "charge_type"), STRING_OR_NULL),
-    **dict.fromkeys(("failed_reason", "totals", "payment_source"), MAP_OR_NULL),
-    "subscription_items": (lambda value: isinstance(value, list), "list"),
-    **dict.fromkeys(("billing_date", "paid_at", "failed_at", "created_at"), TIMESTAMP_OR_NULL),
-    "updated_at": TIMESTAMP,
-    **WRITTEN,
-}
-
-
-def _type_name(value: object) -> str:
-    """What a stored value is, without the value itself."""
-    if value is None:
-        return "null"
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", bytes: "bytes"}
-    names |= {list: "list", dict: "map", datetime: "timestamp"}
-    return next((name for kind, name in names.items() if isinstance(value, kind)), type(value).__name__)
-
-
-def type_problems(data: dict[str, Any], types: dict[str, FieldType], same_as: dict[str, str]) -> list[str]:
-    """What is wrong with a synced document's fields (names and types only); `same_as` ids it must hold."""
-    problems = []
-    for name, (test, expected) in types.items():
-        if name not in data:
-            if name not in OPTIONAL_FIELDS:
-                problems.append(f"{name} missing")
-        elif not test(data[name]):
-            problems.append(f"{name} is {_type_name(data[name])}, not {expected}")
-        elif name in same_as and data[name] != same_as[name]:
-            problems.append(f"{name} is not {same_as[name]}")
-    return problems
 
 
 @dataclass
@@ -563,7 +421,7 @@ def _check_users(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                     advice="app_fields_under_tombstone",
                 )
         elif _owned(data, users.OWNED_FIELDS):
-            problems = type_problems(data, USER_TYPES, {"clerk_id": user_id})
+            problems = documents.USER.problems(data, {"clerk_id": user_id})
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
@@ -584,7 +442,7 @@ def _check_organizations(found: Snapshot, paths: Paths) -> Iterator[Violation]:
                 advice="" if owned else "app_fields_under_tombstone",
             )
         elif _owned(data, organizations.OWNED_FIELDS):
-            problems = type_problems(data, ORGANIZATION_TYPES, {"clerk_id": organization_id})
+            problems = documents.ORGANIZATION.problems(data, {"clerk_id": organization_id})
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
@@ -620,7 +478,7 @@ def _check_memberships(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             )
         elif sweep is None and _owned(data, memberships.OWNED_FIELDS):
             same_as = {"user_id": user_id, "organization_id": organization_id}
-            problems = type_problems(data, MEMBERSHIP_TYPES, same_as)
+            problems = documents.MEMBERSHIP.problems(data, same_as)
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 
@@ -672,17 +530,6 @@ def _payer_gone(found: Snapshot, paths: Paths, payer_type: str, payer_id: str, s
     return None
 
 
-def _item_problems(items: dict[str, Any]) -> list[str]:
-    """What is wrong with a subscription's items (ids and field names only)."""
-    problems = []
-    for item_id, entry in sorted(items.items()):
-        if not ids.is_clerk_id(item_id) or not isinstance(entry, dict):
-            problems.append(f"items has an entry that is not an item ({'id' if isinstance(entry, dict) else 'value'})")
-            continue
-        problems += [f"items.{item_id}.{problem}" for problem in type_problems(entry, ITEM_TYPES, {})]
-    return problems
-
-
 def _check_billing(found: Snapshot, paths: Paths) -> Iterator[Violation]:
     """Promise 6: billing only of live payers, none under its tombstone, typed, its derived fields right."""
     dead = found.tombstones["billing_tombstones"]
@@ -702,9 +549,8 @@ def _check_billing(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             )
             continue
         same_as = {"payer_type": payer_type, "payer_id": payer_id}
-        problems = type_problems(data, SUBSCRIPTION_TYPES, same_as)
+        problems = documents.SUBSCRIPTION.problems(data, same_as)  # its items too, each field by field
         items = data.get(subscriptions.ITEMS)
-        problems += _item_problems(items) if isinstance(items, dict) else []
         if problems:
             yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
             continue
@@ -722,9 +568,8 @@ def _check_billing(found: Snapshot, paths: Paths) -> Iterator[Violation]:
             fix = Fix("delete_billing", ("paymentAttempt", payment_id, payer_type, payer_id))
             yield Violation("billing_under_tombstone", subject, f"under {paths.billing_tombstones}/{payment_id}", fix)
         elif _owned(data, payments.OWNED_FIELDS):
-            problems = type_problems(
-                data, PAYMENT_TYPES, {"payment_id": payment_id, **{"payer_type": payer_type, "payer_id": payer_id}}
-            )
+            same_as = {"payment_id": payment_id, "payer_type": payer_type, "payer_id": payer_id}
+            problems = documents.PAYMENT.problems(data, same_as)
             if problems:
                 yield Violation("wrong_type", subject, "; ".join(problems), advice="wrong_type")
 

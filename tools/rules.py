@@ -41,6 +41,9 @@ def block(paths: Paths, template: Path = BLOCK_TEMPLATE) -> str:
         "{{USER_TOMBSTONES}}": paths.user_tombstones,
         "{{ENDED_SESSIONS}}": paths.ended_sessions,
         "{{BILLING_PLANS}}": paths.billing_plans,
+        "{{ROLES}}": paths.roles,
+        "{{ROLE_KEYS}}": paths.role_keys,
+        "{{PERMISSIONS}}": paths.permissions,
     }
     text = template.read_text()
     for placeholder, path in names.items():

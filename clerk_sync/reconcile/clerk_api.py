@@ -162,7 +162,7 @@ class ClerkApi:
         return dumped
 
     def listing(self, kind: str, offset: int, order_by: str, limit: int = PAGE_SIZE) -> list[dict[str, Any]]:
-        """One page of users, organizations or memberships, as the webhooks carry them."""
+        """One page of users, organizations, memberships, roles or permissions, as the webhooks carry them."""
         clerk, what = self._clerk, f"GET /{kind}?offset={offset}"
         if kind == "users":
             page: Any = self._call(
@@ -177,6 +177,20 @@ class ClerkApi:
                 what,
                 lambda: clerk.organizations.list(
                     limit=limit, offset=offset, order_by=order_by, timeout_ms=self._timeout_ms()
+                ),
+            )
+        elif kind == "roles":
+            page = self._call(
+                f"GET /organization_roles?offset={offset}",
+                lambda: clerk.organization_roles.list(
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                ),
+            )
+        elif kind == "permissions":
+            page = self._call(
+                f"GET /organization_permissions?offset={offset}",
+                lambda: clerk.organization_permissions.list(
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
                 ),
             )
         else:
@@ -250,6 +264,22 @@ class ClerkApi:
             found = self._call(
                 f"GET /organizations/{organization_id}",
                 lambda: clerk.organizations.get(organization_id=organization_id, timeout_ms=self._timeout_ms()),
+                missing_is_none=True,
+            )
+            return None if found is None else self._dump(found)
+        if kind == "roles":
+            role_id = str(stored["clerk_id"])
+            found = self._call(
+                f"GET /organization_roles/{role_id}",
+                lambda: clerk.organization_roles.get(organization_role_id=role_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                missing_is_none=True,
+            )
+            return None if found is None else self._dump(found)
+        if kind == "permissions":
+            permission_id = str(stored["clerk_id"])
+            found = self._call(
+                f"GET /organization_permissions/{permission_id}",
+                lambda: clerk.organization_permissions.get(permission_id=permission_id, timeout_ms=REQUEST_TIMEOUT_MS),
                 missing_is_none=True,
             )
             return None if found is None else self._dump(found)

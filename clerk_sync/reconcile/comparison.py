@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from clerk_sync import events, versions
+from clerk_sync import events, memberships, roles, versions
 from clerk_sync.payload import MalformedEvent
 from clerk_sync.reconcile import kinds
 from clerk_sync.reconcile.context import Run
@@ -29,10 +29,16 @@ def compare(run: Run, kind: str, page: list[dict[str, Any]]) -> list[tuple[str, 
         changes.append((key, parsed))
     references = [kinds.document(run.db, run.settings, kind, key) for key, _ in changes]
     stored = run.read(references) if references else {}
+    documents = [
+        snapshot.to_dict() if (snapshot := stored.get(reference.path)) is not None and snapshot.exists else None
+        for reference in references
+    ]
+    named = _roles_named(run, documents) if kind == "memberships" else set()
     needed: list[tuple[str, events.Change, str]] = []
-    for (key, change), reference in zip(changes, references, strict=True):
-        snapshot = stored.get(reference.path)
-        found = verdict(change, snapshot.to_dict() if snapshot is not None and snapshot.exists else None)
+    for (key, change), document in zip(changes, documents, strict=True):
+        found = verdict(change, document)
+        if found == "in_sync" and _role_id_due(document, named):
+            found = "outdated"  # stored before its role was: applied again, it names the role's id
         if found == "in_sync":
             tally.in_sync += 1
         elif run.report.dry_run:
@@ -40,6 +46,28 @@ def compare(run: Run, kind: str, page: list[dict[str, Any]]) -> list[tuple[str, 
         else:
             needed.append((key, change, found))
     return needed
+
+
+def _role_id_due(stored: dict[str, Any] | None, named: set[str]) -> bool:
+    """Whether a stored membership lacks the id of a role the sync now holds under its key."""
+    return stored is not None and memberships.ROLE_ID_FIELD not in stored and stored.get("role") in named
+
+
+def _roles_named(run: Run, documents: list[dict[str, Any] | None]) -> set[str]:
+    """The role keys of memberships stored without a role id that name a stored role now (one read of the few
+    keys a page holds)."""
+    keys = {
+        str(document.get("role"))
+        for document in documents
+        if document is not None
+        and memberships.ROLE_ID_FIELD not in document
+        and roles.is_role_key(document.get("role"))
+    }
+    if not keys:
+        return set()
+    references = [roles.key_reference(run.db, run.settings.paths, key) for key in sorted(keys)]
+    found = run.read(references)
+    return {reference.id for reference in references if found[reference.path].exists}
 
 
 def verdict(change: events.Change, stored: dict[str, Any] | None) -> str:

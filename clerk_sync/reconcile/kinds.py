@@ -1,4 +1,5 @@
-"""What reconcile needs to know about each kind of Clerk object, in one place: users, organizations, memberships.
+"""What reconcile needs to know about each kind of Clerk object, in one place: users, organizations,
+memberships, roles and permissions.
 
 How a listed object is keyed, which webhook event repairs it, where Firestore keeps it and its
 tombstone, and how Firestore's copies of it are found.
@@ -37,17 +38,23 @@ __all__ = [
     "waiting",
 ]
 
-KINDS = ("users", "organizations", "memberships")
+KINDS = ("users", "organizations", "memberships", "roles", "permissions")
+# Kept by their own id in a collection of their own, with no rule beyond the shared bodies'.
+DEFINITIONS = {"roles": "role", "permissions": "permission"}
 
 UPSERT_TYPE = {
     "users": "user.updated",
     "organizations": "organization.updated",
     "memberships": "organizationMembership.updated",
+    "roles": "role.updated",
+    "permissions": "permission.updated",
 }
 DELETE_TYPE = {
     "users": "user.deleted",
     "organizations": "organization.deleted",
     "memberships": "organizationMembership.deleted",
+    "roles": "role.deleted",
+    "permissions": "permission.deleted",
 }
 
 
@@ -81,6 +88,8 @@ def deletion(kind: str, stored: dict[str, Any]) -> bytes:
         return envelope(DELETE_TYPE[kind], {"id": stored["clerk_id"], "deleted": True, "object": "user"})
     if kind == "organizations":
         return envelope(DELETE_TYPE[kind], {"id": stored["clerk_id"], "deleted": True, "object": "organization"})
+    if kind in DEFINITIONS:
+        return envelope(DELETE_TYPE[kind], {"id": stored["clerk_id"], "deleted": True, "object": DEFINITIONS[kind]})
     data = {
         "id": stored["membership_id"],
         "object": "organization_membership",
@@ -97,6 +106,8 @@ def document(db: firestore.Client, settings: Settings, kind: str, object_key: st
         return db.collection(paths.users).document(object_key)
     if kind == "organizations":
         return db.collection(paths.organizations).document(object_key)
+    if kind in DEFINITIONS:
+        return db.collection(paths.roles if kind == "roles" else paths.permissions).document(object_key)
     organization_id, user_id = object_key.split("/", 1)
     return db.collection(paths.memberships(organization_id)).document(user_id)
 
@@ -107,6 +118,8 @@ def tombstones(paths: Paths, kind: str) -> str:
         "users": paths.user_tombstones,
         "organizations": paths.organization_tombstones,
         "memberships": paths.membership_tombstones,
+        "roles": paths.role_tombstones,
+        "permissions": paths.permission_tombstones,
     }[kind]
 
 
@@ -126,7 +139,9 @@ def stored_query(db: firestore.Client, paths: Paths, kind: str) -> Any:
     """Every Firestore document of this kind, with only the fields reconcile compares by."""
     if kind == "memberships":
         return db.collection_group(MEMBERSHIPS).select(["membership_id", "organization_id", "user_id"])
-    collection = paths.users if kind == "users" else paths.organizations
+    collection = {"users": paths.users, "roles": paths.roles, "permissions": paths.permissions}.get(
+        kind, paths.organizations
+    )
     return db.collection(collection).select(["clerk_id", "updated_at"])
 
 

@@ -21,10 +21,13 @@ from clerk_sync.reconcile.report import TALLIED, Mode, Progress, ReconcileStoppe
 
 __all__ = ["LISTINGS", "REMOVALS", "run"]
 
-LISTINGS = kinds.KINDS  # phases 0, 1, 2: each kind listed, compared and repaired
-# Phases 3 and 4: deletions. Users and organizations are counted together before either is deleted;
-# memberships after them, since deleting a user or an organization removes its memberships.
-REMOVALS = (("users", "organizations"), ("memberships",))
+# Phases 0 to 4: each kind listed, compared and repaired. Permissions and roles first: a role derives
+# what it grants from the permissions' documents, and a member names its role's id once the role is stored.
+LISTINGS = ("permissions", "roles", "users", "organizations", "memberships")
+# Phases 5 to 7: deletions. Users and organizations are counted together before either is deleted;
+# memberships after them, since deleting a user or an organization removes its memberships; roles and
+# permissions last (a permission's deletion leaves every role holding it).
+REMOVALS = (("users", "organizations"), ("memberships",), ("roles", "permissions"))
 BILLING_PHASE = len(LISTINGS) + len(REMOVALS)  # then Clerk Billing: plans, every payer's subscription
 
 

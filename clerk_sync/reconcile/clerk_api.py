@@ -183,14 +183,14 @@ class ClerkApi:
             page = self._call(
                 f"GET /organization_roles?offset={offset}",
                 lambda: clerk.organization_roles.list(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=self._timeout_ms()
                 ),
             )
         elif kind == "permissions":
             page = self._call(
                 f"GET /organization_permissions?offset={offset}",
                 lambda: clerk.organization_permissions.list(
-                    limit=limit, offset=offset, order_by=order_by, timeout_ms=REQUEST_TIMEOUT_MS
+                    limit=limit, offset=offset, order_by=order_by, timeout_ms=self._timeout_ms()
                 ),
             )
         else:
@@ -271,7 +271,7 @@ class ClerkApi:
             role_id = str(stored["clerk_id"])
             found = self._call(
                 f"GET /organization_roles/{role_id}",
-                lambda: clerk.organization_roles.get(organization_role_id=role_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                lambda: clerk.organization_roles.get(organization_role_id=role_id, timeout_ms=self._timeout_ms()),
                 missing_is_none=True,
             )
             return None if found is None else self._dump(found)
@@ -279,7 +279,7 @@ class ClerkApi:
             permission_id = str(stored["clerk_id"])
             found = self._call(
                 f"GET /organization_permissions/{permission_id}",
-                lambda: clerk.organization_permissions.get(permission_id=permission_id, timeout_ms=REQUEST_TIMEOUT_MS),
+                lambda: clerk.organization_permissions.get(permission_id=permission_id, timeout_ms=self._timeout_ms()),
                 missing_is_none=True,
             )
             return None if found is None else self._dump(found)

@@ -22,6 +22,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
 from clerk_sync import ids
+from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.paths import Paths
 from clerk_sync.transaction import NO_RETRY, Attempt, remaining
@@ -95,24 +96,23 @@ def reset() -> None:
 def record(
     attempt: Attempt,
     ref: firestore.DocumentReference,
+    delivery: Delivery,
     *,
-    message_id: str,
     event_type: str,
     clerk_id: str,
     outcome: Outcome,
-    ttl: timedelta,
     extra: dict[str, Any] | None = None,
 ) -> Outcome:
     """Record the event's outcome with the rest of the transaction's writes; returns the outcome."""
     attempt.set(
         ref,
         {
-            "svix_id": message_id,
+            "svix_id": delivery.message_id,
             "type": event_type,
             "clerk_id": clerk_id,
             "outcome": str(outcome),
             "received_at": firestore.SERVER_TIMESTAMP,
-            "expires_at": datetime.now(UTC) + ttl,
+            "expires_at": datetime.now(UTC) + delivery.event_ttl,
             **(extra or {}),
         },
     )

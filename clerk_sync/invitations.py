@@ -18,7 +18,6 @@ from typing import Any
 
 from clerk_sync import documents, kind, payload
 from clerk_sync.kind import Deletion, Upsert
-from clerk_sync.payload import MalformedEvent
 
 __all__ = ["ENDING_TYPES", "KIND", "OWNED_FIELDS", "SYNCED_FIELDS", "parse_end", "parse_upsert"]
 
@@ -41,9 +40,7 @@ OWNED_FIELDS = KIND.owned_fields
 
 
 def _ids(envelope: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
+    data = payload.data_of(envelope)
     return data, {
         "invitation_id": payload.clerk_id(data.get("id"), "data.id", "invitation"),
         "organization_id": payload.clerk_id(data.get("organization_id"), "data.organization_id", "organization"),

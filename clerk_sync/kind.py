@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from google.cloud import firestore
 
-from clerk_sync import event_log, versions
+from clerk_sync import event_log, payload, versions
 from clerk_sync.cascade import Sweep
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
@@ -35,6 +35,7 @@ __all__ = [
     "Upsert",
     "delete",
     "parsed_upsert",
+    "parsers_by_id",
     "upsert",
     "whole_document",
 ]
@@ -220,15 +221,9 @@ def _record(
     if delivery.follow_ups:
         extra["follow_ups"] = list(delivery.follow_ups)
     return event_log.record(
-        attempt,
-        event_ref,
-        message_id=delivery.message_id,
-        event_type=change.event_type,
-        clerk_id=change.clerk_id,
-        outcome=outcome,
-        ttl=delivery.event_ttl,
+        attempt, event_ref, delivery, event_type=change.event_type, clerk_id=change.clerk_id, outcome=outcome,
         extra=extra or None,
-    )
+    )  # fmt: skip
 
 
 def _seen(snapshots: Snapshots, event_refs: list[firestore.DocumentReference], delivery: Delivery) -> bool:
@@ -354,3 +349,27 @@ def parsed_upsert(kind: Kind, event_type: str, ids: Ids, document: dict[str, Any
         document=document,
         digest=versions.content_digest(document),
     )
+
+
+UpsertParser = Callable[[str, dict[str, Any], bytes], Upsert]
+DeletionParser = Callable[[str, dict[str, Any], bytes], Deletion]
+
+
+def parsers_by_id(
+    kind: Kind, document_from: Callable[[dict[str, Any]], dict[str, Any]], id_of: Callable[[object, str], str]
+) -> tuple[UpsertParser, DeletionParser]:
+    """The event parsers of an object keyed by its own id (`clerk_id`), whose `data` is its whole document."""
+
+    def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
+        data = payload.data_of(envelope, body)
+        document = document_from(data)
+        payload.check_document_size(document, kind.family, len(body))
+        ids = {"clerk_id": document["clerk_id"]}
+        return parsed_upsert(kind, event_type, ids, document, document["updated_at"])
+
+    def parse_deletion(event_type: str, envelope: dict[str, Any], _body: bytes) -> Deletion:
+        # Its time is informational and never fails the event.
+        clerk_id = id_of(payload.data_of(envelope).get("id"), "data.id")
+        return Deletion(kind, event_type, {"clerk_id": clerk_id}, payload.lenient_time(envelope.get("timestamp")))
+
+    return parse_upsert, parse_deletion

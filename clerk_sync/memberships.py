@@ -90,9 +90,7 @@ OWNED_FIELDS = KIND.owned_fields
 
 
 def _parse(envelope: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
+    data = payload.data_of(envelope)
     membership_id = payload.clerk_id(data.get("id"), "data.id", "membership")
     organization = data.get("organization")
     if not isinstance(organization, dict):

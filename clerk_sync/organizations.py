@@ -17,9 +17,8 @@ from google.cloud import firestore
 
 from clerk_sync import billing, documents, kind, payload
 from clerk_sync.cascade import Sweep
-from clerk_sync.kind import Deletion, Ids, Upsert
+from clerk_sync.kind import Ids
 from clerk_sync.paths import Paths
-from clerk_sync.payload import MalformedEvent
 
 __all__ = [
     "KIND",
@@ -63,13 +62,6 @@ KIND = kind.Kind(
 OWNED_FIELDS = KIND.owned_fields
 
 
-def _data(envelope: dict[str, Any]) -> dict[str, Any]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
-    return data
-
-
 def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     """The organization's synced fields from a Clerk Organization object (never `private_metadata`)."""
     created_by = payload.optional_str(data, "created_by", where)
@@ -86,17 +78,5 @@ def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     }
 
 
-def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
-    """The organization document from an `organization.created` / `.updated` body."""
-    data = _data(envelope)
-    payload.check_encodable(body, data)
-    document = document_from(data)
-    payload.check_document_size(document, "organization", len(body))
-    return kind.parsed_upsert(KIND, event_type, {"clerk_id": document["clerk_id"]}, document, document["updated_at"])
-
-
-def parse_deletion(event_type: str, envelope: dict[str, Any], body: bytes) -> Deletion:
-    """`organization.deleted` (`{id, slug, deleted: true}`); its time is informational and never fails the event."""
-    data = _data(envelope)
-    clerk_id = organization_id(data.get("id"), "data.id")
-    return Deletion(KIND, event_type, {"clerk_id": clerk_id}, payload.lenient_time(envelope.get("timestamp")))
+# organization.created / .updated / .deleted (`{id, slug, deleted: true}`)
+parse_upsert, parse_deletion = kind.parsers_by_id(KIND, document_from, organization_id)

@@ -20,6 +20,7 @@ __all__ = [
     "check_document_size",
     "check_encodable",
     "clerk_id",
+    "data_of",
     "flag",
     "lenient_time",
     "metadata",
@@ -218,6 +219,16 @@ def check_document_size(document: dict[str, Any], kind: str, body_bytes: int | N
         return
     if stored_bytes(document) > MAX_DOCUMENT_BYTES:
         raise MalformedEvent(f"{kind} document over Firestore's 1 MiB limit")
+
+
+def data_of(envelope: dict[str, Any], body: bytes | None = None) -> dict[str, Any]:
+    """The event's `data` object (with `body`, one Firestore can store): anything else no retry can fix."""
+    data = envelope.get("data")
+    if not isinstance(data, dict):
+        raise MalformedEvent("data is not an object")
+    if body is not None:
+        check_encodable(body, data)
+    return data
 
 
 def check_encodable(body: bytes, data: dict[str, Any]) -> None:

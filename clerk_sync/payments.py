@@ -94,10 +94,7 @@ def _items(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
     """The payment's document from a `paymentAttempt.*` body."""
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
-    payload.check_encodable(body, data)
+    data = payload.data_of(envelope, body)
     payment_id = payload.clerk_id(data.get("payment_id"), "data.payment_id", "payment")
     payer = billing.payer_from(data)
     updated_at = payload.required_time(data, "updated_at")

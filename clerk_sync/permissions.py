@@ -73,23 +73,5 @@ def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     }
 
 
-def _data(envelope: dict[str, Any]) -> dict[str, Any]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
-    return data
-
-
-def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
-    """The permission document from a `permission.created` / `.updated` body."""
-    data = _data(envelope)
-    payload.check_encodable(body, data)
-    document = document_from(data)
-    payload.check_document_size(document, "permission")
-    return kind.parsed_upsert(KIND, event_type, {"clerk_id": document["clerk_id"]}, document, document["updated_at"])
-
-
-def parse_deletion(event_type: str, envelope: dict[str, Any], body: bytes) -> Deletion:
-    """`permission.deleted` (`{object, id, deleted: true}`); its time is informational and never fails the event."""
-    clerk_id = permission_id(_data(envelope).get("id"), "data.id")
-    return Deletion(KIND, event_type, {"clerk_id": clerk_id}, payload.lenient_time(envelope.get("timestamp")))
+# permission.* (`permission.deleted` is `{object, id, deleted: true}`)
+parse_upsert, parse_deletion = kind.parsers_by_id(KIND, document_from, permission_id)

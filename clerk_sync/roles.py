@@ -30,7 +30,7 @@ from google.cloud.firestore_v1 import FieldFilter
 
 from clerk_sync import documents, kind, payload, permissions, transaction
 from clerk_sync.delivery import Delivery
-from clerk_sync.kind import Admission, Deletion, Snapshots, Upsert
+from clerk_sync.kind import Admission, Snapshots, Upsert
 from clerk_sync.outcome import FollowUpFailed, Outcome, StoreUnavailable
 from clerk_sync.paths import Paths
 from clerk_sync.payload import MalformedEvent
@@ -173,13 +173,6 @@ KIND = kind.Kind(
 OWNED_FIELDS = KIND.owned_fields
 
 
-def _data(envelope: dict[str, Any]) -> dict[str, Any]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
-    return data
-
-
 def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     """The role's synced fields from a Clerk Role object, its permissions as it carries them."""
     key = payload.optional_str(data, "key", where)
@@ -206,19 +199,8 @@ def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     }
 
 
-def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
-    """The role document from a `role.created` / `.updated` body."""
-    data = _data(envelope)
-    payload.check_encodable(body, data)
-    document = document_from(data)
-    payload.check_document_size(document, "role")
-    return kind.parsed_upsert(KIND, event_type, {"clerk_id": document["clerk_id"]}, document, document["updated_at"])
-
-
-def parse_deletion(event_type: str, envelope: dict[str, Any], body: bytes) -> Deletion:
-    """`role.deleted` (`{object, id, deleted: true}`: no key); its time is informational and never fails the event."""
-    clerk_id = role_id(_data(envelope).get("id"), "data.id")
-    return Deletion(KIND, event_type, {"clerk_id": clerk_id}, payload.lenient_time(envelope.get("timestamp")))
+# role.* (`role.deleted` is `{object, id, deleted: true}`: no key)
+parse_upsert, parse_deletion = kind.parsers_by_id(KIND, document_from, role_id)
 
 
 def _holders(db: firestore.Client, paths: Paths, permission: str, deadline: float) -> Iterator[str]:

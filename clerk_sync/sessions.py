@@ -86,23 +86,14 @@ class SessionEnd:
                     "recorded_at": firestore.SERVER_TIMESTAMP,
                 },
             )
-        return event_log.record(
-            attempt,
-            event_ref,
-            message_id=delivery.message_id,
-            event_type=self.event_type,
-            clerk_id=self.session_id,
-            outcome=outcome,
-            ttl=delivery.event_ttl,
-            extra={"user_id": self.user_id},
-        )
+        extra = {"user_id": self.user_id}
+        return event_log.record(attempt, event_ref, delivery, event_type=self.event_type, clerk_id=self.session_id,
+                                outcome=outcome, extra=extra)  # fmt: skip
 
 
 def parse_end(event_type: str, envelope: dict[str, Any], body: bytes) -> SessionEnd:
     """The ended session's id and user; its status and time are informational and never fail the event."""
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
+    data = payload.data_of(envelope)
     session_id = payload.clerk_id(data.get("id"), "data.id", "session")
     if not ids.is_clerk_id(session_id, "sess_"):
         raise MalformedEvent("data.id is not a Clerk session id")

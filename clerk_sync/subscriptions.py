@@ -243,13 +243,6 @@ KIND = kind.Kind(
 OWNED_FIELDS = KIND.owned_fields
 
 
-def _data(envelope: dict[str, Any]) -> dict[str, Any]:
-    data = envelope.get("data")
-    if not isinstance(data, dict):
-        raise MalformedEvent("data is not an object")
-    return data
-
-
 def _plan(plan: dict[str, Any], where: str) -> dict[str, Any]:
     """What an app's billing page shows of the item's plan (webhooks say `amount`, the Backend API `fee`)."""
     fee = billing.money(plan, "fee", where) if "amount" not in plan else None
@@ -322,8 +315,7 @@ def _upsert(event_type: str, ids: dict[str, str], document: dict[str, Any], upda
 
 def parse_subscription(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
     """The payer's subscription and the items it lists, from a `subscription.*` body."""
-    data = _data(envelope)
-    payload.check_encodable(body, data)
+    data = payload.data_of(envelope, body)
     subscription_id = payload.clerk_id(data.get("id"), "data.id", "subscription")
     payer = billing.payer_from(data)
     updated_at = payload.required_time(data, "updated_at")
@@ -359,8 +351,7 @@ def parse_backend_subscription(payer_type: str, payer_id: str, data: object) -> 
 
 def parse_item(event_type: str, envelope: dict[str, Any], body: bytes) -> Upsert:
     """One item of the payer's subscription, from a `subscriptionItem.*` body (it names its subscription)."""
-    data = _data(envelope)
-    payload.check_encodable(body, data)
+    data = payload.data_of(envelope, body)
     item_id, entry = item_entry(data, "data")
     subscription_id = payload.clerk_id(data.get("subscription_id"), "data.subscription_id", "subscription")
     payer = billing.payer_from(data)

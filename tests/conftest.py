@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,19 @@ from google.cloud import firestore
 from clerk_sync import billing, config, event_log, events, instance, paths, transaction
 from clerk_sync.delivery import Delivery
 from clerk_sync.outcome import Outcome
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C, so fixtures stop the emulators and servers they started."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if hasattr(config, "workerinput"):
+        return  # an xdist worker: its controller is told, and stops it
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-clerk-sync-test"

@@ -237,7 +237,8 @@ def test_a_retry_after_longer_than_the_budget_stops_the_run_at_once_checkpointed
     assert "retrying in" not in err  # it never began a wait it could not finish
     assert summary["resume"].startswith("the next full run resumes from the checkpoint; Clerk asked to wait until ")
     assert "429, and waiting 300 s would pass the run's budget" in summary["resume"]
-    assert (checkpoint["phase"], checkpoint["offset"], checkpoint["cursors"][-1]) == (2, 5, "user_rc0004")  # users: phase 2
+    # users are phase 2 (after permissions and roles)
+    assert (checkpoint["phase"], checkpoint["offset"], checkpoint["cursors"][-1]) == (2, 5, "user_rc0004")
     assert (next_code, resumed["outcome"], resumed["resumed"]) == (0, "repaired", True)
     assert counts(resumed, "users")["missing"] == 12
     # The refused request, then the next run going on after the same user (its deletion phase lists again):

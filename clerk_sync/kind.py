@@ -221,9 +221,14 @@ def _record(
     if delivery.follow_ups:
         extra["follow_ups"] = list(delivery.follow_ups)
     return event_log.record(
-        attempt, event_ref, delivery, event_type=change.event_type, clerk_id=change.clerk_id, outcome=outcome,
+        attempt,
+        event_ref,
+        delivery,
+        event_type=change.event_type,
+        clerk_id=change.clerk_id,
+        outcome=outcome,
         extra=extra or None,
-    )  # fmt: skip
+    )
 
 
 def _seen(snapshots: Snapshots, event_refs: list[firestore.DocumentReference], delivery: Delivery) -> bool:

@@ -87,8 +87,15 @@ class SessionEnd:
                 },
             )
         extra = {"user_id": self.user_id}
-        return event_log.record(attempt, event_ref, delivery, event_type=self.event_type, clerk_id=self.session_id,
-                                outcome=outcome, extra=extra)  # fmt: skip
+        return event_log.record(
+            attempt,
+            event_ref,
+            delivery,
+            event_type=self.event_type,
+            clerk_id=self.session_id,
+            outcome=outcome,
+            extra=extra,
+        )
 
 
 def parse_end(event_type: str, envelope: dict[str, Any], body: bytes) -> SessionEnd:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from clerk_sync import documents, kind, payload
+from clerk_sync import documents, kind, payload, roles
 from clerk_sync.kind import Deletion, Upsert
 
 __all__ = ["ENDING_TYPES", "KIND", "OWNED_FIELDS", "SYNCED_FIELDS", "parse_end", "parse_upsert"]
@@ -31,7 +31,6 @@ KIND = kind.Kind(
     id_fields=("invitation_id", "organization_id"),
     place=("organization_id", "invitation_id"),
     collection=lambda paths, ids: paths.invitations(ids["organization_id"]),
-    tombstones=lambda paths: paths.invitation_tombstones,
     synced_fields=SYNCED_FIELDS,
     # Never stored under a deleted organization (its deletion sweeps the invitations it had).
     guards=lambda paths, ids: (f"{paths.organization_tombstones}/{ids['organization_id']}",),
@@ -55,8 +54,7 @@ def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upse
     document: dict[str, Any] = {
         **invitation,
         "email_address": payload.optional_str(data, "email_address"),
-        "role": payload.optional_str(data, "role"),
-        "role_name": payload.optional_str(data, "role_name"),
+        **roles.role_fields(data),
         "status": payload.optional_str(data, "status"),
         "public_metadata": payload.metadata(data, "public_metadata"),
         "inviter_id": payload.optional_str(data, "inviter_id"),

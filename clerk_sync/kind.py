@@ -88,9 +88,11 @@ class Kind:
     """A kind of Clerk object: where it lives, what it owns, and its own rules (the hooks)."""
 
     family: str  # the event types' prefix: `user` for user.created / .updated / .deleted
-    collection: Callable[[Paths, Ids], str]  # the collection of its document
-    tombstones: Callable[[Paths], str]  # the collection of its tombstones, keyed by its own id
     synced_fields: tuple[str, ...]  # the fields parsed from Clerk (its content digest covers these)
+    # The collection of its document; None: the top-level one Paths names for its family.
+    collection: Callable[[Paths, Ids], str] | None = None
+    # The collection of its tombstones, keyed by its own id; None: the one Paths names for its family.
+    tombstones: Callable[[Paths], str] | None = None
     id_field: str = "clerk_id"  # the key of `ids` (and the document field) holding the object's own id
     id_fields: tuple[str, ...] = ("clerk_id",)  # every key of `ids`: what its tombstone and event record hold
     place: tuple[str, ...] = ("clerk_id",)  # the keys of `ids` that place its document; the last is its id
@@ -140,11 +142,16 @@ class Kind:
     def document(self, db: firestore.Client, paths: Paths, ids: Ids) -> firestore.DocumentReference:
         """The object's document."""
         document_id = ids[self.place[-1]] if self.document_id is None else self.document_id(ids)
-        return db.collection(self.collection(paths, ids)).document(document_id)
+        collection = paths.top_level(self.family) if self.collection is None else self.collection(paths, ids)
+        return db.collection(collection).document(document_id)
+
+    def tombstone_collection(self, paths: Paths) -> str:
+        """Where its tombstones live."""
+        return paths.tombstones(self.family) if self.tombstones is None else self.tombstones(paths)
 
     def tombstone(self, db: firestore.Client, paths: Paths, clerk_id: str) -> firestore.DocumentReference:
         """The object's tombstone."""
-        return db.collection(self.tombstones(paths)).document(clerk_id)
+        return db.collection(self.tombstone_collection(paths)).document(clerk_id)
 
     def ids_of(self, document: Mapping[str, Any]) -> dict[str, str] | None:
         """The ids a stored document names (None when it names no synced object: only the app's fields)."""

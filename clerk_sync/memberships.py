@@ -74,7 +74,6 @@ KIND = kind.Kind(
     id_fields=("membership_id", "organization_id", "user_id"),
     place=("organization_id", "user_id"),
     collection=lambda paths, ids: paths.memberships(ids["organization_id"]),
-    tombstones=lambda paths: paths.membership_tombstones,
     synced_fields=SYNCED_FIELDS,
     # Stored even when the organization or the user has not arrived yet (order is not guaranteed),
     # but never once either is deleted.
@@ -114,8 +113,7 @@ def parse_upsert(event_type: str, envelope: dict[str, Any], body: bytes) -> Upse
     updated_at = payload.required_time(data, "updated_at")
     document: dict[str, Any] = {
         **membership,
-        "role": payload.optional_str(data, "role"),
-        "role_name": payload.optional_str(data, "role_name"),
+        **roles.role_fields(data),
         "permissions": payload.string_list(data, "permissions"),
         "public_metadata": payload.metadata(data, "public_metadata"),
         "identifier": payload.optional_str(user, "identifier", "data.public_user_data"),

@@ -52,13 +52,7 @@ def _belongings(db: firestore.Client, paths: Paths, organization_ids: Ids) -> li
 
 
 # An organization's own rule is its cascade: its members, its invitations and its billing go with it.
-KIND = kind.Kind(
-    family="organization",
-    sweeps=_belongings,
-    collection=lambda paths, _ids: paths.organizations,
-    tombstones=lambda paths: paths.organization_tombstones,
-    synced_fields=SYNCED_FIELDS,
-)
+KIND = kind.Kind(family="organization", synced_fields=SYNCED_FIELDS, sweeps=_belongings)
 OWNED_FIELDS = KIND.owned_fields
 
 

@@ -80,6 +80,31 @@ class Paths:
         """An organization's pending invitations, one document per invitation id."""
         return f"{self.organizations}/{organization_id}/{INVITATIONS}"
 
+    def top_level(self, family: str) -> str:
+        """The collection of a kind whose documents are not nested under another object, by its family."""
+        top = {
+            "user": self.users,
+            "organization": self.organizations,
+            "role": self.roles,
+            "permission": self.permissions,
+        }
+        if family not in top:
+            raise KeyError(f"no top-level collection for {family!r}: the kind declares its collection")
+        return top[family]
+
+    def tombstones(self, family: str) -> str:
+        """Where a kind's tombstones live, by its family (Billing's kinds share one collection)."""
+        return {
+            "user": self.user_tombstones,
+            "organization": self.organization_tombstones,
+            "organizationMembership": self.membership_tombstones,
+            "organizationInvitation": self.invitation_tombstones,
+            "role": self.role_tombstones,
+            "permission": self.permission_tombstones,
+            "subscription": self.billing_tombstones,
+            "paymentAttempt": self.billing_tombstones,
+        }[family]
+
     def is_membership(self, document_path: str) -> bool:
         """Whether a `memberships` document (found by a collection-group query) is one of ours."""
         prefix = f"{self.organizations}/"

@@ -29,7 +29,6 @@ KIND = kind.Kind(
     id_fields=("payment_id", "payer_type", "payer_id"),
     place=("payer_type", "payer_id", "payment_id"),
     collection=lambda paths, ids: billing.payments_collection(paths, ids["payer_type"], ids["payer_id"]),
-    tombstones=lambda paths: paths.billing_tombstones,
     synced_fields=SYNCED_FIELDS,
     guards=billing.payer_guard,
 )

@@ -23,6 +23,7 @@ __all__ = [
     "OWNED_FIELDS",
     "ROLES_FOLLOW_UP",
     "SYNCED_FIELDS",
+    "described",
     "document_from",
     "parse_deletion",
     "parse_upsert",
@@ -47,14 +48,18 @@ def _roles_follow_up(change: Upsert | Deletion, stored: dict[str, Any] | None) -
     return ()
 
 
-KIND = kind.Kind(
-    family="permission",
-    collection=lambda paths, _ids: paths.permissions,
-    tombstones=lambda paths: paths.permission_tombstones,
-    synced_fields=SYNCED_FIELDS,
-    follow_ups=_roles_follow_up,
-)
+KIND = kind.Kind(family="permission", synced_fields=SYNCED_FIELDS, follow_ups=_roles_follow_up)
 OWNED_FIELDS = KIND.owned_fields
+
+
+def described(clerk_id: str, key: str, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """What roles and permissions both are: an id, the key an app checks, and words for people."""
+    return {
+        "clerk_id": clerk_id,
+        "key": key,
+        "name": payload.optional_str(data, "name", where),
+        "description": payload.optional_str(data, "description", where),
+    }
 
 
 def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
@@ -63,10 +68,7 @@ def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     if not key:
         raise MalformedEvent(f"missing {where}.key")
     return {
-        "clerk_id": permission_id(data.get("id"), f"{where}.id"),
-        "key": key,
-        "name": payload.optional_str(data, "name", where),
-        "description": payload.optional_str(data, "description", where),
+        **described(permission_id(data.get("id"), f"{where}.id"), key, data, where),
         "type": payload.optional_str(data, "type", where),
         "created_at": payload.optional_time(data, "created_at", where),
         "updated_at": payload.required_time(data, "updated_at", where),

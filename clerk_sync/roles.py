@@ -46,6 +46,7 @@ __all__ = [
     "parse_deletion",
     "parse_upsert",
     "refresh_holders",
+    "role_fields",
     "role_id",
 ]
 
@@ -161,10 +162,13 @@ def _admit(
     return Admission(Outcome.APPLIED, {**change.document, GRANTED_FIELD: granted})
 
 
+def role_fields(data: dict[str, Any]) -> dict[str, str | None]:
+    """The role a membership or an invitation carries: its key (what the rules match) and its name."""
+    return {"role": payload.optional_str(data, "role"), "role_name": payload.optional_str(data, "role_name")}
+
+
 KIND = kind.Kind(
     family="role",
-    collection=lambda paths, _ids: paths.roles,
-    tombstones=lambda paths: paths.role_tombstones,
     synced_fields=SYNCED_FIELDS,
     reads=_reads,
     admit=_admit,
@@ -176,7 +180,7 @@ OWNED_FIELDS = KIND.owned_fields
 def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
     """The role's synced fields from a Clerk Role object, its permissions as it carries them."""
     key = payload.optional_str(data, "key", where)
-    if not is_role_key(key):
+    if key is None or not is_role_key(key):
         raise MalformedEvent(f"{where}.key is not a role key" if key else f"missing {where}.key")
     carried = data.get("permissions")
     if carried is None:
@@ -185,10 +189,7 @@ def document_from(data: dict[str, Any], where: str = "data") -> dict[str, Any]:
         raise MalformedEvent(f"{where}.permissions is not a list of objects")
     entries = [permissions.document_from(entry, f"{where}.permissions[{index}]") for index, entry in enumerate(carried)]
     return {
-        "clerk_id": role_id(data.get("id"), f"{where}.id"),
-        "key": key,
-        "name": payload.optional_str(data, "name", where),
-        "description": payload.optional_str(data, "description", where),
+        **permissions.described(role_id(data.get("id"), f"{where}.id"), key, data, where),
         "is_creator_eligible": payload.flag(data, "is_creator_eligible", where),
         "permission_ids": [entry["clerk_id"] for entry in entries],
         "clerk_permissions": [

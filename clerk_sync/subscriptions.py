@@ -232,7 +232,6 @@ KIND = kind.Kind(
     place=("payer_type", "payer_id"),
     document_id=lambda _ids: billing.SUBSCRIPTION,
     collection=lambda paths, ids: billing.billing_collection(paths, ids["payer_type"], ids["payer_id"]),
-    tombstones=lambda paths: paths.billing_tombstones,
     synced_fields=SYNCED_FIELDS,
     guards=billing.payer_guard,
     reads=_plan_reads,

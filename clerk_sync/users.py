@@ -229,8 +229,6 @@ def align_auth_record(db: firestore.Client, settings: Settings, user_id: str, de
 
 KIND = kind.Kind(
     family="user",
-    collection=lambda paths, _ids: paths.users,
-    tombstones=lambda paths: paths.user_tombstones,
     synced_fields=SYNCED_FIELDS,
     reads=_claim_read,
     admit=_admit,

@@ -17,7 +17,7 @@ from clerk_events import BASE_MS, new_message_id
 from conftest import apply_event
 from google.cloud import firestore
 
-from clerk_sync import events, kind, payload
+from clerk_sync import events, kind, paths, payload
 from clerk_sync.cascade import Sweep
 from clerk_sync.delivery import Delivery
 from clerk_sync.kind import Deletion, Upsert
@@ -169,3 +169,41 @@ def test_a_kind_with_its_own_ordering_merges_parts_each_by_its_own_version(db: f
     assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.STALE, Outcome.APPLIED]
     assert board is not None
     assert board["pins"] == {"a": {"text": "a2", "at": 2}, "b": {"text": "b3", "at": 3}}
+
+
+def test_every_kind_finds_its_collections_beside_a_nested_users_collection() -> None:
+    nested = paths.paths_for("tenants/acme/users", "tenants/acme/organizations")
+    ids = {
+        "clerk_id": "x_1",
+        "organization_id": "org_1",
+        "user_id": "user_1",
+        "invitation_id": "orginv_1",
+        "payer_type": "user",
+        "payer_id": "user_1",
+        "payment_id": "pay_1",
+    }
+    client = firestore.Client(project="no-calls-made")  # references only: nothing is read or written
+
+    tombstones = {declared.family: declared.tombstone_collection(nested) for declared in events.KINDS}
+    documents = {declared.family: declared.document(client, nested, ids).path for declared in events.KINDS}
+
+    assert all(collection.startswith("tenants/acme/") for collection in tombstones.values())
+    assert tombstones["user"] == "tenants/acme/user_tombstones"
+    assert tombstones["organizationInvitation"] == "tenants/acme/invitation_tombstones"
+    # One collection for each kind's tombstones, except Billing's two, which share one.
+    assert len(set(tombstones.values())) == len(events.KINDS) - 1
+    assert documents["user"] == "tenants/acme/users/x_1"
+    assert documents["permission"] == "tenants/acme/organization_permissions/x_1"
+    assert documents["organizationMembership"] == "tenants/acme/organizations/org_1/memberships/user_1"
+    assert documents["organizationInvitation"] == "tenants/acme/organizations/org_1/invitations/orginv_1"
+
+
+def test_a_new_top_level_kind_is_told_where_to_name_its_collections() -> None:
+    unplaced = kind.Kind(family="note", synced_fields=("clerk_id",))
+
+    with pytest.raises(KeyError, match="declares its collection"):
+        unplaced.document(
+            firestore.Client(project="no-calls-made"), paths.paths_for("users", "orgs"), {"clerk_id": "n"}
+        )
+    with pytest.raises(KeyError, match="note"):
+        unplaced.tombstone_collection(paths.paths_for("users", "orgs"))

@@ -14,8 +14,9 @@ from typing import Any
 
 from google.cloud import firestore
 
-from clerk_sync import events, users
+from clerk_sync import events, memberships, organizations, permissions, roles, users
 from clerk_sync.config import Settings
+from clerk_sync.kind import Kind
 from clerk_sync.paths import MEMBERSHIPS, Paths
 from clerk_sync.payload import EPOCH
 
@@ -38,24 +39,21 @@ __all__ = [
     "waiting",
 ]
 
-KINDS = ("users", "organizations", "memberships", "roles", "permissions")
+# Each reconciled kind's declaration: where its documents and tombstones live, how it is keyed and
+# which events carry it come from there, so a kind added here needs only its listing call.
+DECLARED: dict[str, Kind] = {
+    "users": users.KIND,
+    "organizations": organizations.KIND,
+    "memberships": memberships.KIND,
+    "roles": roles.KIND,
+    "permissions": permissions.KIND,
+}
+KINDS = tuple(DECLARED)
 # Kept by their own id in a collection of their own, with no rule beyond the shared bodies'.
 DEFINITIONS = {"roles": "role", "permissions": "permission"}
 
-UPSERT_TYPE = {
-    "users": "user.updated",
-    "organizations": "organization.updated",
-    "memberships": "organizationMembership.updated",
-    "roles": "role.updated",
-    "permissions": "permission.updated",
-}
-DELETE_TYPE = {
-    "users": "user.deleted",
-    "organizations": "organization.deleted",
-    "memberships": "organizationMembership.deleted",
-    "roles": "role.deleted",
-    "permissions": "permission.deleted",
-}
+UPSERT_TYPE = {name: declared.upsert_type for name, declared in DECLARED.items()}
+DELETE_TYPE = {name: declared.deletion_type for name, declared in DECLARED.items()}
 
 
 def now_ms() -> int:
@@ -77,9 +75,7 @@ def key(kind: str, data: dict[str, Any]) -> str:
 
 def stored_key(kind: str, stored: dict[str, Any]) -> str:
     """The same id, from what Firestore holds."""
-    if kind == "memberships":
-        return f"{stored['organization_id']}/{stored['user_id']}"
-    return str(stored["clerk_id"])
+    return DECLARED[kind].key(stored)
 
 
 def deletion(kind: str, stored: dict[str, Any]) -> bytes:
@@ -101,26 +97,14 @@ def deletion(kind: str, stored: dict[str, Any]) -> bytes:
 
 def document(db: firestore.Client, settings: Settings, kind: str, object_key: str) -> firestore.DocumentReference:
     """Where Firestore keeps the object with this key."""
-    paths = settings.paths
-    if kind == "users":
-        return db.collection(paths.users).document(object_key)
-    if kind == "organizations":
-        return db.collection(paths.organizations).document(object_key)
-    if kind in DEFINITIONS:
-        return db.collection(paths.roles if kind == "roles" else paths.permissions).document(object_key)
-    organization_id, user_id = object_key.split("/", 1)
-    return db.collection(paths.memberships(organization_id)).document(user_id)
+    declared = DECLARED[kind]
+    ids = dict(zip(declared.place, object_key.split("/", len(declared.place) - 1), strict=True))
+    return declared.document(db, settings.paths, ids)
 
 
 def tombstones(paths: Paths, kind: str) -> str:
     """The collection of this kind's tombstones (keyed by the object's own id)."""
-    return {
-        "users": paths.user_tombstones,
-        "organizations": paths.organization_tombstones,
-        "memberships": paths.membership_tombstones,
-        "roles": paths.role_tombstones,
-        "permissions": paths.permission_tombstones,
-    }[kind]
+    return DECLARED[kind].tombstone_collection(paths)
 
 
 def tombstone(
@@ -139,10 +123,7 @@ def stored_query(db: firestore.Client, paths: Paths, kind: str) -> Any:
     """Every Firestore document of this kind, with only the fields reconcile compares by."""
     if kind == "memberships":
         return db.collection_group(MEMBERSHIPS).select(["membership_id", "organization_id", "user_id"])
-    collection = {"users": paths.users, "roles": paths.roles, "permissions": paths.permissions}.get(
-        kind, paths.organizations
-    )
-    return db.collection(collection).select(["clerk_id", "updated_at"])
+    return db.collection(paths.top_level(DECLARED[kind].family)).select(["clerk_id", "updated_at"])
 
 
 def synced(paths: Paths, kind: str, path: str, data: dict[str, Any]) -> bool:

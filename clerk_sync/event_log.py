@@ -27,7 +27,16 @@ from clerk_sync.outcome import Outcome, StoreUnavailable
 from clerk_sync.paths import Paths
 from clerk_sync.transaction import NO_RETRY, Attempt, remaining
 
-__all__ = ["STATE_DOCUMENT", "legacy_ids_until", "record", "record_id", "references", "reset"]
+__all__ = [
+    "STATE_DOCUMENT",
+    "legacy_ids_until",
+    "record",
+    "record_id",
+    "references",
+    "remember",
+    "reset",
+    "state_reference",
+]
 
 STATE_DOCUMENT = "event_log"
 RECORD_ID_HEX = 40  # 160 bits of SHA-256: no two svix ids meet
@@ -50,6 +59,19 @@ def references(
     return found
 
 
+def state_reference(db: firestore.Client, paths: Paths) -> firestore.DocumentReference:
+    """The document that records since when records are keyed by hash (read once per instance)."""
+    return db.document(f"{paths.state}/{STATE_DOCUMENT}")
+
+
+def remember(paths: Paths, snapshot: firestore.DocumentSnapshot[Any], ttl: timedelta) -> None:
+    """Take the state from a read made for another purpose too (one round trip for both, on a cold instance)."""
+    since = (snapshot.to_dict() or {}).get("hashed_since") if snapshot.exists else None
+    if isinstance(since, datetime):
+        with _lock:
+            _legacy_until.setdefault(f"{paths.state}/{STATE_DOCUMENT}", since + ttl)
+
+
 def legacy_ids_until(db: firestore.Client, paths: Paths, ttl: timedelta, deadline: float) -> datetime:
     """Until when records under the old ids may still exist; read (or started) once per instance.
 
@@ -67,7 +89,7 @@ def legacy_ids_until(db: firestore.Client, paths: Paths, ttl: timedelta, deadlin
 
 
 def _read_or_start(db: firestore.Client, paths: Paths, state: str, ttl: timedelta, deadline: float) -> datetime:
-    reference = db.document(state)
+    reference = state_reference(db, paths)
     try:
         for _ in range(2):  # a create that loses to another instance's reads what that one wrote
             snapshot = reference.get(retry=None, timeout=remaining(deadline))

@@ -8,7 +8,8 @@ webhook that names its instance, or the first reconcile of an empty database, re
 event or a key of another instance is refused before anything is written.
 
 The webhook pays for this once per process: the recorded instance is cached, and the one read (and
-perhaps the create) happens outside the event's transaction.
+perhaps the create) happens outside the event's transaction, together with the event log's state,
+which a cold instance reads before its first event too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from google.api_core import exceptions as api_exceptions
 from google.cloud import firestore
 
+from clerk_sync import event_log
 from clerk_sync.config import Settings
 from clerk_sync.outcome import StoreUnavailable
 from clerk_sync.paths import Paths
@@ -120,6 +122,20 @@ def read_pin(db: firestore.Client, paths: Paths, *, timeout: float) -> Pin | Non
     return _pin_of(snapshot.to_dict()) if snapshot.exists else None
 
 
+def _read_pin_and_event_log(db: firestore.Client, settings: Settings, *, timeout: float) -> Pin | None:
+    """`read_pin`, with the event log's state in the same round trip: a cold instance needs both first."""
+    pin_reference = _reference(db, settings.paths)
+    log_reference = event_log.state_reference(db, settings.paths)
+    found = {
+        snapshot.reference.path: snapshot
+        for snapshot in db.get_all([pin_reference, log_reference], retry=None, timeout=timeout)
+    }
+    if log_reference.path in found:
+        event_log.remember(settings.paths, found[log_reference.path], settings.event_ttl)
+    snapshot = found.get(pin_reference.path)
+    return _pin_of(snapshot.to_dict()) if snapshot is not None and snapshot.exists else None
+
+
 def pin(db: firestore.Client, paths: Paths, wanted: Pin, *, pinned_by: str, timeout: float) -> Pin:
     """Record `wanted` unless an instance is recorded already; returns the one recorded either way."""
     reference = _reference(db, paths)
@@ -159,7 +175,7 @@ def admit_event(db: firestore.Client, settings: Settings, body: bytes) -> Settin
         return settings
     deadline = time.monotonic() + settings.firestore_deadline_seconds
     try:
-        found = read_pin(db, settings.paths, timeout=_left(deadline)) or pin(
+        found = _read_pin_and_event_log(db, settings, timeout=_left(deadline)) or pin(
             db, settings.paths, Pin(instance_id), pinned_by="webhook", timeout=_left(deadline)
         )
     except (api_exceptions.GoogleAPICallError, api_exceptions.RetryError) as error:

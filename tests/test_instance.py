@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from google.cloud import firestore
 from rpc_count import CallCounter, counting_client
 
-from clerk_sync import instance, transaction
+from clerk_sync import event_log, instance, transaction
 
 RECORD = f"{PATHS.state}/{instance.INSTANCE_DOCUMENT}"
 
@@ -143,3 +143,23 @@ def test_the_check_costs_one_read_per_process_and_nothing_after(client: FlaskCli
     assert (first["BatchGetDocuments"], first["Commit"]) == (2, 2)
     assert (second["BatchGetDocuments"], second["Commit"]) == (1, 1)
     assert (new_process["BatchGetDocuments"], new_process["Commit"]) == (2, 1)  # the record read, no create
+
+
+def test_a_cold_process_reads_the_record_and_the_event_logs_state_in_one_round_trip(
+    client: FlaskClient, db: firestore.Client
+) -> None:
+    counter = CallCounter()
+    transaction._client = counting_client(PROJECT, counter)
+    post(client, body_of(new_user_id()))  # records the instance and starts the event log's state
+    instance.forget()
+    event_log.reset()  # a new process: it knows neither
+    counter.take()
+
+    status = post(client, body_of(new_user_id()))
+    cold = counter.take()
+    refused = post(client, body_of(new_user_id(), "ins_other"))
+
+    assert status == (200, "applied")
+    # One read of both process-wide documents, then the event's own BatchGetDocuments + Commit.
+    assert (cold["BatchGetDocuments"], cold["RunQuery"], cold["Commit"]) == (2, 0, 1)
+    assert refused == (403, "other_instance")  # the record read with the state is enforced

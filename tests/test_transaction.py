@@ -198,6 +198,20 @@ def test_the_pinned_library_still_has_what_the_core_relies_on(db: firestore.Clie
     assert db._client_info.to_grpc_metadata()[0] == "x-goog-api-client"
 
 
+def test_the_batched_read_runs_on_the_calling_thread_and_the_library_stubs_do_not(db: firestore.Client) -> None:
+    pinned = dict(line.split("==", 1) for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    channel = db._firestore_api._transport.grpc_channel
+
+    stubs = transaction._stubs_for(db)
+    library_stub = channel.unary_stream("/google.firestore.v1.Firestore/RunQuery")
+
+    assert metadata.version("grpcio") == pinned["grpcio"]  # a new grpcio must pass this test again
+    assert type(stubs.batch_get).__name__ == "_SingleThreadedUnaryStreamMultiCallable"
+    assert type(library_stub).__name__ == "_UnaryStreamMultiCallable"  # the switch is off again
+    outcome = transaction.run(db, threading_deadline(), lambda attempt: len(attempt.read([db.document("a/b")])))
+    assert outcome == 1  # the single-threaded stub reads, and the commit after it ends the transaction
+
+
 def test_reads_decode_every_value_as_the_library_does(db: firestore.Client) -> None:
     written = db.collection(PATHS.users).document("user_every_value")
     written.set({**EVERY_VALUE, "when": firestore.SERVER_TIMESTAMP}, timeout=10)

@@ -30,8 +30,11 @@ format: $(INSTALLED) ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint ## lint, then the whole test suite against a real Firestore emulator
-	$(PY) -m pytest
+# Two workers, each with its own emulators: the suite mostly waits (servers, emulators, lock expiry).
+# An emulator of your own (FIRESTORE_EMULATOR_HOST) can serve one process only: no workers then.
+TEST_WORKERS ?= $(if $(FIRESTORE_EMULATOR_HOST),0,2)
+test: lint ## lint, then the whole test suite against real emulators, on TEST_WORKERS workers
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 soak: $(INSTALLED) ## long delivery simulations only (thousands of events; SIM_SEED=N replays one)
 	$(PY) -m pytest -m soak -s

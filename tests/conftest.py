@@ -40,6 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signum, interrupt)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `make test`'s two xdist workers, the tests that build client/dist and build/docs-ts in the
+    checkout run on one worker, so no node script reads a file another worker's tsc is rewriting."""
+    for item in items:
+        if {"client_package", "docs_ts"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("checkout-build"))
+
+
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "demo-clerk-sync-test"
 SERVER_START_TIMEOUT_SECONDS = 30.0
@@ -57,6 +65,9 @@ def emulator_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The emulator from FIRESTORE_EMULATOR_HOST, or one started for this run (with our rules)."""
     existing = os.environ.get("FIRESTORE_EMULATOR_HOST")
     if existing:
+        if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+            # Every worker wipes the test project before each test: one emulator cannot serve two.
+            raise RuntimeError(f"FIRESTORE_EMULATOR_HOST={existing} with xdist workers: run with -n 0")
         if not emulator.answers(existing, timeout=5):
             raise RuntimeError(f"FIRESTORE_EMULATOR_HOST={existing} does not answer")
         yield existing

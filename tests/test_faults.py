@@ -149,8 +149,10 @@ def test_paused_firestore_answers_503_in_time_writes_nothing_half_and_retries_co
         rest += delivery_sim.plan(after, rng, duplicate_share=0.1, window=4)
         rest += delivery_sim.plan(rng.sample(before + during, 10), rng, duplicate_share=0.0, window=4)
         # Transactions that were mid-way when Firestore stopped keep their locks until they expire
-        # (60 s on the emulator); their users' deliveries get 503s until then.
-        recovered = delivery_sim.deliver(server.url, rest, rng=rng, wall_seconds=150)
+        # (60 s on the emulator); their users' deliveries get 503s until then, and a user waiting for
+        # one of them to release an address gets 409s as long. Svix retries for days, so the attempts
+        # are bounded by the wall time here, not by the 60-attempt default (~60 s at the 1 s cap).
+        recovered = delivery_sim.deliver(server.url, rest, rng=rng, max_attempts=1000, wall_seconds=150)
         log_text = server.log()
 
     by_id = {event.svix_id: event for event in history.events}
